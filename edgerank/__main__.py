@@ -1,0 +1,3 @@
+from edgerank.cli import main
+
+main(prog_name="edgerank")

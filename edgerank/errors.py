@@ -1,0 +1,53 @@
+"""Domain errors. No transport imports here: server/status.py maps these to gRPC/HTTP codes.
+
+Each error carries a message a person can act on; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+
+class EdgerankError(Exception):
+    """Base of every error edgerank raises on purpose."""
+
+
+class InvalidInput(EdgerankError):
+    """The request itself is wrong (empty query, bad top_n, unknown model name...)."""
+
+
+class TooLarge(InvalidInput):
+    """The request exceeds a configured limit (documents, characters, message size)."""
+
+
+class Overloaded(EdgerankError):
+    """Admission control refused the work: the queue of pairs or tokens is full."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(EdgerankError):
+    """The service is loading or draining; try again later or elsewhere."""
+
+
+class ModelNotFound(InvalidInput):
+    """A model name that is not in the catalog or not in the store."""
+
+
+class ModelCorrupt(EdgerankError):
+    """A model directory that fails its manifest check (missing file, bad sha256)."""
+
+
+class BackendUnavailable(EdgerankError):
+    """A backend whose runtime is not installed (names the pip extra) or cannot start."""
+
+
+class BackendFailure(EdgerankError):
+    """The runtime failed while scoring: a bug or a broken model, not the caller's fault."""
+
+
+def missing_extra(module: str, extra: str) -> BackendUnavailable:
+    """The one-line error for an optional dependency that is not installed."""
+    return BackendUnavailable(
+        f"{module} is not installed: install the extra with `pip install 'edgerank[{extra}]'`"
+    )

@@ -1,0 +1,94 @@
+"""Downloads from the Hugging Face hub (or a mirror: EDGERANK_HUB_ENDPOINT / HF_ENDPOINT).
+
+huggingface_hub gives resumable downloads, progress bars and its shared cache; edgerank
+then copies what it needs into its own store, so the store never points into a cache that
+`huggingface-cli delete-cache` could empty.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from edgerank.errors import BackendUnavailable, EdgerankError, ModelNotFound
+
+
+class HubUnreachable(EdgerankError):
+    """No network, or the hub/mirror did not answer."""
+
+
+def endpoint() -> str | None:
+    return os.environ.get("EDGERANK_HUB_ENDPOINT") or None
+
+
+def fetch(
+    repo: str, files: Iterable[str], dest: Path, revision: str | None = None
+) -> dict[str, object]:
+    """Download `files` of `repo` into dest (keeping relative paths); return source facts."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+    except ImportError as exc:  # pragma: no cover - base dependency
+        raise BackendUnavailable("huggingface_hub is not installed") from exc
+
+    dest.mkdir(parents=True, exist_ok=True)
+    commit = None
+    for name in files:
+        try:
+            cached = hf_hub_download(
+                repo, name, revision=revision, endpoint=endpoint(), etag_timeout=20
+            )
+        except RepositoryNotFoundError as exc:
+            raise ModelNotFound(f"hub repository {repo!r} not found") from exc
+        except EntryNotFoundError as exc:
+            raise ModelNotFound(f"{name!r} not found in hub repository {repo!r}") from exc
+        except LocalEntryNotFoundError as exc:
+            raise HubUnreachable(
+                f"cannot reach the hub for {repo}/{name} (offline?); "
+                "set EDGERANK_HUB_ENDPOINT for a mirror"
+            ) from exc
+        except OSError as exc:
+            raise HubUnreachable(f"download of {repo}/{name} failed: {exc}") from exc
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(Path(cached), target)
+        # the snapshot path is .../snapshots/<commit>/<name>
+        commit = commit or Path(cached).parents[len(Path(name).parts) - 1].name
+    return {"origin": "hub", "repo": repo, "revision": commit, "endpoint": endpoint() or "default"}
+
+
+def fetch_checkpoint(repo: str, dest: Path, revision: str | None = None) -> dict[str, object]:
+    """A whole Hugging Face checkpoint (config, tokenizer, safetensors) for local export."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - base dependency
+        raise BackendUnavailable("huggingface_hub is not installed") from exc
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "vocab.txt", "merges.txt"]
+    try:
+        path = snapshot_download(
+            repo, revision=revision, allow_patterns=patterns, endpoint=endpoint(), local_dir=dest
+        )
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFound(f"hub repository {repo!r} not found") from exc
+    except (LocalEntryNotFoundError, OSError) as exc:
+        raise HubUnreachable(f"cannot download {repo} (offline?): {exc}") from exc
+    return {"origin": "hub", "repo": repo, "revision": revision or "main", "path": str(path)}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    import shutil
+
+    src = src.resolve()
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)  # same filesystem: no second copy of a 600 MB file
+    except OSError:
+        shutil.copy2(src, dst)

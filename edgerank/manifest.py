@@ -1,0 +1,110 @@
+"""The manifest that makes a model directory trustworthy: files, sha256, source, recipe.
+
+Loading verifies it. Hashing a 600 MB model on every start would cost seconds, so a
+successful full check leaves a stamp of (size, mtime) per file; later loads re-hash only
+files whose stamp changed, and always check presence and size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgerank.errors import ModelCorrupt
+
+MANIFEST = "manifest.json"
+STAMP = ".verified.json"
+SCHEMA = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    name: str
+    backend: str  # "onnx" | "gguf" | "torch" | "biencoder"
+    precision: str
+    model_file: str  # path of the main weights file, relative to the directory
+    max_length: int
+    normalise: str = "sigmoid"
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # rel -> {sha256, size}
+    source: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    schema: int = SCHEMA
+
+    @classmethod
+    def read(cls, model_dir: Path) -> Manifest:
+        path = model_dir / MANIFEST
+        if not path.is_file():
+            raise ModelCorrupt(f"{model_dir} has no {MANIFEST}: not an edgerank model directory")
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise ModelCorrupt(f"{path} is unreadable ({exc}); re-run `edgerank pull`") from exc
+
+    def write(self, model_dir: Path) -> None:
+        """Hash every listed file and write the manifest (and a fresh stamp)."""
+        for rel in list(self.files) or [self.model_file]:
+            p = model_dir / rel
+            self.files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+        self.created = self.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (model_dir / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        _write_stamp(model_dir, self)
+
+    def verify(self, model_dir: Path) -> None:
+        """Raise ModelCorrupt naming the first missing, truncated or altered file."""
+        stamp = _read_stamp(model_dir)
+        fresh: dict[str, list[int]] = {}
+        for rel, meta in self.files.items():
+            p = model_dir / rel
+            if not p.is_file():
+                raise ModelCorrupt(
+                    f"{p} is missing: the model is incomplete; re-run `edgerank pull`"
+                )
+            st = p.stat()
+            if st.st_size != meta.get("size"):
+                raise ModelCorrupt(
+                    f"{p} has {st.st_size} bytes, manifest says {meta.get('size')}: "
+                    "partial download or corrupt file; re-run `edgerank pull`"
+                )
+            key = [st.st_size, st.st_mtime_ns]
+            if stamp.get(rel) != key and sha256_file(p) != meta.get("sha256"):
+                raise ModelCorrupt(f"{p} fails its sha256 check: corrupt; re-run `edgerank pull`")
+            fresh[rel] = key
+        if fresh != stamp:
+            _save_stamp(model_dir, fresh)
+
+
+def _read_stamp(model_dir: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads((model_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_stamp(model_dir: Path, stamp: dict[str, list[int]]) -> None:
+    try:
+        (model_dir / STAMP).write_text(json.dumps(stamp))
+    except OSError:
+        pass  # a read-only store still works; it just re-hashes next time
+
+
+def _write_stamp(model_dir: Path, manifest: Manifest) -> None:
+    stamp = {}
+    for rel in manifest.files:
+        st = (model_dir / rel).stat()
+        stamp[rel] = [st.st_size, st.st_mtime_ns]
+    _save_stamp(model_dir, stamp)

@@ -1,0 +1,221 @@
+"""The model store: where models live, how they get there (pull, import) and how they open.
+
+Layout: <home>/models/<name>/<backend>/ with a manifest.json (see manifest.py). A model is
+installed only once its manifest is written, so an interrupted pull never looks installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from edgerank.catalog import ModelSpec
+from edgerank.errors import BackendUnavailable, InvalidInput, ModelCorrupt, ModelNotFound
+from edgerank.manifest import MANIFEST, Manifest
+
+#: the files a cross-encoder directory needs beside its weights
+TOKENIZER_FILES = ("tokenizer.json", "config.json")
+
+
+def home() -> Path:
+    """$EDGERANK_HOME, else systemd's $STATE_DIRECTORY, else the XDG data dir."""
+    if env := os.environ.get("EDGERANK_HOME"):
+        return Path(env)
+    if env := os.environ.get("STATE_DIRECTORY"):
+        return Path(env.split(":")[0])
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "edgerank"
+
+
+class ModelStore:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else home()
+
+    def path(self, name: str, backend: str = "onnx") -> Path:
+        return self.root / "models" / name / backend
+
+    def installed(self) -> dict[str, list[str]]:
+        """name -> backends with a manifest (complete installs only)."""
+        out: dict[str, list[str]] = {}
+        models = self.root / "models"
+        if not models.is_dir():
+            return out
+        for manifest in sorted(models.glob(f"*/*/{MANIFEST}")):
+            out.setdefault(manifest.parent.parent.name, []).append(manifest.parent.name)
+        return out
+
+    def manifest(self, name: str, backend: str = "onnx") -> Manifest:
+        d = self.path(name, backend)
+        if not d.exists():
+            raise ModelNotFound(
+                f"model {name!r} ({backend}) is not installed in {self.root}: "
+                f"run `edgerank pull {name}`"
+            )
+        return Manifest.read(d)
+
+    def open(self, name: str, backend: str = "onnx", threads: int = 1):
+        """Verify and load an installed model into its backend."""
+        d = self.path(name, backend)
+        self.manifest(name, backend)  # one clear error for missing/unreadable
+        if backend == "onnx":
+            from edgerank.backends.onnx import OnnxBackend
+
+            return OnnxBackend.from_dir(d, threads=threads)
+        raise BackendUnavailable(f"backend {backend!r} is not available in this build")
+
+    # -- installing -----------------------------------------------------------------------
+
+    def import_onnx(
+        self,
+        name: str,
+        source_dir: Path,
+        *,
+        spec: ModelSpec | None = None,
+        source: dict | None = None,
+        progress: Callable[[str], None] = lambda msg: None,
+    ) -> Path:
+        """Turn a local directory into an INT8 ONNX store entry.
+
+        Accepts a Hugging Face checkpoint (exported with the `convert` extra) or a directory
+        that already holds an FP32 `model.onnx` + tokenizer.json (quantized without torch).
+        """
+        from edgerank import convert
+
+        source_dir = Path(source_dir)
+        if not source_dir.is_dir():
+            raise InvalidInput(f"{source_dir} is not a directory")
+        missing = [f for f in TOKENIZER_FILES if not (source_dir / f).is_file()]
+        if missing:
+            raise InvalidInput(
+                f"{source_dir} lacks {', '.join(missing)}: not a reranker checkpoint"
+            )
+        target = self.path(name, "onnx")
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self._ensure_models_dir()))
+        try:
+            fp32 = _find_fp32_onnx(source_dir)
+            if fp32 is None:
+                progress("exporting to ONNX (fp32) with optimum")
+                fp32 = convert.export_onnx(source_dir, staging / "fp32")
+            for f in TOKENIZER_FILES:
+                shutil.copy2(source_dir / f, staging / f)
+            progress("quantizing to INT8")
+            recipe = convert.quantize_int8(fp32, staging / "model.int8.onnx")
+            progress("measuring fidelity against fp32")
+            fidelity = convert.fidelity_onnx(fp32, staging / "model.int8.onnx", staging)
+            shutil.rmtree(staging / "fp32", ignore_errors=True)
+            manifest = Manifest(
+                name=name,
+                backend="onnx",
+                precision="int8",
+                model_file="model.int8.onnx",
+                max_length=_max_length(source_dir, spec),
+                normalise="sigmoid",
+                files={f: {} for f in ("model.int8.onnx", *TOKENIZER_FILES)},
+                source=source or {"origin": f"local:{source_dir.resolve()}"},
+                recipe=recipe,
+                fidelity=fidelity,
+            )
+            manifest.write(staging)
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def pull(
+        self,
+        spec: ModelSpec,
+        *,
+        prebuilt_int8: bool = False,
+        revision: str | None = None,
+        progress: Callable[[str], None] = lambda msg: None,
+    ) -> Path:
+        """Download a catalog model and install it as INT8 ONNX.
+
+        Order of preference: the hub's FP32 ONNX quantized here with edgerank's measured
+        recipe (no torch needed); the hub's ready INT8 file (`prebuilt_int8`, or when no FP32
+        file exists; those are naive dynamic quantizations, so fidelity is recorded as
+        unmeasured); else the checkpoint, exported with the `convert` extra.
+        """
+        from edgerank import hub
+
+        if spec.kind == "bi-encoder":
+            raise InvalidInput(f"{spec.name} is embedded in edgerank: nothing to pull")
+        if "onnx" not in spec.backends or spec.onnx is None:
+            raise BackendUnavailable(
+                f"{spec.name} has no ONNX build ({', '.join(spec.backends)} only); "
+                "this edgerank pulls ONNX cross-encoders"
+            )
+        src = spec.onnx
+        with tempfile.TemporaryDirectory(dir=self._ensure_models_dir(), prefix=".pull-") as tmp:
+            tmp_dir = Path(tmp)
+            fp32 = getattr(src, "fp32_file", None)
+            if fp32 and not prebuilt_int8:
+                progress(f"downloading {src.repo}/{fp32}")
+                facts = hub.fetch(src.repo, [fp32, *TOKENIZER_FILES], tmp_dir, revision)
+                (tmp_dir / fp32).rename(tmp_dir / "model.onnx")
+                return self.import_onnx(
+                    spec.name, tmp_dir, spec=spec, source=facts, progress=progress
+                )
+            if src.int8_file:
+                progress(f"downloading {src.repo}/{src.int8_file}")
+                facts = hub.fetch(src.repo, [src.int8_file, *TOKENIZER_FILES], tmp_dir, revision)
+                return self._install_prebuilt(spec, tmp_dir, src.int8_file, facts)
+            progress(f"downloading checkpoint {spec.hub_id}")
+            facts = hub.fetch_checkpoint(spec.hub_id, tmp_dir / "hf", revision)
+            return self.import_onnx(
+                spec.name, tmp_dir / "hf", spec=spec, source=facts, progress=progress
+            )
+
+    def _install_prebuilt(self, spec: ModelSpec, tmp_dir: Path, rel: str, facts: dict) -> Path:
+        manifest = Manifest(
+            name=spec.name,
+            backend="onnx",
+            precision="int8",
+            model_file=rel,
+            max_length=spec.max_length,
+            files={f: {} for f in (rel, *TOKENIZER_FILES)},
+            source=facts,
+            recipe={"name": "hub-prebuilt", "file": rel},
+            fidelity={"measured": False},
+        )
+        manifest.write(tmp_dir)
+        target = self.path(spec.name, "onnx")
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(tmp_dir, target)
+        return target
+
+    def _ensure_models_dir(self) -> Path:
+        d = self.root / "models"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def _find_fp32_onnx(d: Path) -> Path | None:
+    for cand in (d / "model.onnx", d / "onnx" / "model.onnx"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _max_length(source_dir: Path, spec: ModelSpec | None) -> int:
+    """The catalog's figure, else the checkpoint's position table (minus XLM-R's offset)."""
+    if spec is not None:
+        return spec.max_length
+    import json
+
+    try:
+        cfg = json.loads((source_dir / "config.json").read_text())
+    except ValueError as exc:
+        raise ModelCorrupt(f"{source_dir / 'config.json'} is not valid JSON") from exc
+    n = int(cfg.get("max_position_embeddings", 512))
+    if cfg.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
+        n -= 2  # positions start after the padding index
+    return min(n, 512) if n > 0 else 512

@@ -1,0 +1,33 @@
+"""Session fixtures: tiny real models built once per run (offline, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import tiny_models
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_hf(tmp_path_factory):
+    return tiny_models.build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-hf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_hf(tmp_path_factory):
+    return tiny_models.build_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr-hf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_bert_hf):
+    """A model store holding the tiny BERT as an INT8 ONNX entry named 'tiny-bert'."""
+    from edgerank.store import ModelStore
+
+    store = ModelStore(tmp_path_factory.mktemp("edgerank-home"))
+    store.import_onnx("tiny-bert", tiny_bert_hf)
+    return store
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tiny_store):
+    """The model directory of the tiny INT8 ONNX cross-encoder (OnnxBackend.from_dir)."""
+    return tiny_store.path("tiny-bert", "onnx")
