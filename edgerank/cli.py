@@ -335,5 +335,50 @@ def import_(path, name):
     click.echo(f"installed {name} in {target}; fidelity vs fp32: {json.dumps(fid)}")
 
 
+# -- bench ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--model", "-m", help="Catalog name, store entry or model directory.")
+@click.option(
+    "--reference",
+    type=click.Path(file_okay=False, exists=True),
+    help="HF checkpoint of the same model: adds torch fp32 and bf16 baselines.",
+)
+@click.option("--threads", default="1,2", help="Thread counts to compare, e.g. 1,2.")
+@click.option("--pairs", default=32, help="Pairs per batch.")
+@click.option("--tokens", default=128, help="Tokens per pair.")
+@click.option("--rounds", default=7, help="Interleaved timing rounds (medians reported).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def bench(model, reference, threads, pairs, tokens, rounds, as_json):  # fmt: skip
+    """Throughput, latency and bucketing gain of the backend (ratios to torch when given)."""
+    from edgerank import bench as b
+    from edgerank import loader
+
+    counts = [int(t) for t in threads.split(",") if t.strip()]
+    refs = {}
+    if reference:
+        from edgerank.backends.torch import TorchBackend
+
+        for precision in ("fp32", "bf16"):
+            refs[f"torch_{precision}"] = lambda t, p=precision: TorchBackend(
+                reference, precision=p, threads=t
+            )
+    rows = b.backend_report(
+        lambda t: loader.load(model, threads=t).backend, refs, counts, pairs, tokens, rounds
+    )
+    one = loader.load(model, threads=max(counts)).backend
+    bucket = b.bucketing_report(one, rounds=max(3, rounds // 2))
+    one.close()
+    if as_json:
+        click.echo(json.dumps({"throughput": rows, "bucketing": bucket}, indent=2))
+        return
+    click.echo(f"# {pairs} pairs x {tokens} tokens, medians of {rounds} interleaved rounds")
+    click.echo(b.format_table(rows))
+    click.echo(f"\n# bucketing, {bucket['docs']} mixed-length documents")
+    click.echo(b.format_table([bucket]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

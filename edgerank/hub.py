@@ -22,6 +22,24 @@ def endpoint() -> str | None:
     return os.environ.get("EDGERANK_HUB_ENDPOINT") or None
 
 
+def check_reachable(timeout_s: float = 5.0) -> None:
+    """Fail in seconds when offline: huggingface_hub retries a refused connection for ~25 s."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise HubUnreachable("HF_HUB_OFFLINE=1 is set: no downloads")
+    url = urlparse(endpoint() or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise HubUnreachable(
+            f"cannot reach {url.hostname}:{port} ({exc.strerror or exc}); offline? "
+            "set EDGERANK_HUB_ENDPOINT for a mirror, or use `edgerank import` on a local checkpoint"
+        ) from None
+
+
 def fetch(
     repo: str, files: Iterable[str], dest: Path, revision: str | None = None
 ) -> dict[str, object]:
@@ -36,6 +54,7 @@ def fetch(
     except ImportError as exc:  # pragma: no cover - base dependency
         raise BackendUnavailable("huggingface_hub is not installed") from exc
 
+    check_reachable()
     dest.mkdir(parents=True, exist_ok=True)
     commit = None
     for name in files:
@@ -45,13 +64,13 @@ def fetch(
             )
         except RepositoryNotFoundError as exc:
             raise ModelNotFound(f"hub repository {repo!r} not found") from exc
-        except EntryNotFoundError as exc:
-            raise ModelNotFound(f"{name!r} not found in hub repository {repo!r}") from exc
-        except LocalEntryNotFoundError as exc:
+        except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: first
             raise HubUnreachable(
                 f"cannot reach the hub for {repo}/{name} (offline?); "
                 "set EDGERANK_HUB_ENDPOINT for a mirror"
             ) from exc
+        except EntryNotFoundError as exc:
+            raise ModelNotFound(f"{name!r} not found in hub repository {repo!r}") from exc
         except OSError as exc:
             raise HubUnreachable(f"download of {repo}/{name} failed: {exc}") from exc
         target = dest / name
@@ -70,16 +89,28 @@ def fetch_checkpoint(repo: str, dest: Path, revision: str | None = None) -> dict
         raise BackendUnavailable("huggingface_hub is not installed") from exc
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
+    check_reachable()
     patterns = ["*.json", "*.safetensors", "*.model", "vocab.txt", "merges.txt"]
     try:
+        from huggingface_hub import HfApi
+
+        commit = HfApi(endpoint=endpoint()).model_info(repo, revision=revision).sha
         path = snapshot_download(
-            repo, revision=revision, allow_patterns=patterns, endpoint=endpoint(), local_dir=dest
+            repo, revision=commit, allow_patterns=patterns, endpoint=endpoint(), local_dir=dest
         )
     except RepositoryNotFoundError as exc:
         raise ModelNotFound(f"hub repository {repo!r} not found") from exc
     except (LocalEntryNotFoundError, OSError) as exc:
-        raise HubUnreachable(f"cannot download {repo} (offline?): {exc}") from exc
-    return {"origin": "hub", "repo": repo, "revision": revision or "main", "path": str(path)}
+        raise HubUnreachable(
+            f"cannot download {repo} (offline?); set EDGERANK_HUB_ENDPOINT for a mirror"
+        ) from exc
+    return {
+        "origin": "hub",
+        "repo": repo,
+        "revision": commit,
+        "endpoint": endpoint() or "default",
+        "path": str(path),
+    }
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -45,11 +45,13 @@ class BiEncoderBackend:
         self._cache_size = cache_size
 
     def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
+        limit = min(MAX_LENGTH, options.max_tokens_per_doc or MAX_LENGTH)
         q = np.asarray(self._tok.encode(query).ids, dtype=np.int64)
-        return [
-            Encoded(doc=i, ids=np.asarray(e.ids, dtype=np.int64), extra=q)
-            for i, e in enumerate(self._tok.encode_batch(list(passages)))
-        ]
+        items = []
+        for i, e in enumerate(self._tok.encode_batch(list(passages))):
+            ids = e.ids if len(e.ids) <= limit else e.ids[: limit - 1] + e.ids[-1:]  # keep [SEP]
+            items.append(Encoded(doc=i, ids=np.asarray(ids, dtype=np.int64), extra=q))
+        return items
 
     def _embed(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
         width = max(len(s) for s in seqs)
