@@ -145,7 +145,9 @@ def _score_local(query, documents, options, model, backend, threads, top_n):
         click.echo(f"edgerank: note: {loaded.note}", err=True)
     try:
         info = loaded.backend.info()
-        scored = score_documents(loaded.backend, query, documents, options)
+        scored = score_documents(
+            loaded.backend, query, documents, options, token_budget=loaded.token_budget
+        )
         ranked = rank(scored.raw, info.normalise, top_n)
     finally:
         loaded.backend.close()
@@ -220,7 +222,7 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
         hw,
         wishes,
         installed_backends=available_backends(),
-        installed_models=frozenset(store.installed()),
+        installed_models=store.installed(),
     )
     if as_json:
         out = {
