@@ -83,6 +83,7 @@ class ModelStore:
         that already holds an FP32 `model.onnx` + tokenizer.json (quantized without torch).
         """
         from edgerank import convert
+        from edgerank.fidelity import compare_onnx
 
         source_dir = Path(source_dir)
         if not source_dir.is_dir():
@@ -104,14 +105,15 @@ class ModelStore:
             progress("quantizing to INT8")
             recipe = convert.quantize_int8(fp32, staging / "model.int8.onnx")
             progress("measuring fidelity against fp32")
-            fidelity = convert.fidelity_onnx(fp32, staging / "model.int8.onnx", staging)
+            max_length = _max_length(source_dir, spec)
+            fidelity = compare_onnx(staging, fp32.resolve(), "model.int8.onnx", max_length)
             shutil.rmtree(staging / "fp32", ignore_errors=True)
             manifest = Manifest(
                 name=name,
                 backend="onnx",
                 precision="int8",
                 model_file="model.int8.onnx",
-                max_length=_max_length(source_dir, spec),
+                max_length=max_length,
                 normalise="sigmoid",
                 files={f: {} for f in ("model.int8.onnx", *TOKENIZER_FILES)},
                 source=source or {"origin": f"local:{source_dir.resolve()}"},
