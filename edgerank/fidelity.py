@@ -65,9 +65,10 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def rank_agreement(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray]) -> dict[str, float]:
-    rhos = [spearman(r, c) for r, c in zip(ref, cand)]
-    kept = [int(np.argmax(r)) == int(np.argmax(c)) for r, c in zip(ref, cand)]
-    diffs = [float(np.max(np.abs(np.asarray(r) - np.asarray(c)))) for r, c in zip(ref, cand)]
+    pairs = list(zip(ref, cand, strict=True))
+    rhos = [spearman(r, c) for r, c in pairs]
+    kept = [int(np.argmax(r)) == int(np.argmax(c)) for r, c in pairs]
+    diffs = [float(np.max(np.abs(np.asarray(r) - np.asarray(c)))) for r, c in pairs]
     return {
         "groups": len(rhos),
         "spearman_mean": float(np.mean(rhos)),
