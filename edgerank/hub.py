@@ -22,6 +22,15 @@ def endpoint() -> str | None:
     return os.environ.get("EDGERANK_HUB_ENDPOINT") or None
 
 
+def _cache_dir() -> str | None:
+    """huggingface_hub reads HF_HOME once at import; read it per call so settings apply."""
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return cache
+    if hf_home := os.environ.get("HF_HOME"):
+        return str(Path(hf_home) / "hub")
+    return None
+
+
 def check_reachable(timeout_s: float = 5.0) -> None:
     """Fail in seconds when offline: huggingface_hub retries a refused connection for ~25 s."""
     import socket
@@ -60,7 +69,12 @@ def fetch(
     for name in files:
         try:
             cached = hf_hub_download(
-                repo, name, revision=revision, endpoint=endpoint(), etag_timeout=20
+                repo,
+                name,
+                revision=revision,
+                endpoint=endpoint(),
+                etag_timeout=20,
+                cache_dir=_cache_dir(),
             )
         except RepositoryNotFoundError as exc:
             raise ModelNotFound(f"hub repository {repo!r} not found") from exc
@@ -96,7 +110,12 @@ def fetch_checkpoint(repo: str, dest: Path, revision: str | None = None) -> dict
 
         commit = HfApi(endpoint=endpoint()).model_info(repo, revision=revision).sha
         path = snapshot_download(
-            repo, revision=commit, allow_patterns=patterns, endpoint=endpoint(), local_dir=dest
+            repo,
+            revision=commit,
+            allow_patterns=patterns,
+            endpoint=endpoint(),
+            local_dir=dest,
+            cache_dir=_cache_dir(),
         )
     except RepositoryNotFoundError as exc:
         raise ModelNotFound(f"hub repository {repo!r} not found") from exc
