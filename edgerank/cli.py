@@ -337,6 +337,25 @@ def import_(path, name):
     click.echo(f"installed {name} in {target}; fidelity vs fp32: {json.dumps(fid)}")
 
 
+# -- serve ------------------------------------------------------------------------------------
+
+
+def _serve_command():
+    from edgerank.settings import click_options
+
+    @main.command()
+    @click_options
+    @friendly
+    def serve(**flags):
+        """Run the reranking daemon (gRPC; settings: flags > EDGERANK_* > TOML file)."""
+        from edgerank import daemon, settings
+
+        sys.exit(daemon.run(settings.load(flags)))
+
+
+_serve_command()
+
+
 # -- bench ------------------------------------------------------------------------------------
 
 
@@ -351,12 +370,21 @@ def import_(path, name):
 @click.option("--pairs", default=32, help="Pairs per batch.")
 @click.option("--tokens", default=128, help="Tokens per pair.")
 @click.option("--rounds", default=7, help="Interleaved timing rounds (medians reported).")
+@click.option("--server", help="Load-test a running daemon instead (host:port or unix:/path).")
+@click.option("--clients", default="1,8,64", help="With --server: concurrent clients to try.")
+@click.option("--requests", "n_requests", default=64, help="With --server: requests per level.")
+@click.option("--docs", "n_docs", default=16, help="With --server: documents per request.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def bench(model, reference, threads, pairs, tokens, rounds, as_json):  # fmt: skip
+def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_requests, n_docs,
+          as_json):  # fmt: skip
     """Throughput, latency and bucketing gain of the backend (ratios to torch when given)."""
     from edgerank import bench as b
     from edgerank import loader
+
+    if server:
+        _bench_server(server, clients, n_requests, n_docs, as_json)
+        return
 
     counts = [int(t) for t in threads.split(",") if t.strip()]
     refs = {}
@@ -380,6 +408,29 @@ def bench(model, reference, threads, pairs, tokens, rounds, as_json):  # fmt: sk
     click.echo(b.format_table(rows))
     click.echo(f"\n# bucketing, {bucket['docs']} mixed-length documents")
     click.echo(b.format_table([bucket]))
+
+
+def _bench_server(address, clients, n_requests, n_docs, as_json) -> None:
+    import random
+
+    from edgerank import bench as b
+    from edgerank import client
+
+    rng = random.Random(0)
+    docs = b.mixed_length_passages(n_docs, seed=2)
+    query = b.synthetic_text(8, rng)
+    rows = []
+    for c in (int(x) for x in clients.split(",") if x.strip()):
+        r = client.bench(address, query, docs, concurrency=c, requests=max(n_requests, c))
+        rows.append(
+            {k: v for k, v in r.items() if k != "failures"}
+            | {"failed": sum(r["failures"].values())}
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"# {address}: {n_docs} mixed-length documents per request, closed loop")
+    click.echo(b.format_table(rows))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,3 +118,38 @@ def test_onnx_path_never_imports_torch(tiny_onnx_dir, tmp_path):
     assert "onnxruntime" in imported  # the check sees real imports
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
     assert "transformers" not in imported
+
+
+def test_score_through_a_running_daemon(tiny_onnx_dir, tmp_path):
+    """`score --server` against a real `edgerank serve` subprocess on a Unix socket."""
+    import os
+    import time
+
+    sock = tmp_path / "er.sock"
+    env = {**os.environ, "EDGERANK_HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgerank", "serve", "--model", str(tiny_onnx_dir), "--listen",
+         "", "--socket", str(sock), "--threads", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        docs = ["cat dog river", "ocean ship", "bread"]
+        while True:
+            result = CliRunner().invoke(
+                main, ["score", "cat", *docs, "--server", f"unix:{sock}", "--json"]
+            )
+            if result.exit_code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert result.exit_code == 0, result.output
+        remote = {r["index"]: r["raw_score"] for r in json.loads(result.stdout)["results"]}
+        local = CliRunner().invoke(
+            main, ["score", "cat", *docs, "--model", str(tiny_onnx_dir), "--json"]
+        )
+        assert local.exit_code == 0
+        here = {r["index"]: r["raw_score"] for r in json.loads(local.stdout)["results"]}
+        assert remote == pytest.approx(here, abs=1e-6)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0

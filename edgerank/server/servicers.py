@@ -1,0 +1,328 @@
+"""Thin gRPC servicers: edgerank.v1.Reranker and TEI's tei.v1.Rerank / tei.v1.Info.
+
+Each method converts its message into a Service call and the result back; errors are
+mapped by status.mapped, never here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+import edgerank
+from edgerank.backends.base import ScoreOptions
+from edgerank.engine.rank import Ranked, normalise, rank
+from edgerank.errors import InvalidInput, TooLarge
+from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
+from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
+from edgerank.proto.tei.v1 import tei_pb2 as tei
+from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
+from edgerank.server.service import Group, Outcome, Service, group_pairs
+from edgerank.server.status import mapped
+
+TRUNCATION = {
+    pb.TRUNCATION_UNSPECIFIED: "truncate",
+    pb.TRUNCATION_TRUNCATE: "truncate",
+    pb.TRUNCATION_CHUNK: "chunk",
+}
+DIRECTION = {
+    pb.DIRECTION_UNSPECIFIED: "right",
+    pb.DIRECTION_RIGHT: "right",
+    pb.DIRECTION_LEFT: "left",
+}
+TEI_DIRECTION = {tei.TRUNCATION_DIRECTION_RIGHT: "right", tei.TRUNCATION_DIRECTION_LEFT: "left"}
+
+
+# -- converters ------------------------------------------------------------------------
+
+
+def _enum(table: dict[int, str], value: int, what: str) -> str:
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidInput(f"unknown {what} value {value}") from None
+
+
+def options_from(msg: pb.RerankRequest | pb.ScoreRequest) -> ScoreOptions:
+    return ScoreOptions(
+        truncation=_enum(TRUNCATION, msg.truncation, "truncation"),  # type: ignore[arg-type]
+        direction=_enum(DIRECTION, msg.direction, "direction"),  # type: ignore[arg-type]
+        instruction=msg.instruction if msg.HasField("instruction") else None,
+        max_tokens_per_doc=msg.max_tokens_per_doc if msg.HasField("max_tokens_per_doc") else None,
+    )
+
+
+def metadata_to(outcome: Outcome) -> pb.Metadata:
+    return pb.Metadata(
+        tokens=outcome.tokens,
+        inputs=outcome.items,
+        tokenization_time_ns=outcome.tokenization_ns,
+        queue_time_ns=outcome.queue_ns,
+        inference_time_ns=outcome.inference_ns,
+        total_time_ns=outcome.total_ns,
+    )
+
+
+def results_to(
+    ranked: Sequence[Ranked], documents: Sequence[str] | None, raw_scores: bool
+) -> list[pb.Result]:
+    out = []
+    for r in ranked:
+        result = pb.Result(
+            index=r.index,
+            score=r.raw if raw_scores else r.score,
+            normalised_score=r.score,
+            raw_score=r.raw,
+        )
+        if documents is not None:
+            result.document = documents[r.index]
+        out.append(result)
+    return out
+
+
+def tei_metadata_to(outcome: Outcome) -> tei.Metadata:
+    return tei.Metadata(
+        compute_chars=outcome.chars,
+        compute_tokens=outcome.tokens,
+        total_time_ns=outcome.total_ns,
+        tokenization_time_ns=outcome.tokenization_ns,
+        queue_time_ns=outcome.queue_ns,
+        inference_time_ns=outcome.inference_ns,
+    )
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on time.monotonic()'s clock (None = the client set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+# -- shared guard ----------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def handler(method: F) -> F:
+    """Every RPC: errors mapped, bearer token checked, counted for the shutdown drain."""
+
+    @functools.wraps(method)
+    async def wrapper(self: _Guarded, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._guard(context)
+        self.service.begin_call()
+        try:
+            return await method(self, request, context)
+        finally:
+            self.service.end_call()
+
+    return mapped(wrapper)  # type: ignore[return-value]
+
+
+class _Guarded:
+    def __init__(self, service: Service, token: str = ""):
+        self.service = service
+        self._token = token.encode()
+
+    async def _guard(self, context: grpc.aio.ServicerContext) -> None:
+        """Bearer token for TCP peers (Unix-socket peers are trusted by file mode)."""
+        if not self._token or context.peer().startswith("unix:"):
+            return
+        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, value = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), self._token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    def _check_size(self, nbytes: int) -> None:
+        limit = self.service.settings.max_message_bytes
+        if nbytes > limit:
+            raise TooLarge(f"request of {nbytes} bytes, over max_message_bytes ({limit})")
+
+
+# -- edgerank.v1 -----------------------------------------------------------------------
+
+
+class Reranker(_Guarded, pb_grpc.RerankerServicer):
+    async def _rerank(
+        self, msg: pb.RerankRequest, documents: Sequence[str], context: grpc.aio.ServicerContext
+    ) -> pb.RerankResponse:
+        reranked = await self.service.rerank(
+            msg.query,
+            documents,
+            top_n=msg.top_n,
+            options=options_from(msg),
+            model=msg.model if msg.HasField("model") else None,
+            deadline=deadline_of(context),
+        )
+        return pb.RerankResponse(
+            results=results_to(
+                reranked.ranked, documents if msg.return_documents else None, msg.raw_scores
+            ),
+            metadata=metadata_to(reranked.outcome),
+            model=self.service.info.model,
+        )
+
+    @handler
+    async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
+        self._check_size(request.ByteSize())
+        return await self._rerank(request, list(request.documents), context)
+
+    @handler
+    async def RerankStream(
+        self, request_iterator: AsyncIterator[pb.RerankRequest], context
+    ) -> pb.RerankResponse:
+        first: pb.RerankRequest | None = None
+        documents: list[str] = []
+        nbytes = 0
+        limit = self.service.settings.max_documents
+        async for msg in request_iterator:
+            first = first or msg
+            nbytes += msg.ByteSize()
+            self._check_size(nbytes)
+            documents.extend(msg.documents)
+            if len(documents) > limit:
+                raise TooLarge(f"more than {limit} documents in the stream (max_documents)")
+        if first is None:
+            raise InvalidInput("empty stream: no query and no documents")
+        return await self._rerank(first, documents, context)
+
+    @handler
+    async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        self._check_size(request.ByteSize())
+        outcome = await self.service.score_pairs(
+            [(p.query, p.passage) for p in request.pairs],
+            options=options_from(request),
+            model=request.model if request.HasField("model") else None,
+            deadline=deadline_of(context),
+        )
+        return pb.ScoreResponse(
+            raw_scores=outcome.raw.tolist(),
+            normalised_scores=normalise(outcome.raw, self.service.info.normalise).tolist(),
+            metadata=metadata_to(outcome),
+            model=self.service.info.model,
+        )
+
+    @handler
+    async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:
+        info = self.service.info
+        s = self.service.settings
+        return pb.InfoResponse(
+            model=info.model,
+            backend=info.backend,
+            precision=info.precision,
+            device=info.device,
+            max_length=info.max_length,
+            threads=info.threads,
+            normalise=info.normalise,
+            limits=pb.Limits(
+                max_documents=s.max_documents,
+                max_document_chars=s.max_document_chars,
+                max_message_bytes=s.max_message_bytes,
+                max_batch_tokens=s.max_batch_tokens,
+                max_queue_pairs=s.max_queue_pairs,
+                max_queue_tokens=s.max_queue_tokens,
+                batch_wait_ms=s.batch_wait_ms,
+            ),
+            probe=self.service.probe,
+            details={k: str(v) for k, v in info.details.items()},
+            version=edgerank.__version__,
+            load=pb.Load(**self.service.load()),
+        )
+
+
+# -- tei.v1 ----------------------------------------------------------------------------
+
+
+def _tei_options(truncate: bool, direction: int) -> ScoreOptions:
+    """TEI refuses over-long inputs unless truncate is set: chunk, then check for splits."""
+    return ScoreOptions(
+        truncation="truncate" if truncate else "chunk",
+        direction=_enum(TEI_DIRECTION, direction, "truncation_direction"),  # type: ignore[arg-type]
+    )
+
+
+class TeiRerank(_Guarded, tei_grpc.RerankServicer):
+    async def _answer(
+        self,
+        groups: list[Group],
+        texts: Sequence[str],
+        raw_scores: bool,
+        return_text: bool,
+        context: grpc.aio.ServicerContext,
+    ) -> tei.RerankResponse:
+        outcome = await self.service.score_groups(groups, len(texts), deadline_of(context))
+        too_long = [i for i, w in enumerate(outcome.windows) if w > 1]
+        if too_long:
+            raise InvalidInput(
+                f"input {too_long[0]} is longer than the model's maximum of "
+                f"{self.service.info.max_length} tokens; set truncate=true"
+            )
+        ranks = []
+        for r in rank(outcome.raw, self.service.info.normalise):
+            out = tei.Rank(index=r.index, score=r.raw if raw_scores else r.score)
+            if return_text:
+                out.text = texts[r.index]
+            ranks.append(out)
+        return tei.RerankResponse(ranks=ranks, metadata=tei_metadata_to(outcome))
+
+    def _check(self, query: str, texts: Sequence[str]) -> None:
+        svc = self.service
+        svc.check_text("query", query, empty_ok=False)
+        svc.check_count(len(texts), "texts")
+        for i, text in enumerate(texts):
+            svc.check_text(f"text {i}", text)
+
+    @handler
+    async def Rerank(self, request: tei.RerankRequest, context) -> tei.RerankResponse:
+        self._check_size(request.ByteSize())
+        texts = list(request.texts)
+        self._check(request.query, texts)
+        options = _tei_options(request.truncate, request.truncation_direction)
+        group = Group(request.query, texts, options)
+        return await self._answer([group], texts, request.raw_scores, request.return_text, context)
+
+    @handler
+    async def RerankStream(
+        self, request_iterator: AsyncIterator[tei.RerankStreamRequest], context
+    ) -> tei.RerankResponse:
+        first: tei.RerankStreamRequest | None = None
+        triples: list[tuple[str, str, ScoreOptions]] = []
+        nbytes = 0
+        limit = self.service.settings.max_documents
+        async for msg in request_iterator:
+            first = first or msg
+            nbytes += msg.ByteSize()
+            self._check_size(nbytes)
+            self.service.check_text(f"query {len(triples)}", msg.query, empty_ok=False)
+            self.service.check_text(f"text {len(triples)}", msg.text)
+            options = _tei_options(msg.truncate, msg.truncation_direction)
+            triples.append((msg.query, msg.text, options))
+            if len(triples) > limit:
+                raise TooLarge(f"more than {limit} texts in the stream (max_client_batch_size)")
+        if first is None:
+            raise InvalidInput("empty stream: no query and no texts")
+        texts = [t for _, t, _ in triples]
+        return await self._answer(
+            group_pairs(triples), texts, first.raw_scores, first.return_text, context
+        )
+
+
+class TeiInfo(_Guarded, tei_grpc.InfoServicer):
+    @handler
+    async def Info(self, request: tei.InfoRequest, context) -> tei.InfoResponse:
+        info = self.service.info
+        s = self.service.settings
+        return tei.InfoResponse(
+            version=edgerank.__version__,
+            model_id=info.model,
+            model_dtype=info.precision,
+            model_type=tei.MODEL_TYPE_RERANKER,
+            max_concurrent_requests=s.max_queue_pairs,
+            max_input_length=info.max_length,
+            max_batch_tokens=s.max_batch_tokens,
+            max_client_batch_size=s.max_documents,
+            tokenization_workers=2,
+        )
