@@ -121,10 +121,7 @@ class ModelStore:
                 fidelity=fidelity,
             )
             manifest.write(staging)
-            if target.exists():
-                shutil.rmtree(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(target)
+            _publish(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
@@ -188,16 +185,22 @@ class ModelStore:
         )
         manifest.write(tmp_dir)
         target = self.path(spec.name, "onnx")
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(tmp_dir, target)
+        _publish(tmp_dir, target)
+        tmp_dir.mkdir()  # the TemporaryDirectory that owned it still cleans up
         return target
 
     def _ensure_models_dir(self) -> Path:
         d = self.root / "models"
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move a complete entry into place: a rename on the same filesystem, never a copy."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
 
 
 def _find_fp32_onnx(d: Path) -> Path | None:

@@ -9,16 +9,14 @@ import numpy as np
 
 from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
 from edgerank.backends.pairs import PairTokenizer
-from edgerank.errors import BackendFailure, ModelCorrupt, missing_extra
+from edgerank.errors import BackendFailure, ModelCorrupt
 from edgerank.manifest import Manifest
 
 
 def session_options(threads: int):
     """Fixed thread count with spinning off: spinning burns the other vCPU on small boxes."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - onnxruntime is a base dependency
-        raise missing_extra("onnxruntime", "onnx") from exc
+    import onnxruntime as ort  # a base dependency
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = max(1, threads)
     so.inter_op_num_threads = 1
