@@ -27,6 +27,11 @@ How a choice is made
    RAM is tight), then the least compute. prefer="speed": among candidates within
    SPEED_SLACK quality points of the best one on the same device, the least compute per
    token (12 x layers x hidden^2), which is what a CPU's latency follows.
+   Calibration (`edgerank probe --calibrate`, calibrate.py) replaces the model's own backend
+   order with measurements on this machine: candidates of a model whose fidelity measured
+   poorly against fp32 come after the faithful ones, then the faster measured pairs/s
+   first; unmeasured candidates sit between the two and keep the catalog order. A measured
+   choice runs at the thread count that measured fastest.
    When the GPU's best candidate is at least as good as the best CPU encoder, LLM
    rerankers stay off the CPU, so a 4B LLM on the CPU never displaces a 0.6B one on the
    GPU. This is the one place where more memory (VRAM, with gguf installed and plentiful
@@ -41,11 +46,17 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from edgerank.catalog import BACKENDS, Catalog, ModelSpec
 from edgerank.errors import InvalidInput
 from edgerank.probe import Gpu, Hardware, recommended_threads
+
+if TYPE_CHECKING:
+    from edgerank.calibrate import Measured
+
+#: (model, backend, precision, device) -> what calibration measured for it
+Calibration = Mapping[tuple[str, str, str, str], "Measured"]
 
 Prefer = Literal["quality", "speed"]
 
@@ -124,6 +135,8 @@ class Choice:
     warnings: tuple[str, ...] = ()
     #: `edgerank pull NAME` when a better model would run here once installed
     suggestion: str | None = None
+    #: calibration figures of the chosen model's candidates on this machine, best first
+    measured: tuple[Measured, ...] = ()
 
     @property
     def candidate(self) -> Candidate:
@@ -200,6 +213,7 @@ class _Eval:
     need_mib: int = 0
     budget_mib: int = 0
     tokens: int = 0
+    measured: Measured | None = None
 
     @property
     def viable(self) -> bool:
@@ -222,6 +236,7 @@ class _Context:
     installed_backends: frozenset[str]
     installed_models: Mapping[str, frozenset[str] | None] | None
     forced: ModelSpec | None
+    calibration: Calibration | None = None
 
 
 def _candidates(spec: ModelSpec, hw: Hardware, gpu: Gpu | None) -> list[Candidate]:
@@ -295,6 +310,8 @@ def _memory(e: _Eval) -> tuple[int, int, str]:
 def _evaluate(spec: ModelSpec, cand: Candidate, ctx: _Context) -> _Eval:
     w = ctx.wishes
     e = _Eval(spec, cand, quality_for(spec, w.languages))
+    if ctx.calibration:
+        e.measured = ctx.calibration.get((cand.model, cand.backend, cand.precision, cand.device))
     forced_model = ctx.forced is not None
 
     def fail(code: str, message: str, soft: bool = False) -> None:
@@ -396,13 +413,22 @@ def _q(e: _Eval) -> float:
     return -1.0 if e.quality is None else e.quality
 
 
+def _backend_order(e: _Eval) -> tuple:
+    """Measured candidates by fidelity then speed; unmeasured ones in the catalog's order."""
+    catalog = e.spec.backends.index(e.cand.backend)  # type: ignore[arg-type]
+    m = e.measured
+    if m is None:
+        return (1, 0.0, catalog)
+    return (0 if m.fidelity_ok else 2, -m.best_pairs_per_s, catalog)
+
+
 def _quality_key(e: _Eval) -> tuple:
     return (
         e.is_fallback,
         e.quality is None,
         -_q(e),
         not e.on_gpu,
-        e.spec.backends.index(e.cand.backend),  # type: ignore[arg-type]
+        _backend_order(e),
         _precision_rank(e),
         compute_cost(e.spec),
         e.spec.name,
@@ -433,7 +459,7 @@ def _speed_key(e: _Eval) -> tuple:
     return (
         compute_cost(e.spec),
         -(e.quality or 0.0),
-        e.spec.backends.index(e.cand.backend),  # type: ignore[arg-type]
+        _backend_order(e),
         _precision_rank(e),
         e.spec.name,
     )
@@ -467,7 +493,15 @@ def _why_not(e: _Eval, best: _Eval, near: set[int], top_q: float | None, group: 
     if best.on_gpu and not e.on_gpu and (e.quality or 0.0) >= (best.quality or 0.0):
         return f"{fits}, but the GPU runs {best.spec.name} first"
     if e.spec.name == best.spec.name:
-        return f"{fits}, but {best.cand.backend}/{best.cand.precision} comes first for this model"
+        first = f"{best.cand.backend}/{best.cand.precision}"
+        if e.measured is not None and best.measured is not None:
+            if not e.measured.fidelity_ok:
+                return f"{fits}, but its fidelity measured poorly ({e.measured.summary()})"
+            return (
+                f"{fits}, but {first} measured faster ({best.measured.best_pairs_per_s:.0f} vs "
+                f"{e.measured.best_pairs_per_s:.0f} pairs/s)"
+            )
+        return f"{fits}, but {first} comes first for this model"
     if id(e) in near:
         return (
             f"{fits} and within {SPEED_SLACK:g} quality points, but needs more compute "
@@ -519,9 +553,11 @@ def choose(
     wishes: Wishes | None = None,
     installed_backends: Collection[str] = DEFAULT_BACKENDS,
     installed_models: Collection[str] | Mapping[str, Collection[str]] | None = None,
+    calibration: Calibration | None = None,
 ) -> Choice:
     """Pick what to run. ``installed_models`` None = any catalog model (it can be pulled);
-    the catalog's bi-encoder counts as installed (it is embedded)."""
+    the catalog's bi-encoder counts as installed (it is embedded). ``calibration``: what
+    `edgerank probe --calibrate` measured on this machine (calibrate.lookup)."""
     w = wishes or Wishes()
     _check_wishes(w)
     forced = catalog.get(w.model) if w.model else None  # ModelNotFound with suggestions
@@ -544,6 +580,7 @@ def choose(
         installed_backends=frozenset(installed_backends),
         installed_models=_normalise_installed(installed_models),
         forced=forced,
+        calibration=calibration,
     )
     evals = [_evaluate(spec, c, ctx) for spec in catalog for c in _candidates(spec, hardware, gpu)]
     _gpu_policy(evals, forced is not None)
@@ -569,12 +606,19 @@ def choose(
             f"no reranker can run here as asked: using the embedded bi-encoder {best.spec.name} "
             "(lowest quality)",
         )
+    measured = sorted(
+        (e for e in evals if e.spec.name == best.spec.name and e.measured is not None),
+        key=lambda e: (e is not best, _backend_order(e)),
+    )
+    threads = recommended_threads(hardware)
+    if best.measured is not None:
+        threads = best.measured.best_threads
     return Choice(
         model=best.spec,
         backend=best.cand.backend,
         precision=best.cand.precision,
         device=best.cand.device,
-        threads=recommended_threads(hardware),
+        threads=threads,
         batch_token_budget=best.tokens,
         memory_need_mib=best.need_mib,
         memory_budget_mib=best.budget_mib,
@@ -584,6 +628,7 @@ def choose(
         reasons=tuple(verdicts),
         warnings=tuple(warnings),
         suggestion=suggestion,
+        measured=tuple(e.measured for e in measured if e.measured is not None),
     )
 
 
@@ -597,7 +642,10 @@ def _accept_reason(e: _Eval, w: Wishes, group: str) -> str:
         how = f"least compute within {SPEED_SLACK:g} quality points of the best"
     else:
         how = "best quality that fits"
-    return f"{how}: {q}; needs ~{e.need_mib} MiB of {e.budget_mib} MiB at {e.tokens} batch tokens"
+    line = f"{how}: {q}; needs ~{e.need_mib} MiB of {e.budget_mib} MiB at {e.tokens} batch tokens"
+    if e.measured is not None:
+        line += f"; measured here: {e.measured.summary()}"
+    return line
 
 
 def _suggest(evals: list[_Eval], best: _Eval) -> str | None:
@@ -638,6 +686,9 @@ def explain(choice: Choice) -> str:
     lines += [f"  warning: {w}" for w in choice.warnings]
     if choice.suggestion:
         lines.append(f"  better once installed: {choice.suggestion}")
+    if choice.measured:
+        lines.append(f"measured on this machine (edgerank probe --calibrate), {choice.model.name}:")
+        lines += [f"  {m.summary()}" for m in choice.measured]
     rejected = [v for v in choice.reasons if not v.accepted]
     if rejected:
         lines.append(f"rejected ({len(rejected)}):")

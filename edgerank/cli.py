@@ -110,10 +110,13 @@ def _parse_jsonl(lines: list[str]) -> list[str] | None:
 @click.option("--threads", type=int, default=None, help="Inference threads (default: probed).")
 @click.option("--server", help="Score on a running daemon (host:port or unix:/path).")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option(
+    "--allow-remote-code", is_flag=True, help="Run modelling code the checkpoint ships (torch)."
+)
 @friendly
 def score(
     query, docs, docs_file, model, backend, top_n, raw_scores, truncation, direction,
-    instruction, threads, server, as_json,
+    instruction, threads, server, as_json, allow_remote_code,
 ):  # fmt: skip
     """Score DOCS against QUERY and print them best first."""
     if not query or not query.strip():
@@ -132,15 +135,22 @@ def score(
         result = client.rerank(server, query, documents, top_n=top_n, options=options, model=model)
         ranked, info_line = result.ranked, result.model
     else:
-        ranked, info_line = _score_local(query, documents, options, model, backend, threads, top_n)
+        ranked, info_line = _score_local(
+            query, documents, options, model, backend, threads, top_n, allow_remote_code
+        )
     _print_ranked(ranked, documents, info_line, raw_scores, as_json)
 
 
-def _score_local(query, documents, options, model, backend, threads, top_n):
+def _score_local(query, documents, options, model, backend, threads, top_n, allow_remote_code):
     from edgerank import loader
     from edgerank.engine.rank import rank, score_documents
 
-    loaded = loader.load(model, backend=backend, threads=threads or _default_threads())
+    loaded = loader.load(
+        model,
+        backend=backend,
+        threads=threads or _default_threads(),
+        allow_remote_code=allow_remote_code,
+    )
     if loaded.note:
         click.echo(f"edgerank: note: {loaded.note}", err=True)
     try:
@@ -197,10 +207,23 @@ def _print_ranked(ranked, documents, model_line, raw_scores, as_json) -> None:
 @click.option("--prefer", type=click.Choice(["quality", "speed"]), default="quality")
 @click.option("--allow-non-commercial", is_flag=True)
 @click.option("--allow-remote-code", is_flag=True)
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Time every installed backend of the chosen model here (a few seconds each), "
+    "measure its fidelity, and keep the figures for later choices.",
+)
+@click.option(
+    "--seconds",
+    default=4.0,
+    show_default=True,
+    help="With --calibrate: timing budget per thread count.",
+)
 @friendly
 def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commercial,
-              allow_remote_code):  # fmt: skip
+              allow_remote_code, calibrate, seconds):  # fmt: skip
     """What this machine has, and what edgerank would run on it and why."""
+    from edgerank import calibrate as calibration
     from edgerank.backends import available_backends
     from edgerank.catalog import load_catalog
     from edgerank.choose import Wishes, choose
@@ -217,13 +240,25 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
         allow_non_commercial=allow_non_commercial,
         allow_remote_code=allow_remote_code,
     )
-    choice = choose(
-        load_catalog(),
-        hw,
-        wishes,
-        installed_backends=available_backends(),
-        installed_models=store.installed(),
-    )
+    catalog = load_catalog()
+
+    def decide():
+        return choose(
+            catalog,
+            hw,
+            wishes,
+            installed_backends=available_backends(),
+            installed_models=store.installed(),
+            calibration=calibration.lookup(store, hw),
+        )
+
+    choice = decide()
+    if calibrate:
+        calibration.calibrate(
+            store, hw, choice.model.name, seconds=seconds, allow_remote_code=allow_remote_code,
+            progress=lambda m: click.echo(f"edgerank: calibrate: {m}", err=True),
+        )  # fmt: skip
+        choice = decide()
     if as_json:
         out = {
             "hardware": hw.to_dict(),
@@ -235,6 +270,7 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
                 "threads": choice.threads,
                 "batch_token_budget": choice.batch_token_budget,
             },
+            "calibration": [m.to_dict() for m in choice.measured],
         }
         if explain:
             out["reasons"] = [list(map(str, r)) for r in choice.reasons]
@@ -248,6 +284,10 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
     )
     if explain:
         click.echo(explain_choice(choice))
+    elif choice.measured:
+        click.echo(f"measured here ({calibration.FILE}):")
+        for m in choice.measured:
+            click.echo(f"  {m.summary()}")
 
 
 # -- catalog, store ---------------------------------------------------------------------------

@@ -11,6 +11,9 @@ from edgerank.errors import ModelNotFound
 from edgerank.manifest import MANIFEST
 from edgerank.store import ModelStore
 
+#: backends the loader can open (gguf joins when its backend lands)
+OPENABLE = frozenset({"onnx", "biencoder", "torch"})
+
 
 @dataclass
 class Loaded:
@@ -28,38 +31,98 @@ def load(
     threads: int = 1,
     store: ModelStore | None = None,
     languages: tuple[str, ...] = ("en",),
+    allow_remote_code: bool = False,
 ) -> Loaded:
+    """``allow_remote_code``: let torch run modelling code a checkpoint ships (opt-in)."""
     store = store or ModelStore()
     if model and (Path(model) / MANIFEST).is_file():
+        from edgerank.manifest import Manifest
+
+        manifest = Manifest.read(Path(model))
+        if manifest.backend == "torch":
+            from edgerank.backends.torch import open_entry
+
+            return _torch_loaded(
+                lambda **kw: open_entry(Path(model), manifest, threads=threads, **kw),
+                allow_remote_code,
+            )
         from edgerank.backends.onnx import OnnxBackend
 
         return Loaded(OnnxBackend.from_dir(Path(model), threads=threads))
+    if model and backend in (None, "torch") and (Path(model) / "config.json").is_file():
+        from edgerank.backends.torch import open_torch
+
+        return _torch_loaded(
+            lambda **kw: open_torch(Path(model), threads=threads, **kw), allow_remote_code
+        )
     if model == biencoder.NAME:
         return Loaded(biencoder.BiEncoderBackend(threads=threads))
     installed = store.installed()
     if model:
         if model in installed:
             name_backend = backend or installed[model][0]
+            if name_backend == "torch":
+                return _torch_loaded(
+                    lambda **kw: store.open(model, "torch", threads=threads, **kw),
+                    allow_remote_code,
+                )
             return Loaded(store.open(model, name_backend, threads=threads))
         _raise_unknown(model)
-    return _auto(store, installed, threads, languages)
+    return _auto(store, installed, threads, languages, allow_remote_code)
 
 
-def _auto(store: ModelStore, installed, threads: int, languages) -> Loaded:
+def _torch_loaded(open_fn, allow_remote_code: bool, placement=None, **loaded) -> Loaded:
+    """Open on the device the hardware (or the choice) says; a CUDA fallback becomes a note."""
+    if placement is None:
+        from edgerank.backends.torch import placement as place
+        from edgerank.probe import probe
+
+        placement = place(probe())
+    device, precision, cpu_precision = placement
+    be = open_fn(
+        device=device,
+        precision=precision,
+        cpu_precision=cpu_precision,
+        allow_remote_code=allow_remote_code,
+    )
+    info = be.info()
+    note = None
+    if "fallback" in info.details:
+        note = (
+            f"CUDA failed to start ({info.details['fallback']}): running on the CPU "
+            f"({info.precision})"
+        )
+    return Loaded(be, note=note, **loaded)
+
+
+def _auto(store: ModelStore, installed, threads: int, languages, allow_remote_code) -> Loaded:
     """The choice function over what is installed; custom imports beat the fallback."""
     from edgerank.backends import available_backends
+    from edgerank.calibrate import lookup
     from edgerank.catalog import load_catalog
     from edgerank.choose import Wishes, choose
     from edgerank.probe import probe
 
     catalog = load_catalog()
+    hardware = probe(store_path=store.root)
     choice = choose(
         catalog,
-        probe(store_path=store.root),
-        Wishes(languages=languages),
-        installed_backends=available_backends() & {"onnx", "biencoder"},
+        hardware,
+        Wishes(languages=languages, allow_remote_code=allow_remote_code),
+        installed_backends=available_backends() & OPENABLE,
         installed_models=installed,
+        calibration=lookup(store, hardware),
     )
+    if choice.backend == "torch":
+        from edgerank.backends.torch import placement
+
+        cpu_precision = placement(hardware)[2]
+        return _torch_loaded(
+            lambda **kw: store.open(choice.model.name, "torch", threads=threads, **kw),
+            allow_remote_code,
+            (choice.device, choice.precision, cpu_precision),
+            token_budget=choice.batch_token_budget,
+        )
     if choice.backend != "biencoder":
         be = store.open(choice.model.name, choice.backend, threads=threads)
         return Loaded(be, token_budget=choice.batch_token_budget)

@@ -2,6 +2,8 @@
 
 Layout: <home>/models/<name>/<backend>/ with a manifest.json (see manifest.py). A model is
 installed only once its manifest is written, so an interrupted pull never looks installed.
+A torch entry is the Hugging Face checkpoint itself; its manifest's recipe says how it
+scores (backends/torch.py TorchModel).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from edgerank.manifest import MANIFEST, Manifest
 
 #: the files a cross-encoder directory needs beside its weights
 TOKENIZER_FILES = ("tokenizer.json", "config.json")
+#: what a torch entry copies from a checkpoint: weights, configs, tokenizer, modelling code
+TORCH_PATTERNS = ("*.safetensors", "*.json", "*.py", "*.txt", "*.model", "pytorch_model*.bin")
 
 
 def home() -> Path:
@@ -56,14 +60,19 @@ class ModelStore:
             )
         return Manifest.read(d)
 
-    def open(self, name: str, backend: str = "onnx", threads: int = 1):
-        """Verify and load an installed model into its backend."""
+    def open(self, name: str, backend: str = "onnx", threads: int = 1, **torch_options):
+        """Verify and load an installed model into its backend. ``torch_options``: device,
+        precision, cpu_precision, allow_remote_code (backends/torch.py)."""
         d = self.path(name, backend)
-        self.manifest(name, backend)  # one clear error for missing/unreadable
+        manifest = self.manifest(name, backend)  # one clear error for missing/unreadable
         if backend == "onnx":
             from edgerank.backends.onnx import OnnxBackend
 
             return OnnxBackend.from_dir(d, threads=threads)
+        if backend == "torch":
+            from edgerank.backends.torch import open_entry
+
+            return open_entry(d, manifest, threads=threads, **torch_options)
         raise BackendUnavailable(f"backend {backend!r} is not available in this build")
 
     # -- installing -----------------------------------------------------------------------
@@ -121,6 +130,49 @@ class ModelStore:
                 fidelity=fidelity,
             )
             manifest.write(staging)
+            _publish(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def import_torch(
+        self, name: str, source_dir: Path, *, spec: ModelSpec | None = None,
+        source: dict | None = None,
+    ) -> Path:  # fmt: skip
+        """Install a Hugging Face checkpoint as a torch entry (copied as is, no conversion).
+
+        How it scores comes from the catalog entry when given, else from its config.json
+        (TorchModel.detect); modelling code it ships is copied but runs only on opt-in.
+        """
+        from edgerank.backends.torch import TorchModel
+
+        source_dir = Path(source_dir)
+        if not all((source_dir / f).is_file() for f in TOKENIZER_FILES):
+            raise InvalidInput(f"{source_dir} lacks config.json or tokenizer.json")
+        model = TorchModel.from_spec(spec) if spec is not None else TorchModel.detect(source_dir)
+        files = sorted(
+            {p.name for pattern in TORCH_PATTERNS for p in source_dir.glob(pattern)}
+            - {MANIFEST, ".verified.json"}
+        )
+        weights = [f for f in files if f.endswith((".safetensors", ".bin"))]
+        if not weights:
+            raise InvalidInput(f"{source_dir} has no weights (*.safetensors or pytorch_model*.bin)")
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self._ensure_models_dir()))
+        target = self.path(name, "torch")
+        try:
+            for f in files:
+                shutil.copy2(source_dir / f, staging / f)
+            Manifest(
+                name=name,
+                backend="torch",
+                precision=_checkpoint_precision(source_dir),
+                model_file=weights[0],
+                max_length=model.max_length,
+                files={f: {} for f in files},
+                source=source or {"origin": f"local:{source_dir.resolve()}"},
+                recipe=model.to_recipe(),
+                fidelity={"measured": False, "note": "the checkpoint is the fp32 reference"},
+            ).write(staging)
             _publish(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -201,6 +253,18 @@ def _publish(staging: Path, target: Path) -> None:
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(target)
+
+
+def _checkpoint_precision(d: Path) -> str:
+    """The dtype the checkpoint is stored in (config.json torch_dtype), as a precision name."""
+    import json
+
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except ValueError as exc:
+        raise ModelCorrupt(f"{d / 'config.json'} is not valid JSON") from exc
+    stored = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(stored, "fp32")
 
 
 def _find_fp32_onnx(d: Path) -> Path | None:

@@ -153,3 +153,23 @@ def test_score_through_a_running_daemon(tiny_onnx_dir, tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=60) == 0
+
+
+def test_score_runs_a_checkpoints_own_code_only_with_the_flag(run, tmp_path):
+    """The layerwise MiniCPM reranker ships its modelling code: refused unless allowed."""
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from edgerank.catalog import load_catalog
+    from edgerank.store import ModelStore
+    from tests import tiny_models
+
+    spec = load_catalog().get("bge-reranker-v2-minicpm-layerwise")
+    spec = dataclasses.replace(spec, max_length=256, cutoff_layer=4)  # the tiny one has 6
+    ckpt = tiny_models.build_tiny_layerwise(tmp_path / "layerwise")
+    ModelStore(tmp_path / "home").import_torch("layerwise", ckpt, spec=spec)
+    args = ("score", "cats", "cats sleep", "dogs bark", "--model", "layerwise")
+    _one_error_line(run(*args), "--allow-remote-code")
+    allowed = run(*args, "--allow-remote-code")
+    assert allowed.exit_code == 0, allowed.output
+    assert "cats sleep" in allowed.stdout and "dogs bark" in allowed.stdout

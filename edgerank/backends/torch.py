@@ -1,21 +1,45 @@
-"""torch cross-encoders: the FP32 reference, BF16 on AMX CPUs, FP16 on CUDA (extra `cuda`).
+"""torch rerankers (extra `cuda`): FP32 reference and BF16 on the CPU, FP16 on CUDA.
 
-Tokenization is the same PairTokenizer as the ONNX backend, so the two see identical ids
-and differ only in arithmetic: that is what fidelity tests and benchmarks compare.
+Cross-encoders use the same PairTokenizer as the ONNX backend, so the two see identical ids
+and differ only in arithmetic: that is what fidelity tests, benchmarks and calibration
+compare. LLM rerankers use llm.PromptTokenizer, shared with the gguf backend.
+
+CUDA is started (context, weights, one warm-up batch) while loading, so that a broken driver,
+a GPU too old for the wheel's kernels or a full card fails there and not on a request; then
+the backend reloads on the CPU at the CPU precision and logs why (info().details["fallback"]).
+
+bge-reranker-v2-minicpm-layerwise is hub modelling code (trust_remote_code): it is loaded
+only when the caller allows remote code, and is called the way its code expects,
+forward(..., cutoff_layers=[k, ...]) -> one score tensor per cutoff; its layers past the
+largest cutoff never run. The cutoff is per request where the caller sets one.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edgerank.backends import llm
 from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
 from edgerank.backends.pairs import PairTokenizer
-from edgerank.errors import BackendFailure, missing_extra
+from edgerank.errors import BackendFailure, InvalidInput, ModelCorrupt, missing_extra
+
+log = logging.getLogger("edgerank.torch")
 
 DTYPES = ("fp32", "bf16", "fp16")
+KINDS = ("cross-encoder", "llm-yes-logit", "llm-layerwise")
+#: what a failing CUDA start raises: driver/runtime errors and OOM are RuntimeErrors, a
+#: CPU-only wheel asserts, missing CUDA libraries fail to load
+CUDA_FAILURES = (RuntimeError, AssertionError, OSError, ImportError)
+#: cross-encoders without a position table size in their config
+DEFAULT_MAX_LENGTH = 512
 
 
 def _torch():
@@ -27,57 +51,256 @@ def _torch():
     return torch
 
 
-class TorchBackend:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def start_cuda(torch: Any, device: str) -> None:
+    """Create the CUDA context now, so that a broken setup fails while loading."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "torch.cuda.is_available() is False (a CPU-only torch build, or no usable driver)"
+        )
+    torch.zeros(1, device=device)
+
+
+def _release_cuda(torch: Any) -> None:
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except CUDA_FAILURES:  # the device is already broken: nothing to give back
+        pass
+
+
+def _dtype_kwarg() -> str:
+    """transformers 4.56 renamed torch_dtype to dtype (the old name warns)."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _read_config(hf_dir: Path) -> dict[str, Any]:
+    path = hf_dir / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelCorrupt(f"{hf_dir} has no config.json: not a Hugging Face checkpoint") from None
+    except ValueError as exc:
+        raise ModelCorrupt(f"{path} is not valid JSON") from exc
+
+
+@dataclass(frozen=True)
+class TorchModel:
+    """What a checkpoint is and how it scores; stored as a torch store entry's recipe."""
+
+    kind: str
+    max_length: int = DEFAULT_MAX_LENGTH
+    llm: llm.LlmFormat | None = None
+    remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"torch cannot serve {self.kind!r} models (only {', '.join(KINDS)})")
+        if (self.kind != "cross-encoder") != (self.llm is not None):
+            raise ValueError("LLM rerankers need an LlmFormat, cross-encoders none")
+
+    @classmethod
+    def from_spec(cls, spec: Any, max_length: int | None = None) -> TorchModel:
+        fmt = llm.LlmFormat.from_spec(spec) if spec.is_llm else None
+        return cls(spec.kind, max_length or spec.max_length, fmt, spec.remote_code)
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], max_length: int) -> TorchModel:
+        try:
+            fmt = llm.LlmFormat.from_dict(recipe["llm"]) if recipe.get("llm") else None
+            return cls(recipe["kind"], max_length, fmt, bool(recipe.get("remote_code")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelCorrupt(f"torch entry recipe is incomplete: {exc}") from exc
+
+    def to_recipe(self) -> dict[str, Any]:
+        return {
+            "name": "torch-checkpoint",
+            "kind": self.kind,
+            "llm": self.llm.to_dict() if self.llm else None,
+            "remote_code": self.remote_code,
+        }
+
+    @classmethod
+    def detect(cls, hf_dir: Path | str, catalog: Any = None) -> TorchModel:
+        """Tell from config.json: a *ForSequenceClassification is a cross-encoder; a causal
+        LM is scored the way the catalog scores its architecture."""
+        hf_dir = Path(hf_dir)
+        cfg = _read_config(hf_dir)
+        arch = (cfg.get("architectures") or [""])[0]
+        remote = "auto_map" in cfg
+        if arch.endswith("ForSequenceClassification"):
+            n = int(cfg.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
+            if cfg.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
+                n -= 2  # positions start after the padding index
+            return cls("cross-encoder", min(n, DEFAULT_MAX_LENGTH), None, remote)
+        if catalog is None:
+            from edgerank.catalog import load_catalog
+
+            catalog = load_catalog()
+        for spec in catalog:
+            if spec.is_llm and spec.arch == arch:
+                fmt = llm.LlmFormat.from_spec(spec)
+                return cls(spec.kind, spec.max_length, fmt, remote or spec.remote_code)
+        raise InvalidInput(
+            f"{hf_dir}: cannot tell how to score a {arch or 'model without architectures'} "
+            "(install it under a catalog name)"
+        )
+
+
+def placement(hardware: Any) -> tuple[str, str, str]:
+    """(device, precision, CPU precision) for this machine: FP16 on the GPU with the most
+    free VRAM; on the CPU BF16 only with AMX/AVX512-BF16 (slow without them), else FP32."""
+    from edgerank.choose import BF16_ISA
+
+    cpu = "bf16" if hardware.isa & BF16_ISA else "fp32"
+    if hardware.gpus:
+        gpu = max(hardware.gpus, key=lambda g: g.vram_free_mib)
+        return f"cuda:{gpu.index}", "fp16", cpu
+    return "cpu", cpu, cpu
+
+
+class _TorchBackend:
+    """Loading, device fallback and token-bounded sub-batches shared by both model kinds."""
+
     def __init__(
         self,
         hf_dir: Path | str,
         *,
+        model: TorchModel,
         precision: str = "fp32",
         device: str = "cpu",
         threads: int | None = None,
-        max_length: int = 512,
         name: str | None = None,
+        allow_remote_code: bool = False,
+        cpu_precision: str = "fp32",
+        batch_tokens: int | None = None,
     ):
         torch = _torch()
-        from transformers import AutoModelForSequenceClassification
-
-        if precision not in DTYPES:
-            raise ValueError(f"precision must be one of {DTYPES}")
-        hf_dir = Path(hf_dir)
+        for p in (precision, cpu_precision):
+            if p not in DTYPES:
+                raise ValueError(f"precision must be one of {DTYPES}, got {p!r}")
+        self._hf_dir = Path(hf_dir)
+        remote = model.remote_code or "auto_map" in _read_config(self._hf_dir)
+        if remote and not allow_remote_code:
+            raise InvalidInput(
+                f"{name or self._hf_dir.name} runs modelling code from the hub "
+                "(trust_remote_code): opt in with --allow-remote-code"
+            )
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            precision
-        ]
+        self._spec = model
+        self._trust = remote
+        self._name = name or self._hf_dir.name
+        self._threads = threads or torch.get_num_threads()
+        self._batch_tokens = batch_tokens
+        self._fallback: str | None = None
+        self._attention = "sdpa"
+        self._init_tokenizer()
+        self._place(precision, device, cpu_precision)
+
+    # -- loading ------------------------------------------------------------------------
+
+    def _init_tokenizer(self) -> None:
+        raise NotImplementedError
+
+    def _auto_class(self) -> Any:
+        raise NotImplementedError
+
+    def _after_load(self) -> None:
+        """Model-specific checks once the weights are in place."""
+
+    def _place(self, precision: str, device: str, cpu_precision: str) -> None:
+        torch = self._torch
+        if device != "cpu":
+            try:
+                start_cuda(torch, device)
+                self._load(precision, device)
+                with torch.inference_mode():
+                    self._score(self.encode("warm up", ["warm up"], ScoreOptions()))
+                return
+            except CUDA_FAILURES as exc:
+                reason = _first_line(exc)
+                log.warning(
+                    "CUDA failed to start on %s: %s; falling back to the CPU (%s)",
+                    device, reason, cpu_precision,
+                )  # fmt: skip
+                self._fallback = f"{device}: {reason}"
+                self._model = None
+                _release_cuda(torch)
+            precision = cpu_precision
+        self._load(precision, "cpu")
+
+    def _load(self, precision: str, device: str) -> None:
+        torch = self._torch
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        kwargs = {_dtype_kwarg(): dtype, "trust_remote_code": self._trust}
+        auto = self._auto_class()
+        try:
+            try:
+                model = auto.from_pretrained(self._hf_dir, attn_implementation="sdpa", **kwargs)
+                self._attention = "sdpa"
+            except ValueError as exc:  # an architecture without an SDPA path (DeBERTa...)
+                log.info("no SDPA attention for %s (%s): default attention", self._name, exc)
+                model = auto.from_pretrained(self._hf_dir, **kwargs)
+                self._attention = "default"
+        except OSError as exc:
+            raise ModelCorrupt(f"cannot load {self._hf_dir}: {_first_line(exc)}") from exc
         self._device = torch.device(device)
         self._precision = precision
-        self._threads = threads or torch.get_num_threads()
-        self._name = name or hf_dir.name
-        self._tok = PairTokenizer(hf_dir / "tokenizer.json", max_length)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            hf_dir, torch_dtype=self._dtype, attn_implementation="sdpa"
-        )
         self._model = model.to(self._device).eval()
-        self._uses_types = getattr(model.config, "type_vocab_size", 1) > 1
+        self._after_load()
 
-    def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
-        return self._tok.encode(query, passages, options)
+    # -- scoring ------------------------------------------------------------------------
+
+    def _score(self, batch: Sequence[Encoded]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _tensors(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {k: self._torch.from_numpy(v).to(self._device) for k, v in feed.items()}
 
     def score(self, batch: Sequence[Encoded]) -> np.ndarray:
         if not batch:
             return np.empty(0, dtype=np.float32)
+        out = np.empty(len(batch), dtype=np.float32)
+        if self._batch_tokens is None:
+            groups = [list(range(len(batch)))]
+        else:
+            from edgerank.engine.rank import plan_batches
+
+            groups = plan_batches([it.n_tokens for it in batch], self._batch_tokens)
         torch = self._torch
-        feed = self._tok.pad(batch)
-        if not self._uses_types:
-            feed.pop("token_type_ids")
-        tensors = {k: torch.from_numpy(v).to(self._device) for k, v in feed.items()}
-        try:
-            with torch.inference_mode():
-                logits = self._model(**tensors).logits
-        except RuntimeError as exc:
-            raise BackendFailure(f"torch failed: {exc}".splitlines()[0]) from exc
-        return logits[:, 0].float().cpu().numpy()
+        for idx in groups:
+            try:
+                with torch.inference_mode():
+                    out[idx] = self._score([batch[i] for i in idx])
+            except torch.cuda.OutOfMemoryError as exc:
+                tokens = len(idx) * max(batch[i].n_tokens for i in idx)
+                raise BackendFailure(
+                    f"CUDA out of memory on a batch of {tokens} padded tokens: lower the "
+                    "batch token budget (max_batch_tokens)"
+                ) from exc
+            except RuntimeError as exc:
+                raise BackendFailure(f"torch failed: {_first_line(exc)}") from exc
+        return out
+
+    @property
+    def model(self) -> Any:
+        """The loaded torch module (tests and profiling look inside it)."""
+        return self._model
+
+    def _details(self) -> dict[str, Any]:
+        details: dict[str, Any] = {"kind": self._spec.kind, "attention": self._attention}
+        if self._fallback:
+            details["fallback"] = self._fallback
+        return details
 
     def info(self) -> BackendInfo:
         return BackendInfo(
@@ -85,9 +308,158 @@ class TorchBackend:
             model=self._name,
             precision=self._precision,
             device=str(self._device),
-            max_length=self._tok.max_length,
+            max_length=self._spec.max_length,
             threads=self._threads,
+            details=self._details(),
         )
 
     def close(self) -> None:
+        on_gpu = getattr(self, "_device", None) is not None and self._device.type == "cuda"
         self._model = None
+        if on_gpu:
+            _release_cuda(self._torch)
+
+
+class TorchBackend(_TorchBackend):
+    """Cross-encoders: the classification head's one logit on the first token."""
+
+    def __init__(
+        self,
+        hf_dir: Path | str,
+        *,
+        precision: str = "fp32",
+        device: str = "cpu",
+        threads: int | None = None,
+        max_length: int | None = None,
+        name: str | None = None,
+        model: TorchModel | None = None,
+        **kwargs: Any,
+    ):
+        model = model or TorchModel.detect(hf_dir)
+        if model.kind != "cross-encoder":
+            raise InvalidInput(f"{hf_dir} is a {model.kind} model: open it with open_torch()")
+        if max_length is not None:
+            model = replace(model, max_length=max_length)
+        super().__init__(
+            hf_dir, model=model, precision=precision, device=device, threads=threads, name=name,
+            **kwargs,
+        )  # fmt: skip
+
+    def _init_tokenizer(self) -> None:
+        self._tok = PairTokenizer(self._hf_dir / "tokenizer.json", self._spec.max_length)
+
+    def _auto_class(self) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def _after_load(self) -> None:
+        self._uses_types = getattr(self._model.config, "type_vocab_size", 1) > 1
+
+    def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
+        return self._tok.encode(query, passages, options)
+
+    def _score(self, batch: Sequence[Encoded]) -> np.ndarray:
+        feed = self._tok.pad(batch)
+        if not self._uses_types:
+            feed.pop("token_type_ids")
+        logits = self._model(**self._tensors(feed)).logits
+        return logits[:, 0].float().cpu().numpy()
+
+
+class TorchLLMBackend(_TorchBackend):
+    """LLM rerankers: answer-token logits at the last position, or layerwise heads."""
+
+    def __init__(self, hf_dir: Path | str, *, model: TorchModel, **kwargs: Any):
+        if model.llm is None:
+            raise ValueError("TorchLLMBackend needs an LLM reranker")
+        self._fmt = model.llm
+        self._layerwise = model.llm.score_rule == "layer-head"
+        super().__init__(hf_dir, model=model, **kwargs)
+
+    def _init_tokenizer(self) -> None:
+        self._tok = llm.PromptTokenizer.from_dir(self._hf_dir, self._fmt, self._spec.max_length)
+
+    def _auto_class(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def _after_load(self) -> None:
+        cfg = self._model.config
+        self._layers = (getattr(cfg, "start_layer", 1), cfg.num_hidden_layers)
+        if self._layerwise:
+            self._check_cutoff(self._fmt.cutoff_layer)
+        params = inspect.signature(self._model.forward).parameters
+        self._keep = {}
+        for key in ("logits_to_keep", "num_logits_to_keep"):  # renamed in transformers 4.50
+            if key in params:
+                self._keep = {key: 1}
+                break
+
+    def _check_cutoff(self, layer: int | None) -> int:
+        lo, hi = self._layers
+        if layer is None or not lo <= layer <= hi:
+            raise InvalidInput(f"cutoff layer must be in {lo}..{hi} for {self._name}, got {layer}")
+        return layer
+
+    def encode(
+        self,
+        query: str,
+        passages: Sequence[str],
+        options: ScoreOptions,
+        *,
+        cutoff_layer: int | None = None,
+    ) -> list[Encoded]:
+        """``cutoff_layer`` (or a ``cutoff_layer`` field on the options) overrides the
+        layerwise model's default for this request; other models ignore it."""
+        extra = None
+        if self._layerwise:
+            layer = cutoff_layer or getattr(options, "cutoff_layer", None) or self._fmt.cutoff_layer
+            extra = {"cutoff_layer": self._check_cutoff(layer)}
+        return self._tok.encode(query, passages, options, extra=extra)
+
+    def _score(self, batch: Sequence[Encoded]) -> np.ndarray:
+        feed = self._tensors(self._tok.pad(batch))
+        if self._layerwise:
+            return self._score_layerwise(batch, feed)
+        out = self._model(**feed, use_cache=False, **self._keep)
+        picked = out.logits[:, -1, list(self._tok.answer_ids)]
+        return llm.raw_scores(self._fmt.score_rule, picked.float().cpu().numpy())
+
+    def _score_layerwise(self, batch: Sequence[Encoded], feed: dict[str, Any]) -> np.ndarray:
+        """One pass up to the deepest cutoff in the batch; each row reads its own layer."""
+        torch = self._torch
+        wanted = [(it.extra or {}).get("cutoff_layer") or self._fmt.cutoff_layer for it in batch]
+        cutoffs = sorted(set(wanted))
+        out = self._model(**feed, cutoff_layers=cutoffs, use_cache=False)
+        per_layer = torch.stack([scores[:, -1] for scores in out.logits], dim=1)
+        column = torch.tensor([cutoffs.index(k) for k in wanted], device=per_layer.device)
+        rows = torch.arange(len(batch), device=per_layer.device)
+        return per_layer[rows, column].float().cpu().numpy()
+
+    def _details(self) -> dict[str, Any]:
+        details = super()._details()
+        details["score_rule"] = self._fmt.score_rule
+        if self._layerwise:
+            details["cutoff_layer"] = self._fmt.cutoff_layer
+        return details
+
+
+def open_torch(
+    hf_dir: Path | str, model: TorchModel | None = None, **kwargs: Any
+) -> TorchBackend | TorchLLMBackend:
+    """The backend class that fits the checkpoint (detected from config.json if not given)."""
+    model = model or TorchModel.detect(hf_dir)
+    if model.kind == "cross-encoder":
+        return TorchBackend(hf_dir, model=model, **kwargs)
+    return TorchLLMBackend(hf_dir, model=model, **kwargs)
+
+
+def open_entry(model_dir: Path | str, manifest: Any, *, verify: bool = True, **kwargs: Any):
+    """A torch store entry: the checkpoint plus a manifest whose recipe says how it scores."""
+    model_dir = Path(model_dir)
+    if verify:
+        manifest.verify(model_dir)
+    model = TorchModel.from_recipe(manifest.recipe, manifest.max_length)
+    return open_torch(model_dir, model, name=manifest.name, **kwargs)
