@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgerank import systemd
 from edgerank.backends.base import Backend
@@ -23,6 +23,9 @@ from edgerank.errors import EdgerankError
 from edgerank.server import grpc as grpc_server
 from edgerank.server.service import Service
 from edgerank.settings import Settings, click_options, load
+
+if TYPE_CHECKING:
+    from edgerank.server.http import HttpListening
 
 log = logging.getLogger("edgerank.daemon")
 
@@ -41,7 +44,13 @@ def load_backend(settings: Settings) -> tuple[Backend, list[str], dict[str, str]
     hardware = probe.probe(store_path=store.root if store.root.exists() else None)
     threads = settings.threads or probe.recommended_threads(hardware)
     backend_name = None if settings.backend == "auto" else settings.backend
-    loaded = loader.load(settings.model or None, backend=backend_name, threads=threads, store=store)
+    loaded = loader.load(
+        settings.model or None,
+        backend=backend_name,
+        threads=threads,
+        store=store,
+        allow_remote_code=settings.allow_remote_code,
+    )
     if loaded.note:
         log.warning("%s", loaded.note)
     summary = {k: _text(v) for k, v in hardware.to_dict().items()}
@@ -89,7 +98,9 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
 
     service = Service(settings)
     listening = await grpc_server.start(service, settings)
-    log.info("listening on %s (health NOT_SERVING while loading)", ", ".join(listening.addresses))
+    http = await _start_http(service, settings, listening)
+    addresses = listening.addresses + (http.addresses if http else [])
+    log.info("listening on %s (health NOT_SERVING while loading)", ", ".join(addresses))
     systemd.status(f"loading {settings.model or 'the default model'}")
     stopper = asyncio.ensure_future(stop.wait())
     watchdog: asyncio.Task | None = None
@@ -105,7 +116,7 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         info = service.info
         await listening.set_serving(True)
         line = f"serving {info.model} ({info.backend} {info.precision}, {info.threads} threads)"
-        log.info("%s on %s", line, ", ".join(listening.addresses))
+        log.info("%s on %s", line, ", ".join(addresses))
         systemd.ready(line)
         interval = systemd.watchdog_interval()
         if interval is not None:
@@ -113,7 +124,7 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
                 systemd.watchdog_loop(lambda: service.healthy(stall_s=interval), interval)
             )
         await stopper
-        await _drain(service, listening, settings)
+        await _drain(service, listening, http, settings)
         return 0
     except EdgerankError as exc:
         log.error("%s", exc)
@@ -124,6 +135,8 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         if watchdog is not None:
             watchdog.cancel()
         await listening.server.stop(0)
+        if http is not None:
+            await http.stop()
         if service.backend is not None:
             await asyncio.to_thread(service.close, settings.drain_timeout_s)
         if listening.socket_path is not None:
@@ -131,7 +144,29 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         log.info("stopped")
 
 
-async def _drain(service: Service, listening: grpc_server.Listening, settings: Settings) -> None:
+async def _start_http(
+    service: Service, settings: Settings, listening: grpc_server.Listening
+) -> HttpListening | None:
+    """The HTTP face on this loop, when configured (aiohttp is imported only then)."""
+    if not (settings.http or settings.http_socket):
+        return None
+    from edgerank.server import http as http_server
+
+    try:
+        return await http_server.start(service, settings)
+    except BaseException:
+        await listening.server.stop(0)
+        if listening.socket_path is not None:
+            listening.socket_path.unlink(missing_ok=True)
+        raise
+
+
+async def _drain(
+    service: Service,
+    listening: grpc_server.Listening,
+    http: HttpListening | None,
+    settings: Settings,
+) -> None:
     service.drain()
     await listening.health.enter_graceful_shutdown()
     systemd.stopping(f"draining {service.calls} in-flight calls")
@@ -140,6 +175,8 @@ async def _drain(service: Service, listening: grpc_server.Listening, settings: S
         log.warning("drain timeout: %d calls still running are cancelled", service.calls)
     # the answers of the last calls are still being written: let them go out
     await listening.server.stop(grace=min(1.0, settings.drain_timeout_s))
+    if http is not None:
+        await http.stop()
 
 
 def run(settings: Settings, factory: BackendFactory = load_backend) -> int:

@@ -41,8 +41,13 @@ def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
 class Settings:
     listen: str = _opt("127.0.0.1:50051", "TCP address HOST:PORT; empty = no TCP listener")
     socket: str = _opt("", "Unix socket path (mode 0660), e.g. /run/edgerank/edgerank.sock")
+    http: str = _opt("", "HTTP listener HOST:PORT (or PORT = on 127.0.0.1); empty = none")
+    http_socket: str = _opt("", "HTTP on a Unix socket (mode 0660); empty = none")
     model: str = _opt("", "model name in the store, or a model directory")
     backend: str = _opt("auto", f"runtime: {', '.join(BACKENDS)}")
+    allow_remote_code: bool = _opt(
+        False, "run modelling code the checkpoint ships (torch: the layerwise MiniCPM reranker)"
+    )
     threads: int = _opt(0, "inference threads; 0 = every usable core")
     max_batch_tokens: int = _opt(8192, "token budget of one batch (padded size)")
     max_batch_pairs: int = _opt(0, "pairs in one batch at most; 0 = no cap")
@@ -54,8 +59,8 @@ class Settings:
     max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, how long in-flight requests may finish")
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
-    tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listener")
-    tls_key: str = _opt("", "PEM private key for TLS on the TCP listener")
+    tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
+    tls_key: str = _opt("", "PEM private key for TLS on the TCP listeners (gRPC and HTTP)")
     token: str = _opt("", "bearer token TCP clients must send; empty = none", secret=True)
     token_file: str = _opt("", "file holding the bearer token (e.g. a systemd credential)")
     home: str = _opt("", "model store directory; empty = $STATE_DIRECTORY or XDG data dir")
@@ -124,15 +129,29 @@ def _check(s: Settings) -> Settings:
         raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
     if s.log_level not in LOG_LEVELS:
         raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-    if not s.listen and not s.socket:
-        raise SettingsError("nothing to listen on: set listen (TCP) and/or socket (Unix)")
+    if not (s.listen or s.socket or s.http or s.http_socket):
+        raise SettingsError(
+            "nothing to listen on: set listen (TCP) and/or socket (Unix), or http / http_socket"
+        )
     if s.listen and (":" not in s.listen or s.listen.startswith("unix:")):
         raise SettingsError(f"listen must be HOST:PORT, got {s.listen!r} (use socket for Unix)")
+    if s.http:
+        http_address(s.http)
     if bool(s.tls_cert) != bool(s.tls_key):
         raise SettingsError("TLS needs both tls_cert and tls_key")
     if s.token and s.token_file:
         raise SettingsError("set token or token_file, not both")
     return s
+
+
+def http_address(setting: str) -> tuple[str, int]:
+    """(host, port) of the `http` setting; no host means loopback, never every interface."""
+    host, _, port = setting.strip().rpartition(":")
+    if host.startswith("unix") or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(
+            f"http must be HOST:PORT or PORT, got {setting!r} (use http_socket for Unix)"
+        )
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def read_file(path: Path) -> dict[str, Any]:

@@ -228,3 +228,23 @@ def test_sigterm_while_loading_exits_0(tmp_path, notify):
     finally:
         code, err = stop(proc)
     assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"), [({}, False), ({"EDGERANK_ALLOW_REMOTE_CODE": "1"}, True)]
+)
+def test_remote_code_opt_in_reaches_the_loader(monkeypatch, env, expected):
+    """Hub modelling code runs only when the daemon's settings allow it (off by default)."""
+    from edgerank import daemon, loader
+    from edgerank.settings import load
+
+    seen = {}
+
+    def fake_load(model, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(loader, "load", fake_load)
+    with pytest.raises(RuntimeError, match="stop here"):
+        daemon.load_backend(load({"model": "m"}, env=env))
+    assert seen["allow_remote_code"] is expected

@@ -23,6 +23,7 @@ from edgerank.engine.admission import Admission
 from edgerank.engine.batcher import Batcher, run_job
 from edgerank.engine.rank import Ranked, merge_max, rank
 from edgerank.errors import EdgerankError, InvalidInput, ModelNotFound, TooLarge, Unavailable
+from edgerank.server.metrics import Metrics
 from edgerank.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class Service:
         self._info: BackendInfo | None = None
         self._probe_items: list[Encoded] = []
         self._tokenizers = concurrent.futures.ThreadPoolExecutor(2, "edgerank-tok")
+        #: Prometheus figures; transports report their calls here too (status.py, http.py)
+        self.metrics = Metrics(self)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -90,8 +93,12 @@ class Service:
         self.backend = backend
         self._info = backend.info()
         self.model_names = frozenset({self._info.model, *(a for a in aliases if a)})
+        self.metrics.describe(self._info)
         self.batcher = Batcher(
-            backend, s.max_batch_tokens, s.max_batch_pairs or None, s.batch_wait_ms / 1000
+            self.metrics.metered(backend),
+            s.max_batch_tokens,
+            s.max_batch_pairs or None,
+            s.batch_wait_ms / 1000,
         ).start()
         self.state = "warming"
         await self._run([Group(WARMUP_QUERY, WARMUP_PASSAGES)], len(WARMUP_PASSAGES), None)
@@ -268,7 +275,7 @@ class Service:
         self.completed += 1
         raw = merge_max(items, job.scores, n)
         windows = np.bincount([it.doc for it in items], minlength=n)
-        return Outcome(
+        outcome = Outcome(
             raw=raw,
             windows=windows,
             tokens=tokens,
@@ -279,6 +286,8 @@ class Service:
             inference_ns=int(job.inference_s * 1e9),
             total_ns=time.perf_counter_ns() - start,
         )
+        self.metrics.scored(n, outcome)
+        return outcome
 
     # -- health -----------------------------------------------------------------------
 

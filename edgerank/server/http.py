@@ -1,0 +1,455 @@
+"""The HTTP face: the rerank shapes RAG tools already speak, /health and /metrics.
+
+    POST /v2/rerank   Cohere: {model?, query, documents: [str], top_n?, max_tokens_per_doc?}
+                      -> {id, results: [{index, relevance_score}], meta}
+    POST /v1/rerank   Jina: {model?, query, documents: [str | {text}], top_n?,
+                      return_documents? (default true), max_tokens_per_doc?}
+                      -> {model, usage: {total_tokens}, results: [{index, relevance_score,
+                      document: {text}}]}
+    POST /rerank      TEI: {query, texts: [str], truncate?, truncation_direction? ("right" |
+                      "left"), raw_scores?, return_text?, top_n?, max_tokens_per_doc?}
+                      -> [{index, score, text?}] (a bare array)
+    GET  /health      200 {"status": "serving"}; 503 while loading, warming up, draining, or
+                      when the inference worker fails its check (Service.healthy)
+    GET  /metrics     Prometheus text (OpenMetrics when the scraper asks), see metrics.py
+
+Scores: `relevance_score` (Cohere, Jina) is always the normalised 0..1 score (sigmoid of the
+logit; (cos+1)/2 for the bi-encoder); TEI's `score` is that same normalised score unless
+raw_scores=true, then the model's raw logit. Clients must not apply a sigmoid again. Results
+are best first, cut to top_n (0 or absent = all), and always carry the document's index in
+the request. max_tokens_per_doc caps each model input below the model's own maximum.
+
+Long documents: Cohere's rule, chunks scored with the max kept, on /v2/rerank; truncation
+on /v1/rerank; on /rerank TEI's rule: refused (413) unless truncate=true, which truncates
+on the side truncation_direction names.
+
+Errors come from status.py's one table (400 invalid input, 413 too many or too large, 429
+overloaded with Retry-After, 503 loading or draining, 500 a bug), as JSON
+{"error": text, "error_type": reason, "message": text}: `error` is TEI's key, `message`
+Cohere's. The body limit (max_message_bytes) is enforced from Content-Length before the
+body is read (and before "100 Continue"), and while reading a chunked one.
+
+Security: on TCP, every endpoint but /health needs `Authorization: Bearer <token>` when a
+token is configured (the gRPC setting); Unix-socket peers are trusted by the socket's file
+mode (0660). With no host, `http` binds 127.0.0.1. The TLS certificate of the gRPC listener,
+when set, serves HTTPS here too.
+
+Why aiohttp: it runs on the asyncio loop grpc.aio already owns (one process, one loop,
+one Service: the batcher and admission are shared by construction); its HTTP/1.1 parser is
+C (llhttp), it handles keep-alive, chunked bodies, Expect and pipelining correctly, and its
+dependency tree is small and pure asyncio (multidict, yarl, frozenlist, aiosignal...) with no
+ASGI server, no framework and no pydantic. A hand-written HTTP/1.1 server would be smaller
+still, but request parsing is where servers get security bugs; an ASGI stack (uvicorn +
+starlette/FastAPI) adds a second event-loop owner and more layers for no gain here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import math
+import os
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+from edgerank.backends.base import ScoreOptions
+from edgerank.errors import EdgerankError, InvalidInput, TooLarge
+from edgerank.server.service import Reranked, Service
+from edgerank.server.status import BUG, GONE, lookup, retry_after_s
+from edgerank.settings import Settings, http_address
+
+log = logging.getLogger(__name__)
+
+SOCKET_MODE = 0o660
+#: route path -> endpoint label in edgerank_requests_total; only these are counted
+ENDPOINTS = {"/v2/rerank": "cohere", "/v1/rerank": "jina", "/rerank": "tei"}
+JSON_TYPES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
+_REQUIRED = object()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- request fields --------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number")):
+        if isinstance(value, kind):
+            return name
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "a value")
+
+
+def _get(data: dict[str, Any], name: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """A field of the JSON body, of exactly `kind` (JSON booleans are not integers here)."""
+    value = data.get(name)
+    if value is None:
+        if default is _REQUIRED:
+            raise InvalidInput(f"missing field {name!r}")
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidInput(f"{name} must be {JSON_TYPES[kind]}, got {_kind(value)}")
+    return value
+
+
+def _strings(data: dict[str, Any], name: str, *, objects: bool = False) -> list[str]:
+    """An array of strings; with `objects`, {"text": str} items are accepted too (Jina)."""
+    items = _get(data, name, list)
+    out = []
+    for i, item in enumerate(items):
+        if objects and isinstance(item, dict):
+            item = item.get("text")
+        if not isinstance(item, str):
+            shape = 'a string or an object {"text": string}' if objects else "a string"
+            raise InvalidInput(f"{name}[{i}] must be {shape}, got {_kind(items[i])}")
+        out.append(item)
+    return out
+
+
+def _no_surrogates(value: Any) -> None:
+    """Refuse a lone UTF-16 surrogate (valid JSON escape, invalid text for any tokenizer)."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                "a string holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
+                "without its pair): send valid Unicode"
+            ) from None
+    elif isinstance(value, dict):
+        for item in value.values():
+            _no_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_surrogates(item)
+
+
+def _top_n(data: dict[str, Any]) -> int:
+    top_n = _get(data, "top_n", int, 0)
+    if top_n < 0:
+        raise InvalidInput(f"top_n must be >= 0 (0 or absent = all), got {top_n}")
+    return top_n
+
+
+def _direction(data: dict[str, Any]) -> str:
+    value = _get(data, "truncation_direction", str, "right").lower()
+    if value not in ("right", "left"):
+        raise InvalidInput(f'truncation_direction must be "right" or "left", got {value!r}')
+    return value
+
+
+def _dumps(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
+def _error(status: int, message: str, reason: str, headers: dict[str, str] | None = None):
+    body = {"error": message, "error_type": reason, "message": message}
+    return _dumps(body, status, headers)
+
+
+def _is_unix(request: web.Request) -> bool:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
+# -- the application -------------------------------------------------------------------
+
+
+class Api:
+    """The handlers, around one Service; `token` '' = no check."""
+
+    def __init__(self, service: Service, token: str = ""):
+        self.service = service
+        self._token = token.encode()
+        self._limit = service.settings.max_message_bytes
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._edge], client_max_size=self._limit + 1)
+        for path, handler in (
+            ("/v2/rerank", self.cohere),
+            ("/v1/rerank", self.jina),
+            ("/rerank", self.tei),
+        ):
+            app.router.add_post(path, handler, expect_handler=self._expect)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    # -- edge: auth, errors, metrics, drain accounting ----------------------------------
+
+    def _authorised(self, request: web.Request) -> bool:
+        if not self._token or _is_unix(request):
+            return True
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.encode(), self._token)
+
+    @web.middleware
+    async def _edge(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        endpoint = ENDPOINTS.get(request.path)
+        reason: str | None = None
+        try:
+            if request.path != "/health" and not self._authorised(request):
+                reason = "unauthenticated"
+                response: web.StreamResponse = _error(
+                    401,
+                    "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                    reason,
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            elif endpoint is None:
+                response = await handler(request)
+            else:
+                self.service.begin_call()
+                try:
+                    response = await handler(request)
+                finally:
+                    self.service.end_call()
+        except EdgerankError as exc:
+            row = lookup(exc)
+            assert row is not None  # EdgerankError is in the table
+            reason = row.reason
+            headers = None
+            if (wait := retry_after_s(exc)) is not None:
+                headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+            response = _error(row.http, str(exc) or type(exc).__name__, reason, headers)
+        except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method
+            if exc.status < 400:
+                raise
+            reason = exc.reason.lower().replace(" ", "_")
+            response = _error(exc.status, f"{exc.reason}: {request.method} {request.path}", reason)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        except asyncio.CancelledError:  # the client went away (handler_cancellation)
+            if endpoint is not None:
+                self.service.metrics.answered(
+                    "http", endpoint, str(GONE.http), GONE.reason, time.perf_counter() - t0
+                )
+            raise
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.path)
+            reason = BUG.reason
+            response = _error(500, "internal error; the server log has the details", reason)
+        if endpoint is not None:
+            self.service.metrics.answered(
+                "http", endpoint, str(response.status), reason, time.perf_counter() - t0
+            )
+        return response
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """Refuse an oversized body before the client sends it, else "100 Continue"."""
+        if request.version != HttpVersion11:
+            return None
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return _error(417, "only 'Expect: 100-continue' is understood", "expectation_failed")
+        if (request.content_length or 0) > self._limit:
+            return _error(413, self._too_large(request.content_length or 0), "too_large")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    def _too_large(self, nbytes: int) -> str:
+        return f"request body of {nbytes} bytes, over max_message_bytes ({self._limit})"
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        declared = request.content_length
+        if declared is not None and declared > self._limit:
+            raise TooLarge(self._too_large(declared))
+        try:
+            raw = await request.read()  # chunked: cut at client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            raise TooLarge(f"request body over max_message_bytes ({self._limit})") from None
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError and bad UTF-8 alike
+            raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidInput(f"the body must be a JSON object, got {_kind(data)}")
+        if b"\\ud" in raw.lower():  # only a \uD800-\uDFFF escape can yield a lone surrogate
+            _no_surrogates(data)
+        return data
+
+    async def _rerank(
+        self, data: dict[str, Any], documents: Sequence[str], options: ScoreOptions
+    ) -> Reranked:
+        query = _get(data, "query", str)
+        max_tokens = _get(data, "max_tokens_per_doc", int, None)
+        if max_tokens is not None:
+            options = dataclasses.replace(options, max_tokens_per_doc=max_tokens)
+        return await self.service.rerank(
+            query,
+            documents,
+            top_n=_top_n(data),
+            options=options,
+            model=_get(data, "model", str, None) or None,
+        )
+
+    # -- endpoints -------------------------------------------------------------------
+
+    async def cohere(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        documents = _strings(data, "documents")
+        reranked = await self._rerank(data, documents, ScoreOptions(truncation="chunk"))
+        with_docs = _get(data, "return_documents", bool, False)
+        results = []
+        for r in reranked.ranked:
+            item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
+            if with_docs:
+                item["document"] = {"text": documents[r.index]}
+            results.append(item)
+        meta = {
+            "api_version": {"version": "2"},
+            "billed_units": {"search_units": 1},
+            "tokens": {"input_tokens": reranked.outcome.tokens, "output_tokens": 0},
+        }
+        return _dumps({"id": str(uuid.uuid4()), "results": results, "meta": meta})
+
+    async def jina(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        documents = _strings(data, "documents", objects=True)
+        reranked = await self._rerank(data, documents, ScoreOptions(truncation="truncate"))
+        with_docs = _get(data, "return_documents", bool, True)
+        results = []
+        for r in reranked.ranked:
+            item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
+            if with_docs:
+                item["document"] = {"text": documents[r.index]}
+            results.append(item)
+        usage = {"total_tokens": reranked.outcome.tokens}
+        return _dumps({"model": self.service.info.model, "usage": usage, "results": results})
+
+    async def tei(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        texts = _strings(data, "texts")
+        truncate = _get(data, "truncate", bool, False)
+        options = ScoreOptions(
+            truncation="truncate" if truncate else "chunk",
+            direction=_direction(data),  # type: ignore[arg-type]
+        )
+        reranked = await self._rerank(data, texts, options)
+        too_long = [i for i, w in enumerate(reranked.outcome.windows) if w > 1]
+        if too_long:
+            raise TooLarge(
+                f"text {too_long[0]} is longer than the model's maximum of "
+                f"{self.service.info.max_length} tokens; set truncate=true"
+            )
+        raw_scores = _get(data, "raw_scores", bool, False)
+        return_text = _get(data, "return_text", bool, False)
+        out = []
+        for r in reranked.ranked:
+            item: dict[str, Any] = {"index": r.index, "score": r.raw if raw_scores else r.score}
+            if return_text:
+                item["text"] = texts[r.index]
+            out.append(item)
+        return _dumps(out)
+
+    async def health(self, request: web.Request) -> web.Response:
+        state = self.service.state
+        if state != "serving":
+            return _dumps({"status": state}, 503)
+        if not await self.service.healthy():
+            return _dumps({"status": "unhealthy"}, 503)
+        return _dumps({"status": "serving", "model": self.service.info.model})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.service.metrics.render(request.headers.get("Accept", ""))
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+
+# -- listeners -------------------------------------------------------------------------
+
+
+@dataclass
+class HttpListening:
+    runner: web.AppRunner
+    tcp: tuple[str, int] | None = None  # the bound (host, port), port 0 resolved
+    socket_path: Path | None = None
+    scheme: str = "http"
+    stopped: bool = False
+
+    @property
+    def addresses(self) -> list[str]:
+        out = []
+        if self.tcp is not None:
+            host, port = self.tcp
+            out.append(f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{port}")
+        if self.socket_path is not None:
+            out.append(f"http on unix:{self.socket_path}")
+        return out
+
+    async def stop(self) -> None:
+        """Close the listeners and the idle connections; answers being written may finish."""
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.runner.cleanup()
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
+
+
+def _ssl(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInput(f"cannot read TLS files: {exc}") from exc
+    return context
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+async def start(service: Service, settings: Settings) -> HttpListening:
+    """Bind and serve the HTTP face on the running loop (the one grpc.aio uses)."""
+    token = settings.bearer_token()
+    runner = web.AppRunner(
+        Api(service, token).app(),
+        access_log=None,  # one log line per request costs more than the request
+        handler_cancellation=True,  # a client that hangs up drops its queued work
+        shutdown_timeout=min(1.0, settings.drain_timeout_s),
+    )
+    await runner.setup()
+    context = _ssl(settings)
+    listening = HttpListening(runner, scheme="https" if context else "http")
+    try:
+        if settings.http:
+            host, port = http_address(settings.http)
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
+            listening.tcp = (host, runner.addresses[0][1])
+            if not token and not _loopback(host):
+                log.warning("HTTP on %s without a token: anyone who can reach it can use it", host)
+        if settings.http_socket:
+            path = Path(settings.http_socket.removeprefix("unix://").removeprefix("unix:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            old = os.umask(0o117)  # born 0660, no window where others could connect
+            try:
+                await web.UnixSite(runner, str(path)).start()
+            finally:
+                os.umask(old)
+            os.chmod(path, SOCKET_MODE)
+            listening.socket_path = path
+    except OSError as exc:
+        await runner.cleanup()
+        where = settings.http or settings.http_socket
+        raise EdgerankError(f"cannot listen for HTTP on {where}: {exc}") from exc
+    return listening
