@@ -176,14 +176,9 @@ class PromptTokenizer:
         bos_token: str | None = None,
         pad_token: str | None = None,
     ):
-        from tokenizers import Tokenizer
+        from edgerank.backends.pairs import load_tokenizer
 
-        try:
-            self._tok = Tokenizer.from_file(str(tokenizer_json))
-        except Exception as exc:  # tokenizers raises plain Exception subclasses
-            raise ModelCorrupt(f"cannot read tokenizer {tokenizer_json}: {exc}") from exc
-        self._tok.no_truncation()
-        self._tok.no_padding()
+        self._tok = load_tokenizer(tokenizer_json)
         self.fmt = fmt
         self.max_length = max_length
         self._units = split_units(fmt.prompt, fmt.style)

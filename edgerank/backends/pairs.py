@@ -20,16 +20,22 @@ from edgerank.errors import InvalidInput, ModelCorrupt
 QUERY_SHARE = 0.75
 
 
+def load_tokenizer(tokenizer_json: Path):
+    """A `tokenizers` Tokenizer with truncation and padding off: callers place every id."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(tokenizer_json))
+    except Exception as exc:  # tokenizers raises plain Exception subclasses
+        raise ModelCorrupt(f"cannot read tokenizer {tokenizer_json}: {exc}") from exc
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 class PairTokenizer:
     def __init__(self, tokenizer_json: Path, max_length: int):
-        from tokenizers import Tokenizer
-
-        try:
-            self._tok = Tokenizer.from_file(str(tokenizer_json))
-        except Exception as exc:  # tokenizers raises plain Exception subclasses
-            raise ModelCorrupt(f"cannot read tokenizer {tokenizer_json}: {exc}") from exc
-        self._tok.no_truncation()
-        self._tok.no_padding()
+        self._tok = load_tokenizer(tokenizer_json)
         self.max_length = max_length
         self._specials = self._tok.num_special_tokens_to_add(is_pair=True)
         self.pad_id = self._pad_id()

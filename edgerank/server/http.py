@@ -305,13 +305,7 @@ class Api:
         data = await self._body(request)
         documents = _strings(data, "documents")
         reranked = await self._rerank(data, documents, ScoreOptions(truncation="chunk"))
-        with_docs = _get(data, "return_documents", bool, False)
-        results = []
-        for r in reranked.ranked:
-            item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
-            if with_docs:
-                item["document"] = {"text": documents[r.index]}
-            results.append(item)
+        results = _scored(reranked, documents, _get(data, "return_documents", bool, False))
         meta = {
             "api_version": {"version": "2"},
             "billed_units": {"search_units": 1},
@@ -323,13 +317,7 @@ class Api:
         data = await self._body(request)
         documents = _strings(data, "documents", objects=True)
         reranked = await self._rerank(data, documents, ScoreOptions(truncation="truncate"))
-        with_docs = _get(data, "return_documents", bool, True)
-        results = []
-        for r in reranked.ranked:
-            item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
-            if with_docs:
-                item["document"] = {"text": documents[r.index]}
-            results.append(item)
+        results = _scored(reranked, documents, _get(data, "return_documents", bool, True))
         usage = {"total_tokens": reranked.outcome.tokens}
         return _dumps({"model": self.service.info.model, "usage": usage, "results": results})
 
@@ -453,3 +441,14 @@ async def start(service: Service, settings: Settings) -> HttpListening:
         where = settings.http or settings.http_socket
         raise EdgerankError(f"cannot listen for HTTP on {where}: {exc}") from exc
     return listening
+
+
+def _scored(reranked: Reranked, documents: Sequence[str], with_docs: bool) -> list[dict]:
+    """Cohere's and Jina's result items: index, normalised score, the text on request."""
+    results = []
+    for r in reranked.ranked:
+        item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
+        if with_docs:
+            item["document"] = {"text": documents[r.index]}
+        results.append(item)
+    return results
