@@ -295,10 +295,15 @@ def test_a_hundred_concurrent_clients_all_get_their_answer(served, direct):
     with concurrent.futures.ThreadPoolExecutor(100) as pool:
         answers = list(pool.map(one, range(100)))
     for k, query, docs, resp in answers:
-        raw, ranked = expected(direct, query, docs)
-        assert [r.index for r in resp.results] == [r.index for r in ranked], k
+        raw, _ = expected(direct, query, docs)
+        # each answer is this request's own: every document once, best first, and each score
+        # the one direct scoring gives (batch mates move a padded batch's fp32 sums by ~1 ulp)
+        assert sorted(r.index for r in resp.results) == list(range(len(docs))), k
         got = np.array([r.raw_score for r in resp.results], np.float32)
-        np.testing.assert_array_equal(got, raw[[r.index for r in ranked]], err_msg=str(k))
+        assert np.all(np.diff(got) <= 0), k
+        np.testing.assert_allclose(
+            got, raw[[r.index for r in resp.results]], rtol=0, atol=1e-6, err_msg=str(k)
+        )
     # requests shared batches (fewer batches than requests)
     assert served.service.batcher.stats.batches - batches_before < 100
 
