@@ -69,6 +69,9 @@ RECIPES = {
     "nbits8-b32-acc4": lambda fp32, out: _nbits(fp32, out, 32),
     "nbits8-b128-acc4": lambda fp32, out: _nbits(fp32, out, 128),
     "shipped": lambda fp32, out: convert.quantize_int8(fp32, out),
+    "token-v1": lambda fp32, out: convert.quantize_int8(
+        fp32, out, {"name": "w8a8-token-smooth-v1", "ffn_down_fp32": False}
+    ),
     "token-symmetric": lambda fp32, out: convert.quantize_int8(
         fp32, out, {"activations": "symmetric"}
     ),
@@ -77,7 +80,9 @@ RECIPES = {
         fp32, out, {"first_token_last_layer": False, "last_layer_fp32": False}
     ),
 }
-DEFAULT = ["ort-fp32", "ort-fp32-fused", "dynamic-s8-fused", "nbits8-b32-acc4", "shipped"]
+DEFAULT = [
+    "ort-fp32", "ort-fp32-fused", "dynamic-s8-fused", "nbits8-b32-acc4", "token-v1", "shipped",
+]  # fmt: skip
 
 
 def _session(path: Path, threads: int):
