@@ -344,9 +344,16 @@ def models(as_json):
 @click.argument("name")
 @click.option("--prebuilt-int8", is_flag=True, help="Take the hub's ready INT8 file as is.")
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "gguf"]),
+    default="onnx",
+    show_default=True,
+    help="gguf: the catalog's GGUF files, else the checkpoint converted with llama.cpp.",
+)
 @friendly
-def pull(name, prebuilt_int8, revision):
-    """Download a catalog model and install it (INT8 ONNX)."""
+def pull(name, prebuilt_int8, revision, backend):
+    """Download a catalog model and install it (INT8 ONNX, or GGUF)."""
     from edgerank.catalog import load_catalog
     from edgerank.store import ModelStore
 
@@ -355,6 +362,7 @@ def pull(name, prebuilt_int8, revision):
         spec,
         prebuilt_int8=prebuilt_int8,
         revision=revision,
+        backend=backend,
         progress=lambda m: click.echo(f"edgerank: {m}", err=True),
     )
     click.echo(f"installed {name} in {path}")
@@ -363,18 +371,37 @@ def pull(name, prebuilt_int8, revision):
 @main.command("import")
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--name", required=True, help="Name in the store.")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "gguf", "torch"]),
+    default="onnx",
+    show_default=True,
+    help="gguf: f16, q8_0 and q4_k_m GGUFs (llama.cpp's converter), or the *.gguf files "
+    "already in PATH; torch: the checkpoint as it is (the cuda extra serves it).",
+)
 @friendly
-def import_(path, name):
-    """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline."""
+def import_(path, name, backend):
+    """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline;
+    with --backend gguf, as GGUF files (or install the *.gguf files PATH holds); with
+    --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one)."""
+    from edgerank.catalog import load_catalog
     from edgerank.store import ModelStore
 
-    target = ModelStore().import_onnx(
-        name, Path(path), progress=lambda m: click.echo(f"edgerank: {m}", err=True)
-    )
+    progress = lambda m: click.echo(f"edgerank: {m}", err=True)  # noqa: E731
+    store = ModelStore()
+    if backend == "gguf":
+        target = store.import_gguf(name, Path(path), progress=progress)
+    elif backend == "torch":
+        catalog = load_catalog()
+        spec = catalog.get(name) if name in catalog.names() else None
+        target = store.import_torch(name, Path(path), spec=spec)
+    else:
+        target = store.import_onnx(name, Path(path), progress=progress)
     from edgerank.manifest import Manifest
 
     fid = Manifest.read(target).fidelity
-    click.echo(f"installed {name} in {target}; fidelity vs fp32: {json.dumps(fid)}")
+    against = {"gguf": "the most precise quant", "torch": "itself"}.get(backend, "fp32")
+    click.echo(f"installed {name} in {target}; fidelity vs {against}: {json.dumps(fid)}")
 
 
 # -- serve ------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from edgerank.errors import ModelNotFound
 from edgerank.manifest import MANIFEST
 from edgerank.store import ModelStore
 
-#: backends the loader can open (gguf joins when its backend lands)
-OPENABLE = frozenset({"onnx", "biencoder", "torch"})
+#: backends the loader can open
+OPENABLE = frozenset({"onnx", "biencoder", "torch", "gguf"})
 
 
 @dataclass
@@ -46,6 +46,10 @@ def load(
                 lambda **kw: open_entry(Path(model), manifest, threads=threads, **kw),
                 allow_remote_code,
             )
+        if manifest.backend == "gguf":
+            from edgerank.backends.gguf import open_entry as open_gguf_entry
+
+            return Loaded(open_gguf_entry(Path(model), manifest, threads=threads))
         from edgerank.backends.onnx import OnnxBackend
 
         return Loaded(OnnxBackend.from_dir(Path(model), threads=threads))
@@ -123,6 +127,9 @@ def _auto(store: ModelStore, installed, threads: int, languages, allow_remote_co
             (choice.device, choice.precision, cpu_precision),
             token_budget=choice.batch_token_budget,
         )
+    if choice.backend == "gguf":  # the chosen quant (q8_0, or q4_k_m when RAM is tight)
+        be = store.open(choice.model.name, "gguf", threads=threads, precision=choice.precision)
+        return Loaded(be, token_budget=choice.batch_token_budget)
     if choice.backend != "biencoder":
         be = store.open(choice.model.name, choice.backend, threads=threads)
         return Loaded(be, token_budget=choice.batch_token_budget)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tests import tiny_models
@@ -44,3 +47,49 @@ def minilm_ce_ckpt(tmp_path_factory):
     from tests import minilm_ce
 
     return minilm_ce.build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm") / "ce")
+
+
+@pytest.fixture(scope="session")
+def minilm_groups():
+    from tests import minilm_ce
+
+    groups = minilm_ce.query_groups()
+    assert len(groups) >= 50 and all(len(ps) >= 10 for _, ps in groups)
+    return groups
+
+
+@pytest.fixture(scope="session")
+def minilm_reference(minilm_ce_ckpt, minilm_groups):
+    """torch FP32 raw scores per group: the reference every quantized path is held to."""
+    from edgerank.backends.torch import TorchBackend
+    from edgerank.engine.rank import score_documents
+
+    ref = TorchBackend(minilm_ce_ckpt, precision="fp32", threads=2, max_length=512)
+    out = [score_documents(ref, q, ps).raw for q, ps in minilm_groups]
+    ref.close()
+    return out
+
+
+# ------------------------------------------------------------------ llama.cpp (extra gguf)
+
+
+@pytest.fixture(scope="session")
+def llama_converter(request, tmp_path_factory):
+    """llama.cpp's converter: $EDGERANK_LLAMA_CPP_SRC, else the sdist pip downloads (the
+    real path, cached in pytest's cache directory between runs when it is enabled)."""
+    pytest.importorskip("llama_cpp")
+    from edgerank import convert_gguf
+
+    if env := os.environ.get(convert_gguf.ENV_SRC):
+        return Path(env)
+    cache = getattr(request.config, "cache", None)
+    home = cache.mkdir("edgerank-home") if cache else tmp_path_factory.mktemp("edgerank-home")
+    return convert_gguf.converter_dir(Path(home))
+
+
+@pytest.fixture(scope="session")
+def gguf_models(tmp_path_factory, llama_converter):
+    """Tiny BERT / XLM-R / Qwen3 / Gemma checkpoints and their GGUFs (tests/gguf_models.py)."""
+    from tests.gguf_models import GgufModels
+
+    return GgufModels(tmp_path_factory.mktemp("gguf"), llama_converter)

@@ -173,3 +173,13 @@ def test_score_runs_a_checkpoints_own_code_only_with_the_flag(run, tmp_path):
     allowed = run(*args, "--allow-remote-code")
     assert allowed.exit_code == 0, allowed.output
     assert "cats sleep" in allowed.stdout and "dogs bark" in allowed.stdout
+
+
+def test_import_a_checkpoint_as_a_torch_entry(run, tiny_bert_hf):
+    pytest.importorskip("torch")
+    result = run("import", str(tiny_bert_hf), "--name", "my-ce", "--backend", "torch")
+    assert result.exit_code == 0, result.output
+    assert "installed my-ce" in result.stdout
+    scored = run("score", "cats", "cats sleep", "dogs bark", "--model", "my-ce", "--json")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["model"].endswith("(torch fp32)")

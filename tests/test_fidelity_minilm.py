@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 
 from edgerank.backends.onnx import OnnxBackend
-from edgerank.backends.torch import TorchBackend
 from edgerank.engine.rank import score_documents
 from edgerank.fidelity import batch_gap, rank_agreement
 from edgerank.manifest import Manifest
 from edgerank.store import ModelStore
-from tests import minilm_ce
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +29,13 @@ def int8_dir(ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def groups():
-    groups = minilm_ce.query_groups()
-    assert len(groups) >= 50 and all(len(ps) >= 10 for _, ps in groups)
-    return groups
+def groups(minilm_groups):
+    return minilm_groups
 
 
 @pytest.fixture(scope="module")
-def reference(ckpt, groups):
-    ref = TorchBackend(ckpt, precision="fp32", threads=2, max_length=512)
-    out = [score_documents(ref, q, ps).raw for q, ps in groups]
-    ref.close()
-    return out
+def reference(minilm_reference):
+    return minilm_reference
 
 
 def test_reference_scores_spread(reference):
@@ -69,8 +62,9 @@ def test_manifest_records_recipe_and_int8_weights(int8_dir):
     int8 = sum(
         int(np.prod(t.dims)) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8
     )
-    # the six encoder layers hold ~10.6M matmul weights; (word embeddings stay fp32)
-    assert int8 > 9_000_000
+    # the six encoder layers hold ~10.6M matmul weights; FFN down-projections, the last
+    # layer's CLS-row remainder and the word embeddings stay fp32
+    assert int8 > 6_000_000
 
 
 def test_fp32_export_matches_torch(ckpt, groups, reference, tmp_path):
