@@ -70,8 +70,8 @@ class ModelStore:
             )
         return Manifest.read(d)
 
-    def open(self, name: str, backend: str = "onnx", threads: int = 1, **torch_options):
-        """Verify and load an installed model into its backend. ``torch_options``: device,
+    def open(self, name: str, backend: str = "onnx", threads: int = 1, **backend_options):
+        """Verify and load an installed model into its backend. ``backend_options``: torch device,
         precision, cpu_precision, allow_remote_code (backends/torch.py); for gguf, precision
         picks the quant file (backends/gguf.py open_entry)."""
         d = self.path(name, backend)
@@ -83,11 +83,11 @@ class ModelStore:
         if backend == "torch":
             from edgerank.backends.torch import open_entry
 
-            return open_entry(d, manifest, threads=threads, **torch_options)
-        if backend == "gguf":  # torch_options here: precision (the quant), gguf knobs
+            return open_entry(d, manifest, threads=threads, **backend_options)
+        if backend == "gguf":  # backend_options here: precision (the quant), gguf knobs
             from edgerank.backends.gguf import open_entry as open_gguf_entry
 
-            return open_gguf_entry(d, manifest, threads=threads, **torch_options)
+            return open_gguf_entry(d, manifest, threads=threads, **backend_options)
         raise BackendUnavailable(f"backend {backend!r} is not available in this build")
 
     # -- installing -----------------------------------------------------------------------

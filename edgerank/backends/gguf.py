@@ -291,7 +291,7 @@ class GgufModel:
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any], max_length: int) -> GgufModel:
         try:
-            fmt = llm.LlmFormat.from_dict(recipe["llm"]) if recipe.get("llm") else None
+            fmt = llm.LlmFormat.from_recipe(recipe)
             return cls(recipe["kind"], max_length, fmt, dict(recipe.get("files") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelCorrupt(f"gguf entry recipe is incomplete: {exc}") from exc

@@ -71,6 +71,11 @@ class LlmFormat:
         return cls(spec.score_rule, spec.prompt, spec.default_instruction, spec.cutoff_layer)
 
     @classmethod
+    def from_recipe(cls, recipe: dict[str, Any]) -> LlmFormat | None:
+        """The format a store entry's recipe records (None for a cross-encoder)."""
+        return cls.from_dict(recipe["llm"]) if recipe.get("llm") else None
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LlmFormat:
         return cls(
             score_rule=data["score_rule"],

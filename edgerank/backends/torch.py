@@ -114,7 +114,7 @@ class TorchModel:
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any], max_length: int) -> TorchModel:
         try:
-            fmt = llm.LlmFormat.from_dict(recipe["llm"]) if recipe.get("llm") else None
+            fmt = llm.LlmFormat.from_recipe(recipe)
             return cls(recipe["kind"], max_length, fmt, bool(recipe.get("remote_code")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelCorrupt(f"torch entry recipe is incomplete: {exc}") from exc
