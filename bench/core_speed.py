@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgerank import bench as b  # noqa: E402
-from edgerank import convert  # noqa: E402
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.backends.torch import TorchBackend  # noqa: E402
-from edgerank.manifest import Manifest  # noqa: E402
-from edgerank.store import ModelStore  # noqa: E402
-from tests import minilm_ce  # noqa: E402
+from edgerank.convert import onnx_export as convert  # noqa: E402
+from edgerank.models.manifest import Manifest  # noqa: E402
+from edgerank.quality import bench as b  # noqa: E402
+from edgerank.store.entries import ModelStore  # noqa: E402
+from tests.support import minilm_ce  # noqa: E402
 
 
 def fp32_model_dir(ckpt: Path, work: Path) -> Path:

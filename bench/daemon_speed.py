@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgerank import bench as b  # noqa: E402
 from edgerank import client  # noqa: E402
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
+from edgerank.quality import bench as b  # noqa: E402
 
 
 def start_daemon(model: Path, threads: int, work: Path) -> tuple[subprocess.Popen, str]:
@@ -59,8 +59,8 @@ def main() -> None:
         work = Path(tmp)
         model = args.model
         if model is None:
-            from edgerank.store import ModelStore
-            from tests import minilm_ce
+            from edgerank.store.entries import ModelStore
+            from tests.support import minilm_ce
 
             ckpt = minilm_ce.build_minilm_cross_encoder(work / "ckpt")
             model = ModelStore(work / "home").import_onnx("minilm-ce", ckpt)

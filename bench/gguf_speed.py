@@ -15,7 +15,7 @@ The full 0.6B run is long on 2 vCPUs (~90 prompt tokens/s: 100 passages without 
    the template + query where Qwen's own vocabulary needs ~75): the table reports both
    counts, and the gain grows with the shared share of each prompt.
 2. The GGUF cross-encoder (q8_0, one pair per decode: the shipped default) against INT8
-   ONNX (baseline) on the same MiniLM-L6 cross-encoder (tests/minilm_ce.py), plus GGUF
+   ONNX (baseline) on the same MiniLM-L6 cross-encoder (tests/support/minilm_ce.py), plus GGUF
    with pairs packed into 512-token decodes: the measurement behind PACK_TOKENS = 0.
 
 Models are built once into --work (a subprocess that imports torch); the timing process
@@ -36,7 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgerank import bench as b  # noqa: E402
+from edgerank.backends.registry import open_installed  # noqa: E402
+from edgerank.models.gguf_model import GgufModel  # noqa: E402
+from edgerank.models.llm_format import LlmFormat  # noqa: E402
+from edgerank.quality import bench as b  # noqa: E402
 
 #: Qwen3-Reranker-0.6B's shape (config.json); "tiny" is for a smoke run
 SHAPES = {
@@ -61,9 +64,9 @@ def prepare(work: Path, shape: str) -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from edgerank import convert_gguf
-    from edgerank.store import ModelStore
-    from tests import minilm_ce, tiny_models
+    from edgerank.convert import gguf as convert_gguf
+    from edgerank.store.entries import ModelStore
+    from tests.support import minilm_ce, tiny_models
 
     llm_dir = work / f"qwen3-{shape}"
     gguf = work / f"qwen3-{shape}.q8_0.gguf"
@@ -99,7 +102,7 @@ def prepare(work: Path, shape: str) -> None:
 def passages(n: int, words: int, seed: int = 0) -> list[str]:
     """Words of the bench tokenizer's training corpus: about one token per word, as
     English prose is under Qwen's 151k vocabulary."""
-    from tests.tiny_models import WORDS
+    from tests.support.tiny_models import WORDS
 
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(n)]
@@ -107,12 +110,12 @@ def passages(n: int, words: int, seed: int = 0) -> list[str]:
 
 def llm_report(work: Path, shape: str, threads: list[int], counts: list[int], words: int,
                rounds: int) -> list[dict]:  # fmt: skip
-    from edgerank.backends import gguf, llm
+    from edgerank.backends import gguf
     from edgerank.backends.base import ScoreOptions
-    from edgerank.catalog import load_catalog
+    from edgerank.catalog.load import load_catalog
 
-    fmt = llm.LlmFormat.from_spec(load_catalog().get("qwen3-reranker-0.6b"))
-    model = gguf.GgufModel("llm-yes-logit", 8192, fmt)
+    fmt = LlmFormat.from_spec(load_catalog().get("qwen3-reranker-0.6b"))
+    model = GgufModel("llm-yes-logit", 8192, fmt)
     path, tok_dir = work / f"qwen3-{shape}.q8_0.gguf", work / f"qwen3-{shape}"
     variants = {
         "no_reuse": dict(prefix_reuse=False),
@@ -149,15 +152,18 @@ def llm_report(work: Path, shape: str, threads: list[int], counts: list[int], wo
 
 def cross_encoder_report(work: Path, threads: list[int], rounds: int, pairs: int,
                          tokens: int) -> list[dict]:  # fmt: skip
-    from edgerank.store import ModelStore
+    from edgerank.store.entries import ModelStore
 
     store = ModelStore(work / "home")
     refs = {
-        "onnx_int8": lambda t: store.open("minilm-ce", "onnx", threads=t),
-        "gguf_pack512": lambda t: store.open("minilm-ce", "gguf", threads=t, pack_tokens=512),
+        "onnx_int8": lambda t: open_installed(store, "minilm-ce", "onnx", threads=t),
+        "gguf_pack512": lambda t: open_installed(
+            store, "minilm-ce", "gguf", threads=t, pack_tokens=512
+        ),
     }
     return b.backend_report(
-        lambda t: store.open("minilm-ce", "gguf", threads=t), refs, threads, pairs, tokens,
+        lambda t: open_installed(store, "minilm-ce", "gguf", threads=t),
+        refs, threads, pairs, tokens,
         rounds,
     )  # fmt: skip
 

@@ -30,16 +30,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgerank import bench as b  # noqa: E402
 from edgerank import client  # noqa: E402
+from edgerank.quality import bench as b  # noqa: E402
 
 DAEMON = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from edgerank import daemon
+    from edgerank.server import daemon
     from edgerank.backends.onnx import OnnxBackend
-    from edgerank.settings import load
+    from edgerank.server.settings import load
 
     class Null:
         # the real tokenizer, no inference: what remains is transport + service
@@ -192,8 +192,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from edgerank.store import ModelStore
-            from tests import minilm_ce
+            from edgerank.store.entries import ModelStore
+            from tests.support import minilm_ce
 
             ckpt = minilm_ce.build_minilm_cross_encoder(Path(tmp) / "ckpt")
             model = ModelStore(Path(tmp) / "home").import_onnx("minilm-ce", ckpt)

@@ -3,7 +3,7 @@
     python bench/int8_recipes.py [--threads 1 2] [--recipes shipped dynamic ...] [--reps 7]
 
 Model: the real all-MiniLM-L6-v2 encoder as a cross-encoder with a fitted head
-(tests/minilm_ce.py). Speed: one batch of 32 pairs x 128 tokens, median over ``--reps``
+(tests/support/minilm_ce.py). Speed: one batch of 32 pairs x 128 tokens, median over ``--reps``
 runs, candidates interleaved within each repeat so that machine noise hits them alike;
 ratio = torch FP32 median / candidate median, same run. Fidelity: against torch FP32 on
 60 query groups x 12 passages (mean Spearman, FP32 top-1 kept, alone-vs-batch gap).
@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-import minilm_ce  # noqa: E402
-
-from edgerank import convert  # noqa: E402
+from edgerank.backends.onnx import OnnxBackend  # noqa: E402
+from edgerank.convert import int8 as convert  # noqa: E402
+from edgerank.convert.onnx_export import export_onnx  # noqa: E402
+from edgerank.quality.fidelity import backend_scorer, measure  # noqa: E402
+from tests.support import minilm_ce  # noqa: E402
 
 
 def _dynamic(fp32: Path, out: Path, fused: bool, reduce_range: bool = False) -> None:
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     onnx_dir = args.workdir / "onnx"
     fp32 = onnx_dir / "model.onnx"
     if not fp32.exists():
-        convert.export_onnx(ckpt, onnx_dir)
+        export_onnx(ckpt, onnx_dir)
     files: dict[str, Path] = {}
     for name in args.recipes:
         out = onnx_dir / f"{name}.onnx"
@@ -187,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
             return cache[key]
 
         for name, path in files.items():
-            cand = convert.onnx_scorer(path, threads=args.threads[-1], max_length=128)
-            fid[name] = convert.measure_fidelity(cached_ref, cand, groups)
+            cand = backend_scorer(OnnxBackend.from_file(path, 128, threads=args.threads[-1]))
+            fid[name] = measure(cached_ref, cand, groups)
         with_bf16 = _bf16_fidelity(ckpt, groups, cached_ref)
         fid["torch-bf16"] = with_bf16
 
@@ -226,7 +228,7 @@ def _bf16_fidelity(ckpt: Path, groups, ref) -> dict:
             out = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
         return out[:, 0].float().numpy()
 
-    return convert.measure_fidelity(ref, bf16, groups)
+    return measure(ref, bf16, groups)
 
 
 if __name__ == "__main__":

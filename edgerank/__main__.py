@@ -1,3 +1,3 @@
-from edgerank.cli import main
+from edgerank.cli.main import main
 
 main(prog_name="edgerank")

@@ -46,6 +46,26 @@ class BackendFailure(EdgerankError):
     """The runtime failed while scoring: a bug or a broken model, not the caller's fault."""
 
 
+class CatalogError(EdgerankError):
+    """models.toml is missing, unreadable or has an invalid entry (one line, names the field)."""
+
+
+class SettingsError(EdgerankError):
+    """A setting that cannot be parsed or is out of range; names where it came from."""
+
+
+class HubUnreachable(EdgerankError):
+    """No network, or the hub/mirror did not answer."""
+
+
+class Expired(EdgerankError):
+    """The job's deadline passed before all its items ran; the rest were dropped."""
+
+
+class Cancelled(EdgerankError):
+    """The caller gave up on the job; its queued items were dropped."""
+
+
 def missing_extra(module: str, extra: str) -> BackendUnavailable:
     """The one-line error for an optional dependency that is not installed."""
     return BackendUnavailable(

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
 from edgerank.backends.onnx import open_session
+from edgerank.backends.padding import pad_batch
 from edgerank.errors import BackendFailure, BackendUnavailable
 
 NAME = "all-minilm-l6-v2"
@@ -64,13 +65,9 @@ class BiEncoderBackend:
         return items
 
     def _embed(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
-        width = max(len(s) for s in seqs)
-        ids = np.zeros((len(seqs), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, s in enumerate(seqs):
-            ids[row, : len(s)] = s
-            mask[row, : len(s)] = 1
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        feed = pad_batch(seqs)
+        del feed["position_ids"]
+        mask = feed["attention_mask"]
         try:
             (hidden,) = self._session.run(["last_hidden_state"], feed)
         except Exception as exc:

@@ -26,80 +26,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgerank.backends.base import Encoded, ScoreOptions
+from edgerank.backends.padding import pad_batch
 from edgerank.errors import InvalidInput, ModelCorrupt
+from edgerank.models.llm_format import LlmFormat
 
-SCORE_RULES = ("yes-logit", "yes-no-softmax", "layer-head")
 #: share of the room the query may take (BAAI truncates the query to 3/4 of max_length)
 QUERY_SHARE = 0.75
 #: a passage shorter than this after the prompt and query is a configuration error
 MIN_PASSAGE_TOKENS = 1
 _FIELD_RE = re.compile(r"\{(query|passage|instruction)\}")
 _CACHE_SIZE = 16
-
-
-@dataclass(frozen=True)
-class LlmFormat:
-    """How an LLM reranker turns (query, passage) into ids and its logits into a score."""
-
-    score_rule: str
-    prompt: str
-    default_instruction: str | None = None
-    #: llm-layerwise: the layer whose head scores by default
-    cutoff_layer: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.score_rule not in SCORE_RULES:
-            raise ValueError(f"unknown LLM score rule {self.score_rule!r}")
-        for name in ("{query}", "{passage}"):
-            if name not in self.prompt:
-                raise ValueError(f"LLM prompt lacks {name}")
-        if self.score_rule == "layer-head" and self.cutoff_layer is None:
-            raise ValueError("a layer-head model needs a cutoff layer")
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> LlmFormat:
-        """From a catalog ModelSpec (kind llm-*)."""
-        if not spec.prompt:
-            raise ValueError(f"{spec.name} has no prompt in the catalog")
-        return cls(spec.score_rule, spec.prompt, spec.default_instruction, spec.cutoff_layer)
-
-    @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> LlmFormat | None:
-        """The format a store entry's recipe records (None for a cross-encoder)."""
-        return cls.from_dict(recipe["llm"]) if recipe.get("llm") else None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LlmFormat:
-        return cls(
-            score_rule=data["score_rule"],
-            prompt=data["prompt"],
-            default_instruction=data.get("default_instruction"),
-            cutoff_layer=data.get("cutoff_layer"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def style(self) -> str:
-        """'qwen' (prefix / body / suffix) or 'baai' (BOS + lines); see the module notes."""
-        return "qwen" if self.score_rule == "yes-no-softmax" else "baai"
-
-    @property
-    def answer_words(self) -> tuple[str, ...]:
-        """The tokens whose logits the rule reads, in the order raw_scores expects."""
-        if self.score_rule == "yes-no-softmax":
-            return ("yes", "no")
-        if self.score_rule == "yes-logit":
-            return ("Yes",)
-        return ()
 
 
 def split_units(prompt: str, style: str) -> tuple[str, ...]:
@@ -332,13 +275,6 @@ class PromptTokenizer:
     def pad(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Left-pad to the longest item: input_ids, attention_mask and position_ids that
         count from each row's first real token."""
-        width = max(it.n_tokens for it in batch)
-        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        positions = np.zeros((len(batch), width), dtype=np.int64)
-        for row, it in enumerate(batch):
-            n = it.n_tokens
-            ids[row, width - n :] = it.ids
-            mask[row, width - n :] = 1
-            positions[row, width - n :] = np.arange(n)
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        feed = pad_batch([it.ids for it in batch], self.pad_id, side="left")
+        del feed["token_type_ids"]
+        return feed

@@ -10,7 +10,7 @@ import numpy as np
 from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
 from edgerank.backends.pairs import PairTokenizer
 from edgerank.errors import BackendFailure, ModelCorrupt
-from edgerank.manifest import Manifest
+from edgerank.models.manifest import Manifest
 
 
 def session_options(threads: int):
@@ -52,6 +52,19 @@ class OnnxBackend:
         if missing:
             raise ModelCorrupt(f"{manifest.model_file} lacks inputs {sorted(missing)}")
         self._output = self._session.get_outputs()[0].name
+
+    @classmethod
+    def from_file(
+        cls, path: Path | str, max_length: int, *, threads: int = 1, precision: str = "fp32"
+    ) -> OnnxBackend:
+        """A graph outside the store (an export, a candidate recipe): its tokenizer.json sits
+        beside it or one directory up."""
+        path = Path(path).resolve()
+        model_dir = path.parent
+        if not (model_dir / "tokenizer.json").exists():
+            model_dir = model_dir.parent
+        manifest = Manifest(path.stem, "onnx", precision, str(path), max_length)
+        return cls(model_dir, manifest, threads)
 
     @classmethod
     def from_dir(cls, model_dir: Path | str, threads: int = 1, verify: bool = True) -> OnnxBackend:

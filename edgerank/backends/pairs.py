@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerank.backends.base import Encoded, ScoreOptions
+from edgerank.backends.padding import pad_batch
 from edgerank.errors import InvalidInput, ModelCorrupt
 
 #: share of the window the query may take before it is cut (BAAI cuts at 3/4 too)
@@ -84,14 +85,8 @@ class PairTokenizer:
 
     def pad(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Right-pad a batch to its longest item: input_ids, attention_mask, token_type_ids."""
-        width = max(it.n_tokens for it in batch)
-        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        types = np.zeros((len(batch), width), dtype=np.int64)
-        for row, it in enumerate(batch):
-            n = it.n_tokens
-            ids[row, :n] = it.ids
-            mask[row, :n] = 1
-            if it.type_ids is not None:
-                types[row, :n] = it.type_ids
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feed = pad_batch(
+            [it.ids for it in batch], self.pad_id, type_ids=[it.type_ids for it in batch]
+        )
+        del feed["position_ids"]  # encoders derive positions themselves
+        return feed

@@ -17,10 +17,9 @@ largest cutoff never run. The cutoff is per request where the caller sets one.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,15 @@ from edgerank.backends import llm
 from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
 from edgerank.backends.pairs import PairTokenizer
 from edgerank.errors import BackendFailure, InvalidInput, ModelCorrupt, missing_extra
+from edgerank.models.checkpoint import Checkpoint, read_config
+from edgerank.models.manifest import Manifest
 
 log = logging.getLogger("edgerank.torch")
 
 DTYPES = ("fp32", "bf16", "fp16")
-KINDS = ("cross-encoder", "llm-yes-logit", "llm-layerwise")
 #: what a failing CUDA start raises: driver/runtime errors and OOM are RuntimeErrors, a
 #: CPU-only wheel asserts, missing CUDA libraries fail to load
 CUDA_FAILURES = (RuntimeError, AssertionError, OSError, ImportError)
-#: cross-encoders without a position table size in their config
-DEFAULT_MAX_LENGTH = 512
 
 
 def _torch():
@@ -81,91 +79,6 @@ def _dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def _read_config(hf_dir: Path) -> dict[str, Any]:
-    path = hf_dir / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelCorrupt(f"{hf_dir} has no config.json: not a Hugging Face checkpoint") from None
-    except ValueError as exc:
-        raise ModelCorrupt(f"{path} is not valid JSON") from exc
-
-
-@dataclass(frozen=True)
-class TorchModel:
-    """What a checkpoint is and how it scores; stored as a torch store entry's recipe."""
-
-    kind: str
-    max_length: int = DEFAULT_MAX_LENGTH
-    llm: llm.LlmFormat | None = None
-    remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"torch cannot serve {self.kind!r} models (only {', '.join(KINDS)})")
-        if (self.kind != "cross-encoder") != (self.llm is not None):
-            raise ValueError("LLM rerankers need an LlmFormat, cross-encoders none")
-
-    @classmethod
-    def from_spec(cls, spec: Any, max_length: int | None = None) -> TorchModel:
-        fmt = llm.LlmFormat.from_spec(spec) if spec.is_llm else None
-        return cls(spec.kind, max_length or spec.max_length, fmt, spec.remote_code)
-
-    @classmethod
-    def from_recipe(cls, recipe: dict[str, Any], max_length: int) -> TorchModel:
-        try:
-            fmt = llm.LlmFormat.from_recipe(recipe)
-            return cls(recipe["kind"], max_length, fmt, bool(recipe.get("remote_code")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelCorrupt(f"torch entry recipe is incomplete: {exc}") from exc
-
-    def to_recipe(self) -> dict[str, Any]:
-        return {
-            "name": "torch-checkpoint",
-            "kind": self.kind,
-            "llm": self.llm.to_dict() if self.llm else None,
-            "remote_code": self.remote_code,
-        }
-
-    @classmethod
-    def detect(cls, hf_dir: Path | str, catalog: Any = None) -> TorchModel:
-        """Tell from config.json: a *ForSequenceClassification is a cross-encoder; a causal
-        LM is scored the way the catalog scores its architecture."""
-        hf_dir = Path(hf_dir)
-        cfg = _read_config(hf_dir)
-        arch = (cfg.get("architectures") or [""])[0]
-        remote = "auto_map" in cfg
-        if arch.endswith("ForSequenceClassification"):
-            n = int(cfg.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
-            if cfg.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
-                n -= 2  # positions start after the padding index
-            return cls("cross-encoder", min(n, DEFAULT_MAX_LENGTH), None, remote)
-        if catalog is None:
-            from edgerank.catalog import load_catalog
-
-            catalog = load_catalog()
-        for spec in catalog:
-            if spec.is_llm and spec.arch == arch:
-                fmt = llm.LlmFormat.from_spec(spec)
-                return cls(spec.kind, spec.max_length, fmt, remote or spec.remote_code)
-        raise InvalidInput(
-            f"{hf_dir}: cannot tell how to score a {arch or 'model without architectures'} "
-            "(install it under a catalog name)"
-        )
-
-
-def placement(hardware: Any) -> tuple[str, str, str]:
-    """(device, precision, CPU precision) for this machine: FP16 on the GPU with the most
-    free VRAM; on the CPU BF16 only with AMX/AVX512-BF16 (slow without them), else FP32."""
-    from edgerank.choose import BF16_ISA
-
-    cpu = "bf16" if hardware.isa & BF16_ISA else "fp32"
-    if hardware.gpus:
-        gpu = max(hardware.gpus, key=lambda g: g.vram_free_mib)
-        return f"cuda:{gpu.index}", "fp16", cpu
-    return "cpu", cpu, cpu
-
-
 class _TorchBackend:
     """Loading, device fallback and token-bounded sub-batches shared by both model kinds."""
 
@@ -173,7 +86,7 @@ class _TorchBackend:
         self,
         hf_dir: Path | str,
         *,
-        model: TorchModel,
+        model: Checkpoint,
         precision: str = "fp32",
         device: str = "cpu",
         threads: int | None = None,
@@ -187,7 +100,7 @@ class _TorchBackend:
             if p not in DTYPES:
                 raise ValueError(f"precision must be one of {DTYPES}, got {p!r}")
         self._hf_dir = Path(hf_dir)
-        remote = model.remote_code or "auto_map" in _read_config(self._hf_dir)
+        remote = model.remote_code or "auto_map" in read_config(self._hf_dir)
         if remote and not allow_remote_code:
             raise InvalidInput(
                 f"{name or self._hf_dir.name} runs modelling code from the hub "
@@ -332,10 +245,10 @@ class TorchBackend(_TorchBackend):
         threads: int | None = None,
         max_length: int | None = None,
         name: str | None = None,
-        model: TorchModel | None = None,
+        model: Checkpoint | None = None,
         **kwargs: Any,
     ):
-        model = model or TorchModel.detect(hf_dir)
+        model = model or Checkpoint.detect(hf_dir)
         if model.kind != "cross-encoder":
             raise InvalidInput(f"{hf_dir} is a {model.kind} model: open it with open_torch()")
         if max_length is not None:
@@ -370,7 +283,7 @@ class TorchBackend(_TorchBackend):
 class TorchLLMBackend(_TorchBackend):
     """LLM rerankers: answer-token logits at the last position, or layerwise heads."""
 
-    def __init__(self, hf_dir: Path | str, *, model: TorchModel, **kwargs: Any):
+    def __init__(self, hf_dir: Path | str, *, model: Checkpoint, **kwargs: Any):
         if model.llm is None:
             raise ValueError("TorchLLMBackend needs an LLM reranker")
         self._fmt = model.llm
@@ -447,19 +360,17 @@ class TorchLLMBackend(_TorchBackend):
 
 
 def open_torch(
-    hf_dir: Path | str, model: TorchModel | None = None, **kwargs: Any
+    hf_dir: Path | str, model: Checkpoint | None = None, **kwargs: Any
 ) -> TorchBackend | TorchLLMBackend:
     """The backend class that fits the checkpoint (detected from config.json if not given)."""
-    model = model or TorchModel.detect(hf_dir)
+    model = model or Checkpoint.detect(hf_dir)
     if model.kind == "cross-encoder":
         return TorchBackend(hf_dir, model=model, **kwargs)
     return TorchLLMBackend(hf_dir, model=model, **kwargs)
 
 
-def open_entry(model_dir: Path | str, manifest: Any, *, verify: bool = True, **kwargs: Any):
+def open_entry(model_dir: Path | str, manifest: Manifest, **kwargs: Any):
     """A torch store entry: the checkpoint plus a manifest whose recipe says how it scores."""
     model_dir = Path(model_dir)
-    if verify:
-        manifest.verify(model_dir)
-    model = TorchModel.from_recipe(manifest.recipe, manifest.max_length)
+    model = Checkpoint.from_recipe(manifest.recipe, manifest.max_length)
     return open_torch(model_dir, model, name=manifest.name, **kwargs)

@@ -27,17 +27,9 @@ import numpy as np
 
 from edgerank.backends.base import Backend, Encoded
 from edgerank.engine.rank import plan_batches
-from edgerank.errors import BackendFailure, EdgerankError, Unavailable
+from edgerank.errors import BackendFailure, Cancelled, EdgerankError, Expired, Unavailable
 
 log = logging.getLogger(__name__)
-
-
-class Expired(EdgerankError):
-    """The job's deadline passed before all its items ran; the rest were dropped."""
-
-
-class Cancelled(EdgerankError):
-    """The caller gave up on the job; its queued items were dropped."""
 
 
 @dataclass(eq=False)

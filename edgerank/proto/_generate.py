@@ -6,7 +6,7 @@
 protoc names modules after the proto path (``edgerank.v1.reranker_pb2``); the code lives
 one package down (``edgerank.proto.edgerank.v1``), so the cross-module imports protoc
 writes are re-rooted here. The result depends only on the .proto files and the
-grpcio-tools version, so tests/test_proto.py can regenerate and compare byte for byte.
+grpcio-tools version, so tests/proto/test_proto.py can regenerate and compare byte for byte.
 """
 
 from __future__ import annotations

@@ -17,12 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from edgerank.errors import EdgerankError, InvalidInput
+from edgerank.engine.service import Service
+from edgerank.errors import EdgerankError
 from edgerank.proto.edgerank.v1 import reranker_pb2, reranker_pb2_grpc
 from edgerank.proto.tei.v1 import tei_pb2, tei_pb2_grpc
-from edgerank.server.service import Service
 from edgerank.server.servicers import Reranker, TeiInfo, TeiRerank
-from edgerank.settings import Settings
+from edgerank.server.settings import Settings
+from edgerank.server.transport import SOCKET_MODE, private_socket, socket_path, tls_files
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ SERVICES = (
     tei_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name,
     tei_pb2.DESCRIPTOR.services_by_name["Info"].full_name,
 )
-SOCKET_MODE = 0o660
 
 
 @dataclass
@@ -59,10 +59,6 @@ class Listening:
             await self.health.set(name, status)
 
 
-def socket_path(setting: str) -> Path:
-    return Path(setting.removeprefix("unix://").removeprefix("unix:"))
-
-
 def _options(settings: Settings) -> list[tuple[str, int]]:
     # gRPC's own cap sits above ours so that an oversized request meets our message
     # (INVALID_ARGUMENT, naming the limit) rather than a bare RESOURCE_EXHAUSTED
@@ -75,11 +71,7 @@ def _options(settings: Settings) -> list[tuple[str, int]]:
 
 
 def _tls(settings: Settings) -> grpc.ServerCredentials:
-    try:
-        key = Path(settings.tls_key).read_bytes()
-        cert = Path(settings.tls_cert).read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read TLS files: {exc}") from exc
+    cert, key = tls_files(settings)
     return grpc.ssl_server_credentials([(key, cert)])
 
 
@@ -106,17 +98,13 @@ async def start(service: Service, settings: Settings) -> Listening:
             listening.tcp_port = port
         if settings.socket:
             path = socket_path(settings.socket)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            old = os.umask(0o117)  # born 0660, no window where others could connect
-            try:
+            with private_socket(path):
                 server.add_insecure_port(f"unix:{path}")
-            finally:
-                os.umask(old)
             listening.socket_path = path
     except RuntimeError as exc:  # grpc's "failed to bind"
         where = settings.listen or settings.socket
         raise EdgerankError(f"cannot listen on {where}: {exc}") from exc
     await server.start()
-    if listening.socket_path is not None:
+    if listening.socket_path is not None:  # grpc creates the file only when it starts
         os.chmod(listening.socket_path, SOCKET_MODE)
     return listening

@@ -11,7 +11,7 @@
                       -> [{index, score, text?}] (a bare array)
     GET  /health      200 {"status": "serving"}; 503 while loading, warming up, draining, or
                       when the inference worker fails its check (Service.healthy)
-    GET  /metrics     Prometheus text (OpenMetrics when the scraper asks), see metrics.py
+    GET  /metrics     Prometheus text (OpenMetrics when the scraper asks), see engine/metrics.py
 
 Scores: `relevance_score` (Cohere, Jina) is always the normalised 0..1 score (sigmoid of the
 logit; (cos+1)/2 for the bi-encoder); TEI's `score` is that same normalised score unless
@@ -47,11 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import json
 import logging
 import math
-import os
 import socket
 import ssl
 import time
@@ -65,90 +63,36 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from edgerank.backends.base import ScoreOptions
+from edgerank.engine.service import Reranked, Service
 from edgerank.errors import EdgerankError, InvalidInput, TooLarge
-from edgerank.server.service import Reranked, Service
+from edgerank.server.http_fields import (
+    direction_of,
+    get_field,
+    kind_of,
+    no_surrogates,
+    result_items,
+    string_list,
+    top_n_of,
+)
+from edgerank.server.settings import Settings, http_address
 from edgerank.server.status import BUG, GONE, lookup, retry_after_s
-from edgerank.settings import Settings, http_address
+from edgerank.server.transport import (
+    bearer_ok,
+    is_loopback,
+    private_socket,
+    socket_path,
+    tls_files,
+)
 
 log = logging.getLogger(__name__)
 
-SOCKET_MODE = 0o660
 #: route path -> endpoint label in edgerank_requests_total; only these are counted
 ENDPOINTS = {"/v2/rerank": "cohere", "/v1/rerank": "jina", "/rerank": "tei"}
-JSON_TYPES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
-_REQUIRED = object()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # -- request fields --------------------------------------------------------------------
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number")):
-        if isinstance(value, kind):
-            return name
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "a value")
-
-
-def _get(data: dict[str, Any], name: str, kind: type, default: Any = _REQUIRED) -> Any:
-    """A field of the JSON body, of exactly `kind` (JSON booleans are not integers here)."""
-    value = data.get(name)
-    if value is None:
-        if default is _REQUIRED:
-            raise InvalidInput(f"missing field {name!r}")
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidInput(f"{name} must be {JSON_TYPES[kind]}, got {_kind(value)}")
-    return value
-
-
-def _strings(data: dict[str, Any], name: str, *, objects: bool = False) -> list[str]:
-    """An array of strings; with `objects`, {"text": str} items are accepted too (Jina)."""
-    items = _get(data, name, list)
-    out = []
-    for i, item in enumerate(items):
-        if objects and isinstance(item, dict):
-            item = item.get("text")
-        if not isinstance(item, str):
-            shape = 'a string or an object {"text": string}' if objects else "a string"
-            raise InvalidInput(f"{name}[{i}] must be {shape}, got {_kind(items[i])}")
-        out.append(item)
-    return out
-
-
-def _no_surrogates(value: Any) -> None:
-    """Refuse a lone UTF-16 surrogate (valid JSON escape, invalid text for any tokenizer)."""
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise InvalidInput(
-                "a string holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
-                "without its pair): send valid Unicode"
-            ) from None
-    elif isinstance(value, dict):
-        for item in value.values():
-            _no_surrogates(item)
-    elif isinstance(value, list):
-        for item in value:
-            _no_surrogates(item)
-
-
-def _top_n(data: dict[str, Any]) -> int:
-    top_n = _get(data, "top_n", int, 0)
-    if top_n < 0:
-        raise InvalidInput(f"top_n must be >= 0 (0 or absent = all), got {top_n}")
-    return top_n
-
-
-def _direction(data: dict[str, Any]) -> str:
-    value = _get(data, "truncation_direction", str, "right").lower()
-    if value not in ("right", "left"):
-        raise InvalidInput(f'truncation_direction must be "right" or "left", got {value!r}')
-    return value
 
 
 def _dumps(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -193,10 +137,9 @@ class Api:
     # -- edge: auth, errors, metrics, drain accounting ----------------------------------
 
     def _authorised(self, request: web.Request) -> bool:
-        if not self._token or _is_unix(request):
+        if _is_unix(request):
             return True
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.encode(), self._token)
+        return bearer_ok(self._token, request.headers.get("Authorization", ""))
 
     @web.middleware
     async def _edge(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -279,33 +222,35 @@ class Api:
         except ValueError as exc:  # JSONDecodeError and bad UTF-8 alike
             raise InvalidInput(f"the body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise InvalidInput(f"the body must be a JSON object, got {_kind(data)}")
+            raise InvalidInput(f"the body must be a JSON object, got {kind_of(data)}")
         if b"\\ud" in raw.lower():  # only a \uD800-\uDFFF escape can yield a lone surrogate
-            _no_surrogates(data)
+            no_surrogates(data)
         return data
 
     async def _rerank(
         self, data: dict[str, Any], documents: Sequence[str], options: ScoreOptions
     ) -> Reranked:
-        query = _get(data, "query", str)
-        max_tokens = _get(data, "max_tokens_per_doc", int, None)
+        query = get_field(data, "query", str)
+        max_tokens = get_field(data, "max_tokens_per_doc", int, None)
         if max_tokens is not None:
             options = dataclasses.replace(options, max_tokens_per_doc=max_tokens)
         return await self.service.rerank(
             query,
             documents,
-            top_n=_top_n(data),
+            top_n=top_n_of(data),
             options=options,
-            model=_get(data, "model", str, None) or None,
+            model=get_field(data, "model", str, None) or None,
         )
 
     # -- endpoints -------------------------------------------------------------------
 
     async def cohere(self, request: web.Request) -> web.Response:
         data = await self._body(request)
-        documents = _strings(data, "documents")
+        documents = string_list(data, "documents")
         reranked = await self._rerank(data, documents, ScoreOptions(truncation="chunk"))
-        results = _scored(reranked, documents, _get(data, "return_documents", bool, False))
+        results = result_items(
+            reranked, documents, get_field(data, "return_documents", bool, False)
+        )
         meta = {
             "api_version": {"version": "2"},
             "billed_units": {"search_units": 1},
@@ -315,19 +260,19 @@ class Api:
 
     async def jina(self, request: web.Request) -> web.Response:
         data = await self._body(request)
-        documents = _strings(data, "documents", objects=True)
+        documents = string_list(data, "documents", objects=True)
         reranked = await self._rerank(data, documents, ScoreOptions(truncation="truncate"))
-        results = _scored(reranked, documents, _get(data, "return_documents", bool, True))
+        results = result_items(reranked, documents, get_field(data, "return_documents", bool, True))
         usage = {"total_tokens": reranked.outcome.tokens}
         return _dumps({"model": self.service.info.model, "usage": usage, "results": results})
 
     async def tei(self, request: web.Request) -> web.Response:
         data = await self._body(request)
-        texts = _strings(data, "texts")
-        truncate = _get(data, "truncate", bool, False)
+        texts = string_list(data, "texts")
+        truncate = get_field(data, "truncate", bool, False)
         options = ScoreOptions(
             truncation="truncate" if truncate else "chunk",
-            direction=_direction(data),  # type: ignore[arg-type]
+            direction=direction_of(data),  # type: ignore[arg-type]
         )
         reranked = await self._rerank(data, texts, options)
         too_long = [i for i, w in enumerate(reranked.outcome.windows) if w > 1]
@@ -336,8 +281,8 @@ class Api:
                 f"text {too_long[0]} is longer than the model's maximum of "
                 f"{self.service.info.max_length} tokens; set truncate=true"
             )
-        raw_scores = _get(data, "raw_scores", bool, False)
-        return_text = _get(data, "return_text", bool, False)
+        raw_scores = get_field(data, "raw_scores", bool, False)
+        return_text = get_field(data, "return_text", bool, False)
         out = []
         for r in reranked.ranked:
             item: dict[str, Any] = {"index": r.index, "score": r.raw if raw_scores else r.score}
@@ -395,16 +340,13 @@ class HttpListening:
 def _ssl(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls_cert:
         return None
+    tls_files(settings)  # unreadable files: the same one-line error as gRPC's
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise InvalidInput(f"cannot read TLS files: {exc}") from exc
+        raise InvalidInput(f"cannot use the TLS certificate and key: {exc}") from exc
     return context
-
-
-def _loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 async def start(service: Service, settings: Settings) -> HttpListening:
@@ -424,31 +366,14 @@ async def start(service: Service, settings: Settings) -> HttpListening:
             host, port = http_address(settings.http)
             await web.TCPSite(runner, host, port, ssl_context=context).start()
             listening.tcp = (host, runner.addresses[0][1])
-            if not token and not _loopback(host):
+            if not token and not is_loopback(host):
                 log.warning("HTTP on %s without a token: anyone who can reach it can use it", host)
         if settings.http_socket:
-            path = Path(settings.http_socket.removeprefix("unix://").removeprefix("unix:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            old = os.umask(0o117)  # born 0660, no window where others could connect
-            try:
+            with private_socket(socket_path(settings.http_socket)) as path:
                 await web.UnixSite(runner, str(path)).start()
-            finally:
-                os.umask(old)
-            os.chmod(path, SOCKET_MODE)
             listening.socket_path = path
     except OSError as exc:
         await runner.cleanup()
         where = settings.http or settings.http_socket
         raise EdgerankError(f"cannot listen for HTTP on {where}: {exc}") from exc
     return listening
-
-
-def _scored(reranked: Reranked, documents: Sequence[str], with_docs: bool) -> list[dict]:
-    """Cohere's and Jina's result items: index, normalised score, the text on request."""
-    results = []
-    for r in reranked.ranked:
-        item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
-        if with_docs:
-            item["document"] = {"text": documents[r.index]}
-        results.append(item)
-    return results

@@ -7,7 +7,6 @@ mapped by status.mapped, never here.
 from __future__ import annotations
 
 import functools
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -15,15 +14,17 @@ from typing import Any, TypeVar
 import grpc
 
 import edgerank
-from edgerank.backends.base import ScoreOptions
+from edgerank.backends.base import BackendInfo, ScoreOptions
 from edgerank.engine.rank import Ranked, normalise, rank
+from edgerank.engine.service import Group, Outcome, Service, group_pairs
 from edgerank.errors import InvalidInput, TooLarge
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
-from edgerank.server.service import Group, Outcome, Service, group_pairs
+from edgerank.server.settings import Settings
 from edgerank.server.status import mapped
+from edgerank.server.transport import bearer_ok
 
 TRUNCATION = {
     pb.TRUNCATION_UNSPECIFIED: "truncate",
@@ -57,15 +58,18 @@ def options_from(msg: pb.RerankRequest | pb.ScoreRequest) -> ScoreOptions:
     )
 
 
+def _timings(outcome: Outcome) -> dict[str, int]:
+    """The stage times both APIs report, under the field names they share."""
+    return {
+        "tokenization_time_ns": outcome.tokenization_ns,
+        "queue_time_ns": outcome.queue_ns,
+        "inference_time_ns": outcome.inference_ns,
+        "total_time_ns": outcome.total_ns,
+    }
+
+
 def metadata_to(outcome: Outcome) -> pb.Metadata:
-    return pb.Metadata(
-        tokens=outcome.tokens,
-        inputs=outcome.items,
-        tokenization_time_ns=outcome.tokenization_ns,
-        queue_time_ns=outcome.queue_ns,
-        inference_time_ns=outcome.inference_ns,
-        total_time_ns=outcome.total_ns,
-    )
+    return pb.Metadata(tokens=outcome.tokens, inputs=outcome.items, **_timings(outcome))
 
 
 def results_to(
@@ -87,12 +91,49 @@ def results_to(
 
 def tei_metadata_to(outcome: Outcome) -> tei.Metadata:
     return tei.Metadata(
-        compute_chars=outcome.chars,
-        compute_tokens=outcome.tokens,
-        total_time_ns=outcome.total_ns,
-        tokenization_time_ns=outcome.tokenization_ns,
-        queue_time_ns=outcome.queue_ns,
-        inference_time_ns=outcome.inference_ns,
+        compute_chars=outcome.chars, compute_tokens=outcome.tokens, **_timings(outcome)
+    )
+
+
+#: BackendInfo fields that edgerank.v1's Info reports, under the same names
+SERVED = ("model", "backend", "precision", "device", "max_length", "threads", "normalise")
+#: settings that edgerank.v1's Limits reports, under the same names
+LIMITS = (
+    "max_documents",
+    "max_document_chars",
+    "max_message_bytes",
+    "max_batch_tokens",
+    "max_queue_pairs",
+    "max_queue_tokens",
+    "batch_wait_ms",
+)
+
+
+def info_to(service: Service) -> pb.InfoResponse:
+    """What is served and under which limits; `probe` carries the hardware summary."""
+    info, s = service.info, service.settings
+    return pb.InfoResponse(
+        **{name: getattr(info, name) for name in SERVED},
+        limits=pb.Limits(**{name: getattr(s, name) for name in LIMITS}),
+        probe=service.hardware,
+        details={k: str(v) for k, v in info.details.items()},
+        version=edgerank.__version__,
+        load=pb.Load(**service.load()),
+    )
+
+
+def tei_info_to(info: BackendInfo, s: Settings) -> tei.InfoResponse:
+    """TEI's Info: its field names for the same facts (a reranker, our limits)."""
+    return tei.InfoResponse(
+        version=edgerank.__version__,
+        model_id=info.model,
+        model_dtype=info.precision,
+        model_type=tei.MODEL_TYPE_RERANKER,
+        max_concurrent_requests=s.max_queue_pairs,
+        max_input_length=info.max_length,
+        max_batch_tokens=s.max_batch_tokens,
+        max_client_batch_size=s.max_documents,
+        tokenization_workers=2,
     )
 
 
@@ -129,17 +170,30 @@ class _Guarded:
 
     async def _guard(self, context: grpc.aio.ServicerContext) -> None:
         """Bearer token for TCP peers (Unix-socket peers are trusted by file mode)."""
-        if not self._token or context.peer().startswith("unix:"):
+        if context.peer().startswith("unix:"):
             return
         sent = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, value = sent.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), self._token):
+        if not bearer_ok(self._token, sent):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
     def _check_size(self, nbytes: int) -> None:
         limit = self.service.settings.max_message_bytes
         if nbytes > limit:
             raise TooLarge(f"request of {nbytes} bytes, over max_message_bytes ({limit})")
+
+    def _check_count(self, n: int, what: str, setting: str) -> None:
+        """A client stream may not carry more items than one request may (max_documents)."""
+        limit = self.service.settings.max_documents
+        if n > limit:
+            raise TooLarge(f"more than {limit} {what} in the stream ({setting})")
+
+    async def _bounded(self, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A client stream's messages, refused once their bytes pass max_message_bytes."""
+        nbytes = 0
+        async for msg in messages:
+            nbytes += msg.ByteSize()
+            self._check_size(nbytes)
+            yield msg
 
 
 # -- edgerank.v1 -----------------------------------------------------------------------
@@ -176,15 +230,10 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
     ) -> pb.RerankResponse:
         first: pb.RerankRequest | None = None
         documents: list[str] = []
-        nbytes = 0
-        limit = self.service.settings.max_documents
-        async for msg in request_iterator:
+        async for msg in self._bounded(request_iterator):
             first = first or msg
-            nbytes += msg.ByteSize()
-            self._check_size(nbytes)
             documents.extend(msg.documents)
-            if len(documents) > limit:
-                raise TooLarge(f"more than {limit} documents in the stream (max_documents)")
+            self._check_count(len(documents), "documents", "max_documents")
         if first is None:
             raise InvalidInput("empty stream: no query and no documents")
         return await self._rerank(first, documents, context)
@@ -207,30 +256,7 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
 
     @handler
     async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:
-        info = self.service.info
-        s = self.service.settings
-        return pb.InfoResponse(
-            model=info.model,
-            backend=info.backend,
-            precision=info.precision,
-            device=info.device,
-            max_length=info.max_length,
-            threads=info.threads,
-            normalise=info.normalise,
-            limits=pb.Limits(
-                max_documents=s.max_documents,
-                max_document_chars=s.max_document_chars,
-                max_message_bytes=s.max_message_bytes,
-                max_batch_tokens=s.max_batch_tokens,
-                max_queue_pairs=s.max_queue_pairs,
-                max_queue_tokens=s.max_queue_tokens,
-                batch_wait_ms=s.batch_wait_ms,
-            ),
-            probe=self.service.probe,
-            details={k: str(v) for k, v in info.details.items()},
-            version=edgerank.__version__,
-            load=pb.Load(**self.service.load()),
-        )
+        return info_to(self.service)
 
 
 # -- tei.v1 ----------------------------------------------------------------------------
@@ -290,18 +316,13 @@ class TeiRerank(_Guarded, tei_grpc.RerankServicer):
     ) -> tei.RerankResponse:
         first: tei.RerankStreamRequest | None = None
         triples: list[tuple[str, str, ScoreOptions]] = []
-        nbytes = 0
-        limit = self.service.settings.max_documents
-        async for msg in request_iterator:
+        async for msg in self._bounded(request_iterator):
             first = first or msg
-            nbytes += msg.ByteSize()
-            self._check_size(nbytes)
             self.service.check_text(f"query {len(triples)}", msg.query, empty_ok=False)
             self.service.check_text(f"text {len(triples)}", msg.text)
             options = _tei_options(msg.truncate, msg.truncation_direction)
             triples.append((msg.query, msg.text, options))
-            if len(triples) > limit:
-                raise TooLarge(f"more than {limit} texts in the stream (max_client_batch_size)")
+            self._check_count(len(triples), "texts", "max_client_batch_size")
         if first is None:
             raise InvalidInput("empty stream: no query and no texts")
         texts = [t for _, t, _ in triples]
@@ -313,16 +334,4 @@ class TeiRerank(_Guarded, tei_grpc.RerankServicer):
 class TeiInfo(_Guarded, tei_grpc.InfoServicer):
     @handler
     async def Info(self, request: tei.InfoRequest, context) -> tei.InfoResponse:
-        info = self.service.info
-        s = self.service.settings
-        return tei.InfoResponse(
-            version=edgerank.__version__,
-            model_id=info.model,
-            model_dtype=info.precision,
-            model_type=tei.MODEL_TYPE_RERANKER,
-            max_concurrent_requests=s.max_queue_pairs,
-            max_input_length=info.max_length,
-            max_batch_tokens=s.max_batch_tokens,
-            max_client_batch_size=s.max_documents,
-            tokenization_workers=2,
-        )
+        return tei_info_to(self.service.info, self.service.settings)

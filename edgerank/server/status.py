@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, TypeVar
 import grpc
 
 from edgerank import errors
-from edgerank.engine.batcher import Cancelled, Expired
+from edgerank.errors import Cancelled, Expired
 
 log = logging.getLogger(__name__)
 

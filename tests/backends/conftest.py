@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import tiny_models
+from tests.support import tiny_models
 
 
 def pytest_collection_modifyitems(config, items):

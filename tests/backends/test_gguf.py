@@ -1,5 +1,5 @@
 """The llama.cpp backend against torch FP32, on tiny random checkpoints converted offline
-(tests/gguf_models.py): cross-encoders (BERT with edgerank's fixes, XLM-R), LLM rerankers
+(tests/support/gguf_models.py): cross-encoders (BERT with edgerank's fixes, XLM-R), LLM rerankers
 (Qwen3 yes/no, Gemma yes-logit, Qwen3's native rank head), shared-prefix reuse, batch
 independence, the refusal of uncorrected BERT GGUFs and of the layerwise model, the store,
 the loader's choice and the CLI. Skipped as a whole without the `gguf` extra.
@@ -15,20 +15,25 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from edgerank.backends import gguf, llm  # noqa: E402
+from edgerank.backends import gguf, gguf_llm, llama_runtime  # noqa: E402
 from edgerank.backends.base import ScoreOptions  # noqa: E402
-from edgerank.backends.torch import TorchBackend, TorchModel, open_torch  # noqa: E402
-from edgerank.catalog import load_catalog  # noqa: E402
+from edgerank.backends.registry import open_installed
+from edgerank.backends.torch import TorchBackend, open_torch  # noqa: E402
+from edgerank.catalog.load import load_catalog  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
 from edgerank.errors import BackendUnavailable, ModelCorrupt  # noqa: E402
-from edgerank.fidelity import probe_groups, rank_agreement  # noqa: E402
-from edgerank.gguf_file import GgufHeader, read_header  # noqa: E402
-from tests.gguf_models import RANK_HEAD  # noqa: E402
+from edgerank.models.checkpoint import Checkpoint
+from edgerank.models.gguf_file import GgufHeader, read_header  # noqa: E402
+from edgerank.models.gguf_model import GgufModel, check_servable, refuse_layerwise  # noqa: E402
+from edgerank.models.llm_format import LlmFormat
+from edgerank.quality.fidelity import rank_agreement  # noqa: E402
+from edgerank.quality.texts import probe_groups
+from tests.support.gguf_models import RANK_HEAD  # noqa: E402
 
 CATALOG = load_catalog()
 FORMATS = {
-    "qwen3": llm.LlmFormat.from_spec(CATALOG.get("qwen3-reranker-0.6b")),
-    "gemma": llm.LlmFormat.from_spec(CATALOG.get("bge-reranker-v2-gemma")),
+    "qwen3": LlmFormat.from_spec(CATALOG.get("qwen3-reranker-0.6b")),
+    "gemma": LlmFormat.from_spec(CATALOG.get("bge-reranker-v2-gemma")),
 }
 QUERY = "how long do cats sleep at night"
 PASSAGES = [
@@ -43,17 +48,17 @@ LLM_MAX = 400
 
 
 def cross_encoder(gm, name, quant="f32", **kw):
-    model = gguf.GgufModel("cross-encoder", 128)
+    model = GgufModel("cross-encoder", 128)
     return gguf.open_gguf(gm.gguf(name, quant), gm.hf(name), model, **{"threads": 1, **kw})
 
 
 def llm_backend(gm, name, quant="f32", **kw):
-    model = gguf.GgufModel("llm-yes-logit", LLM_MAX, FORMATS[name.split("-")[0]])
+    model = GgufModel("llm-yes-logit", LLM_MAX, FORMATS[name.split("-")[0]])
     return gguf.open_gguf(gm.gguf(name, quant), gm.hf(name), model, **{"threads": 1, **kw})
 
 
 def torch_llm(gm, name):
-    model = TorchModel("llm-yes-logit", LLM_MAX, FORMATS[name])
+    model = Checkpoint("llm-yes-logit", LLM_MAX, FORMATS[name])
     return open_torch(gm.hf(name), model, threads=1)
 
 
@@ -153,7 +158,7 @@ def test_segment_b_ids_read_the_folded_rows(gguf_models):
 def test_bert_gguf_without_the_fixes_is_refused(gguf_models):
     raw = gguf_models.gguf("bert", fixes=False)
     with pytest.raises(ModelCorrupt, match="token types, which llama.cpp ignores"):
-        gguf.open_gguf(raw, gguf_models.hf("bert"), gguf.GgufModel("cross-encoder", 128))
+        gguf.open_gguf(raw, gguf_models.hf("bert"), GgufModel("cross-encoder", 128))
 
 
 def _header(tensors, **meta):
@@ -165,40 +170,40 @@ def _header(tensors, **meta):
 
 def test_check_servable_rules():
     ok_xlmr = _header(["cls.weight", "cls.output.weight"])
-    gguf.check_servable(ok_xlmr, "cross-encoder")
+    check_servable(ok_xlmr, "cross-encoder")
     no_pooler = _header(["cls.output.weight"])
     with pytest.raises(ModelCorrupt, match="lost BERT's pooler"):
-        gguf.check_servable(no_pooler, "cross-encoder")
+        check_servable(no_pooler, "cross-encoder")
     types = _header(["cls.weight", "cls.output.weight"], **{"tokenizer.ggml.token_type_count": 2})
     with pytest.raises(ModelCorrupt, match="segment B would score as segment A"):
-        gguf.check_servable(types, "cross-encoder")
+        check_servable(types, "cross-encoder")
     fixed = _header(
         ["cls.weight", "cls.output.weight"],
         **{"tokenizer.ggml.token_type_count": 2, "edgerank.fixes": "pooler,segment-b"},
     )
-    gguf.check_servable(fixed, "cross-encoder")
+    check_servable(fixed, "cross-encoder")
     with pytest.raises(ModelCorrupt, match="no classification head"):
-        gguf.check_servable(_header(["token_embd.weight"]), "cross-encoder")
-    gguf.check_servable(_header(["token_embd.weight"]), "llm-yes-logit")  # LLMs read logits
+        check_servable(_header(["token_embd.weight"]), "cross-encoder")
+    check_servable(_header(["token_embd.weight"]), "llm-yes-logit")  # LLMs read logits
 
 
 def test_layerwise_is_routed_to_torch(tmp_path):
     spec = CATALOG.get("bge-reranker-v2-minicpm-layerwise")
     with pytest.raises(BackendUnavailable, match="torch backend"):
-        gguf.refuse_layerwise(spec)
+        refuse_layerwise(spec)
     with pytest.raises(BackendUnavailable, match="torch backend"):
-        gguf.GgufModel("llm-layerwise", 512, llm.LlmFormat.from_spec(spec))
-    from edgerank.store import ModelStore
+        GgufModel("llm-layerwise", 512, LlmFormat.from_spec(spec))
+    from edgerank.store.entries import ModelStore
 
     with pytest.raises(BackendUnavailable, match="--backend torch"):
         ModelStore(tmp_path).pull(spec, backend="gguf")
 
 
 def test_missing_extra_is_one_line_naming_it(monkeypatch):
-    monkeypatch.setattr(gguf, "_STATE", {})
+    monkeypatch.setattr(llama_runtime, "_STATE", {})
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(BackendUnavailable) as exc:
-        gguf._llama()
+        llama_runtime.load_llama()
     assert "edgerank[gguf]" in str(exc.value) and "\n" not in str(exc.value)
 
 
@@ -301,7 +306,7 @@ def test_threads_and_context(gguf_models):
     be.score(be.encode(QUERY, PASSAGES[:1], ScoreOptions()))
     lib, ctx = be._rt.lib, be._rt.ctx
     assert lib.llama_n_threads(ctx) == 2 and lib.llama_n_threads_batch(ctx) == 2
-    assert lib.llama_n_seq_max(ctx) == gguf.PARALLEL + 1
+    assert lib.llama_n_seq_max(ctx) == gguf_llm.PARALLEL + 1
     info = be.info()
     assert (info.backend, info.device, info.threads, info.precision) == ("gguf", "cpu", 2, "f32")
     be.close()
@@ -323,8 +328,8 @@ def ready_dir(gguf_models, tmp_path):
 
 
 def test_store_installs_ready_gguf_files_and_opens_each_quant(ready_dir, tmp_path):
-    from edgerank.manifest import Manifest
-    from edgerank.store import ModelStore
+    from edgerank.models.manifest import Manifest
+    from edgerank.store.entries import ModelStore
 
     store = ModelStore(tmp_path / "home")
     path = store.import_gguf("tiny-qwen", ready_dir)
@@ -332,8 +337,8 @@ def test_store_installs_ready_gguf_files_and_opens_each_quant(ready_dir, tmp_pat
     assert (m.backend, m.precision, m.recipe["kind"]) == ("gguf", "q8_0", "llm-yes-logit")
     assert set(m.recipe["files"]) == {"f16", "q8_0"}
     assert store.installed() == {"tiny-qwen": ["gguf"]}
-    q8 = store.open("tiny-qwen", "gguf", threads=1)
-    f16 = store.open("tiny-qwen", "gguf", threads=1, precision="f16")
+    q8 = open_installed(store, "tiny-qwen", "gguf", threads=1)
+    f16 = open_installed(store, "tiny-qwen", "gguf", threads=1, precision="f16")
     assert (q8.info().precision, f16.info().precision) == ("q8_0", "f16")
     items = q8.encode(QUERY, PASSAGES, ScoreOptions())
     assert q8.score(items) == pytest.approx(f16.score(items), abs=0.1)
@@ -342,7 +347,7 @@ def test_store_installs_ready_gguf_files_and_opens_each_quant(ready_dir, tmp_pat
 def test_store_refuses_an_uncorrected_bert_gguf(gguf_models, tmp_path):
     import shutil
 
-    from edgerank.store import ModelStore
+    from edgerank.store.entries import ModelStore
 
     d = tmp_path / "raw"
     shutil.copytree(gguf_models.hf("bert"), d)
@@ -356,9 +361,11 @@ def test_store_refuses_an_uncorrected_bert_gguf(gguf_models, tmp_path):
 def test_loader_opens_the_chosen_gguf_quant(ready_dir, tmp_path, monkeypatch):
     """The choice function picks gguf for an LLM on a CPU box without torch; the loader
     opens the quant it chose."""
-    from edgerank import backends, loader, probe
-    from edgerank.probe import Hardware
-    from edgerank.store import ModelStore
+    from edgerank import backends
+    from edgerank.engine import load as loader
+    from edgerank.hardware import probe
+    from edgerank.hardware.facts import Hardware
+    from edgerank.store.entries import ModelStore
 
     spec = dataclasses.replace(CATALOG.get("qwen3-reranker-0.6b"), max_length=LLM_MAX)
     store = ModelStore(tmp_path / "home")
@@ -382,7 +389,7 @@ def test_cli_import_and_score(ready_dir, tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    from edgerank.cli import main
+    from edgerank.cli.main import main
 
     monkeypatch.setenv("EDGERANK_HOME", str(tmp_path / "home"))
     runner = CliRunner()
@@ -402,14 +409,15 @@ def test_cli_import_and_score(ready_dir, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_minilm_q8_0_ranks_like_torch_fp32(minilm_ce_ckpt, minilm_groups, minilm_reference,
                                           llama_converter, tmp_path):  # fmt: skip
-    """The shipped q8_0 recipe on real pretrained weights, fitted head (tests/minilm_ce.py)."""
-    from edgerank import convert_gguf
+    """The shipped q8_0 recipe on real pretrained weights, fitted head
+    (tests/support/minilm_ce.py)."""
+    from edgerank.convert import gguf as convert_gguf
 
     files = convert_gguf.convert_and_quantize(
         minilm_ce_ckpt, tmp_path, ("q8_0",), base="f32", keep=convert_gguf.CROSS_ENCODER_KEEP,
         tools=llama_converter,
     )  # fmt: skip
-    model = gguf.GgufModel("cross-encoder", 512)
+    model = GgufModel("cross-encoder", 512)
     be = gguf.open_gguf(tmp_path / files["q8_0"], minilm_ce_ckpt, model, threads=1)
     cand = [score_documents(be, q, ps).raw for q, ps in minilm_groups]
     got = rank_agreement(minilm_reference, cand)

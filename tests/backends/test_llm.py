@@ -15,12 +15,13 @@ import pytest
 
 from edgerank.backends import llm
 from edgerank.backends.base import ScoreOptions
-from edgerank.catalog import load_catalog
+from edgerank.catalog.load import load_catalog
 from edgerank.errors import InvalidInput
+from edgerank.models.llm_format import LlmFormat
 
 CATALOG = load_catalog()
-QWEN = llm.LlmFormat.from_spec(CATALOG.get("qwen3-reranker-0.6b"))
-GEMMA = llm.LlmFormat.from_spec(CATALOG.get("bge-reranker-v2-gemma"))
+QWEN = LlmFormat.from_spec(CATALOG.get("qwen3-reranker-0.6b"))
+GEMMA = LlmFormat.from_spec(CATALOG.get("bge-reranker-v2-gemma"))
 QUERY = "how long do cats sleep at night"
 PASSAGES = [
     "the cat sleeps in the garden all summer",
@@ -133,7 +134,7 @@ def test_answer_tokens_are_the_ones_the_references_read(tiny_qwen3_hf, tiny_gemm
 def long_text(n_words: int, seed: int) -> str:
     import random
 
-    from tests.tiny_models import WORDS
+    from tests.support.tiny_models import WORDS
 
     rng = random.Random(seed)
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
@@ -214,13 +215,13 @@ def test_raw_scores_and_probability_follow_the_rules():
 
 
 def test_format_roundtrip_and_validation():
-    assert llm.LlmFormat.from_dict(QWEN.to_dict()) == QWEN
+    assert LlmFormat.from_dict(QWEN.to_dict()) == QWEN
     with pytest.raises(ValueError):
         dataclasses.replace(QWEN, score_rule="cls-logit")
     with pytest.raises(ValueError):
         dataclasses.replace(QWEN, prompt="no fields here")
     layerwise = CATALOG.get("bge-reranker-v2-minicpm-layerwise")
-    assert llm.LlmFormat.from_spec(layerwise).cutoff_layer == 28
+    assert LlmFormat.from_spec(layerwise).cutoff_layer == 28
 
 
 def direct_logits(hf_dir, ids_list, words):
@@ -240,14 +241,15 @@ def direct_logits(hf_dir, ids_list, words):
 
 
 def test_qwen3_rule_against_transformers(tiny_qwen3_hf):
-    from edgerank.backends.torch import TorchModel, open_torch
+    from edgerank.backends.torch import open_torch
+    from edgerank.models.checkpoint import Checkpoint
 
     tok = hf_tokenizer(tiny_qwen3_hf)
     ids = [qwen_reference_ids(tok, QUERY, p) for p in PASSAGES]
     yes_no = direct_logits(tiny_qwen3_hf, ids, ("yes", "no"))
     p_yes = np.exp(yes_no[:, 0]) / np.exp(yes_no).sum(axis=1)  # the model card's softmax
 
-    be = open_torch(tiny_qwen3_hf, TorchModel("llm-yes-logit", 400, QWEN))
+    be = open_torch(tiny_qwen3_hf, Checkpoint("llm-yes-logit", 400, QWEN))
     raw = be.score(be.encode(QUERY, PASSAGES, ScoreOptions()))  # one left-padded batch
     assert raw == pytest.approx(yes_no[:, 0] - yes_no[:, 1], abs=1e-4)
     assert llm.probability(raw) == pytest.approx(p_yes, abs=1e-5)
@@ -255,13 +257,14 @@ def test_qwen3_rule_against_transformers(tiny_qwen3_hf):
 
 
 def test_gemma_rule_against_transformers(tiny_gemma_hf):
-    from edgerank.backends.torch import TorchModel, open_torch
+    from edgerank.backends.torch import open_torch
+    from edgerank.models.checkpoint import Checkpoint
 
     tok = hf_tokenizer(tiny_gemma_hf)
     ids = [baai_reference_ids(tok, QUERY, p) for p in PASSAGES]
     (yes,) = direct_logits(tiny_gemma_hf, ids, ("Yes",)).T
 
-    be = open_torch(tiny_gemma_hf, TorchModel("llm-yes-logit", 400, GEMMA))
+    be = open_torch(tiny_gemma_hf, Checkpoint("llm-yes-logit", 400, GEMMA))
     raw = be.score(be.encode(QUERY, PASSAGES, ScoreOptions()))
     assert raw == pytest.approx(yes, abs=1e-4)
     assert np.ptp(raw) > 1e-2

@@ -12,15 +12,19 @@ import logging
 import numpy as np
 import pytest
 
-from edgerank.backends import llm
 from edgerank.backends import torch as torch_backend
 from edgerank.backends.base import ScoreOptions
-from edgerank.backends.torch import TorchBackend, TorchModel, open_torch, placement
-from edgerank.catalog import load_catalog
-from edgerank.choose import Wishes, choose
+from edgerank.backends.registry import open_installed
+from edgerank.backends.torch import TorchBackend, open_torch
+from edgerank.catalog.load import load_catalog
 from edgerank.errors import InvalidInput
-from edgerank.probe import Gpu, Hardware
-from tests import tiny_models
+from edgerank.hardware.facts import Gpu, Hardware
+from edgerank.models.checkpoint import Checkpoint
+from edgerank.models.llm_format import LlmFormat
+from edgerank.planning.candidates import Wishes
+from edgerank.planning.candidates import torch_placement as placement
+from edgerank.planning.choice import choose
+from tests.support import tiny_models
 
 CATALOG = load_catalog()
 PAIRS = [
@@ -34,7 +38,7 @@ PAIRS = [
 QUERY = "how long do cats sleep"
 PASSAGES = [p for _, p in PAIRS]
 LAYERWISE = dataclasses.replace(
-    llm.LlmFormat.from_spec(CATALOG.get("bge-reranker-v2-minicpm-layerwise")), cutoff_layer=4
+    LlmFormat.from_spec(CATALOG.get("bge-reranker-v2-minicpm-layerwise")), cutoff_layer=4
 )
 
 
@@ -105,7 +109,7 @@ def test_bf16_on_cpu_tracks_fp32(request, fixture):
 
 def test_batch_mates_and_token_sub_batches_do_not_change_scores(tiny_bert_hf):
     alone = TorchBackend(tiny_bert_hf)
-    split = TorchBackend(tiny_bert_hf, model=TorchModel("cross-encoder"), batch_tokens=64)
+    split = TorchBackend(tiny_bert_hf, model=Checkpoint("cross-encoder"), batch_tokens=64)
     items = alone.encode(QUERY, PASSAGES, ScoreOptions())
     one_batch = alone.score(items)
     assert one_batch == pytest.approx([float(alone.score([it])[0]) for it in items], abs=1e-5)
@@ -113,17 +117,17 @@ def test_batch_mates_and_token_sub_batches_do_not_change_scores(tiny_bert_hf):
 
 
 def test_detect_tells_the_kind_from_config(tiny_bert_hf, tiny_xlmr_hf, tiny_qwen3_hf):
-    bert = TorchModel.detect(tiny_bert_hf)
+    bert = Checkpoint.detect(tiny_bert_hf)
     assert (bert.kind, bert.max_length, bert.llm) == ("cross-encoder", 128, None)
-    assert TorchModel.detect(tiny_xlmr_hf).max_length == 128  # 130 positions - XLM-R's 2
-    qwen = TorchModel.detect(tiny_qwen3_hf)
+    assert Checkpoint.detect(tiny_xlmr_hf).max_length == 128  # 130 positions - XLM-R's 2
+    qwen = Checkpoint.detect(tiny_qwen3_hf)
     assert qwen.kind == "llm-yes-logit"
-    assert qwen.llm == llm.LlmFormat.from_spec(CATALOG.get("qwen3-reranker-0.6b"))
+    assert qwen.llm == LlmFormat.from_spec(CATALOG.get("qwen3-reranker-0.6b"))
 
 
 def test_detect_refuses_an_unknown_causal_lm(tiny_layerwise_hf):
     with pytest.raises(InvalidInput, match="cannot tell how to score"):
-        TorchModel.detect(tiny_layerwise_hf)
+        Checkpoint.detect(tiny_layerwise_hf)
 
 
 # ------------------------------------------------------------------------ layerwise
@@ -131,7 +135,7 @@ def test_detect_refuses_an_unknown_causal_lm(tiny_layerwise_hf):
 
 def open_layerwise(hf_dir, **kw):
     return open_torch(
-        hf_dir, TorchModel("llm-layerwise", 256, LAYERWISE, True), allow_remote_code=True, **kw
+        hf_dir, Checkpoint("llm-layerwise", 256, LAYERWISE, True), allow_remote_code=True, **kw
     )
 
 
@@ -196,7 +200,7 @@ def test_layerwise_cutoff_out_of_range_is_refused(tiny_layerwise_hf, layer):
 
 
 def test_remote_code_runs_only_on_opt_in(tiny_layerwise_hf):
-    model = TorchModel("llm-layerwise", 256, LAYERWISE, remote_code=False)
+    model = Checkpoint("llm-layerwise", 256, LAYERWISE, remote_code=False)
     with pytest.raises(InvalidInput, match="--allow-remote-code"):
         open_torch(tiny_layerwise_hf, model)  # config.json's auto_map alone is enough to refuse
     assert open_torch(tiny_layerwise_hf, model, allow_remote_code=True).info().backend == "torch"
@@ -265,8 +269,9 @@ def test_gpu_too_small_keeps_the_cpu_path_and_says_why():
 def test_loader_opens_the_chosen_torch_entry_and_falls_back_when_cuda_fails(
     tmp_path, tiny_bert_hf, monkeypatch, caplog
 ):
-    from edgerank import loader, probe
-    from edgerank.store import ModelStore
+    from edgerank.engine import load as loader
+    from edgerank.hardware import probe
+    from edgerank.store.entries import ModelStore
 
     store = ModelStore(tmp_path / "home")
     spec = CATALOG.get("ms-marco-minilm-l6")
@@ -293,10 +298,15 @@ def test_loader_opens_the_chosen_torch_entry_and_falls_back_when_cuda_fails(
     assert scores(loaded.backend) == pytest.approx(scores(TorchBackend(tiny_bert_hf)), abs=1e-5)
 
 
-def test_store_torch_entry_roundtrip(tmp_path, tiny_bert_hf, tiny_qwen3_hf):
-    from edgerank import loader
-    from edgerank.manifest import Manifest
-    from edgerank.store import ModelStore
+def test_store_torch_entry_roundtrip(tmp_path, tiny_bert_hf, tiny_qwen3_hf, monkeypatch):
+    from edgerank.engine import load as loader
+    from edgerank.hardware import probe
+
+    # an AVX2-only machine: the loader places torch at FP32 there (BF16 on AVX512-BF16/AMX),
+    # the precision the entry opened directly below scores at
+    monkeypatch.setattr(probe, "probe", lambda **kw: hardware())
+    from edgerank.models.manifest import Manifest
+    from edgerank.store.entries import ModelStore
 
     store = ModelStore(tmp_path / "home")
     path = store.import_torch("my-ce", tiny_bert_hf)
@@ -307,7 +317,7 @@ def test_store_torch_entry_roundtrip(tmp_path, tiny_bert_hf, tiny_qwen3_hf):
         128,
         "cross-encoder",
     )
-    be = store.open("my-ce", "torch", threads=1)
+    be = open_installed(store, "my-ce", "torch", threads=1)
     assert scores(be) == pytest.approx(scores(TorchBackend(tiny_bert_hf)), abs=1e-6)
     store.import_torch("tiny-qwen", tiny_qwen3_hf)
     by_dir = loader.load(str(store.path("tiny-qwen", "torch")), threads=1).backend
@@ -332,8 +342,8 @@ def test_fp16_on_cuda_tracks_fp32(request, fixture):
 
 @pytest.mark.gpu
 def test_llm_and_layerwise_on_cuda(tiny_qwen3_hf, tiny_layerwise_hf):
-    model = TorchModel(
-        "llm-yes-logit", 400, llm.LlmFormat.from_spec(CATALOG.get("qwen3-reranker-0.6b"))
+    model = Checkpoint(
+        "llm-yes-logit", 400, LlmFormat.from_spec(CATALOG.get("qwen3-reranker-0.6b"))
     )
     cpu = open_torch(tiny_qwen3_hf, model)
     gpu = open_torch(tiny_qwen3_hf, model, precision="fp16", device="cuda:0")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
-from edgerank.engine.batcher import Batcher, Cancelled, Expired, Job, run_job
+from edgerank.engine.batcher import Batcher, Job, run_job
 from edgerank.engine.rank import merge_max, score_documents
-from edgerank.errors import BackendFailure, Unavailable
+from edgerank.errors import BackendFailure, Cancelled, Expired, Unavailable
 
 
 class FakeBackend:

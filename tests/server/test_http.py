@@ -30,15 +30,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgerank import errors
 from edgerank.backends.onnx import OnnxBackend
+from edgerank.errors import SettingsError
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
 from edgerank.server import http as http_server
 from edgerank.server import status as status_table
-from edgerank.settings import SettingsError, http_address, load
-from tests import tiny_models
+from edgerank.server.settings import http_address, load
 from tests.server.test_server import Gated, ServerThread, settings_for
+from tests.support import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = tiny_models.corpus(300, seed=23)
@@ -637,7 +638,7 @@ def test_daemon_serves_http_beside_grpc_and_drains_on_sigterm(tiny_onnx_dir, tmp
     http_sock, grpc_sock = tmp_path / "http.sock", tmp_path / "grpc.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGERANK_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgerank.daemon", "--config", "/dev/null",
+        [sys.executable, "-m", "edgerank.server.daemon", "--config", "/dev/null",
          "--model", str(tiny_onnx_dir), "--listen", "", "--socket", str(grpc_sock),
          "--http-socket", str(http_sock), "--threads", "1", "--home", str(tmp_path / "home")],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,

@@ -27,15 +27,15 @@ from edgerank import client
 from edgerank.backends.base import ScoreOptions
 from edgerank.backends.onnx import OnnxBackend
 from edgerank.engine.rank import normalise, rank, score_documents
+from edgerank.engine.service import Service
 from edgerank.errors import InvalidInput
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
 from edgerank.server import grpc as grpc_server
-from edgerank.server.service import Service
-from edgerank.settings import Settings
-from tests import tiny_models
+from edgerank.server.settings import Settings
+from tests.support import tiny_models
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from edgerank import errors
-from edgerank.engine.batcher import Expired
+from edgerank.errors import Expired
 from edgerank.server.status import code_for, mapped
 
 S = grpc.StatusCode

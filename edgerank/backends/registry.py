@@ -1,0 +1,49 @@
+"""The one way to open an installed entry: its manifest names the runtime, and that runtime's
+module is imported only then (torch costs seconds to import; llama.cpp may not be installed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgerank.backends.base import Backend
+from edgerank.errors import BackendUnavailable
+from edgerank.models.manifest import Manifest
+from edgerank.store.layout import StoreLayout
+
+
+def open_entry(
+    model_dir: Path | str,
+    manifest: Manifest | None = None,
+    *,
+    threads: int = 1,
+    verify: bool = True,
+    **options: Any,
+) -> Backend:
+    """Open an entry directory. ``options`` go to the runtime: torch device, precision,
+    cpu_precision, allow_remote_code (backends/torch.py); gguf precision (the quant) and
+    its knobs (backends/gguf.py)."""
+    model_dir = Path(model_dir)
+    manifest = manifest or Manifest.read(model_dir)
+    if manifest.backend not in ("onnx", "torch", "gguf"):
+        raise BackendUnavailable(f"backend {manifest.backend!r} is not available in this build")
+    if verify:  # every file against its sha256, before any runtime reads it
+        manifest.verify(model_dir)
+    if manifest.backend == "onnx":
+        from edgerank.backends.onnx import OnnxBackend
+
+        return OnnxBackend(model_dir, manifest, threads)
+    if manifest.backend == "torch":
+        from edgerank.backends.torch import open_entry as opener
+    else:
+        from edgerank.backends.gguf import open_entry as opener
+    return opener(model_dir, manifest, threads=threads, **options)
+
+
+def open_installed(
+    store: StoreLayout, name: str, backend: str = "onnx", *, threads: int = 1, **options: Any
+) -> Backend:
+    """Open a model of the store by name; a missing entry is one clear ModelNotFound."""
+    manifest = store.manifest(name, backend)
+    return open_entry(store.path(name, backend), manifest, threads=threads, **options)

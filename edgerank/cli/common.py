@@ -1,0 +1,49 @@
+"""What every command shares: one-line errors with fixed exit codes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from edgerank.errors import EdgerankError
+
+#: exit codes: 1 = the request or the model is wrong, 2 = usage (click's own), 70 = a bug
+EXIT_ERROR, EXIT_INTERNAL = 1, 70
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"edgerank: error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly(fn):
+    """Domain errors become one line on stderr and exit 1; bugs one line and exit 70."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgerankError as exc:
+            fail(str(exc), EXIT_ERROR)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence for the CLI
+            if os.environ.get("EDGERANK_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            fail(
+                f"internal error: {type(exc).__name__}: {first} (EDGERANK_DEBUG=1 shows more)",
+                EXIT_INTERNAL,
+            )
+
+    return wrapper
+
+
+def progress(message: str) -> None:
+    """Progress of a long command, on stderr so stdout stays parseable."""
+    click.echo(f"edgerank: {message}", err=True)

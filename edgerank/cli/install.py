@@ -1,0 +1,73 @@
+"""`edgerank pull` and `edgerank import`: models into the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgerank.cli.common import friendly, progress
+
+
+@click.command()
+@click.argument("name")
+@click.option("--prebuilt-int8", is_flag=True, help="Take the hub's ready INT8 file as is.")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "gguf"]),
+    default="onnx",
+    show_default=True,
+    help="gguf: the catalog's GGUF files, else the checkpoint converted with llama.cpp.",
+)
+@friendly
+def pull(name, prebuilt_int8, revision, backend):
+    """Download a catalog model and install it (INT8 ONNX, or GGUF)."""
+    from edgerank.catalog.load import load_catalog
+    from edgerank.store.entries import ModelStore
+
+    spec = load_catalog().get(name)
+    path = ModelStore().pull(
+        spec,
+        prebuilt_int8=prebuilt_int8,
+        revision=revision,
+        backend=backend,
+        progress=progress,
+    )
+    click.echo(f"installed {name} in {path}")
+
+
+@click.command("import")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--name", required=True, help="Name in the store.")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "gguf", "torch"]),
+    default="onnx",
+    show_default=True,
+    help="gguf: f16, q8_0 and q4_k_m GGUFs (llama.cpp's converter), or the *.gguf files "
+    "already in PATH; torch: the checkpoint as it is (the cuda extra serves it).",
+)
+@friendly
+def import_(path, name, backend):
+    """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline;
+    with --backend gguf, as GGUF files (or install the *.gguf files PATH holds); with
+    --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one)."""
+    from edgerank.catalog.load import load_catalog
+    from edgerank.store.entries import ModelStore
+
+    store = ModelStore()
+    if backend == "gguf":
+        target = store.import_gguf(name, Path(path), progress=progress)
+    elif backend == "torch":
+        catalog = load_catalog()
+        spec = catalog.get(name) if name in catalog.names() else None
+        target = store.import_torch(name, Path(path), spec=spec)
+    else:
+        target = store.import_onnx(name, Path(path), progress=progress)
+    from edgerank.models.manifest import Manifest
+
+    fid = Manifest.read(target).fidelity
+    against = {"gguf": "the most precise quant", "torch": "itself"}.get(backend, "fp32")
+    click.echo(f"installed {name} in {target}; fidelity vs {against}: {json.dumps(fid)}")

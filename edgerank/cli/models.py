@@ -1,0 +1,56 @@
+"""`edgerank models`: the catalog and what of it is installed."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from edgerank.cli.common import friendly
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def models(as_json):
+    """The catalog: what edgerank can run, and what is installed."""
+    from edgerank.catalog.load import load_catalog
+    from edgerank.store.entries import ModelStore
+
+    catalog = load_catalog()
+    installed = ModelStore().installed()
+    rows = []
+    for spec in catalog:
+        rows.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "languages": list(spec.languages),
+                "params_m": spec.params_m,
+                "memory_mib": spec.memory_mib,
+                "backends": list(spec.backends),
+                "quality": spec.quality,
+                "licence": spec.licence,
+                "non_commercial": spec.non_commercial,
+                "installed": installed.get(
+                    spec.name, ["embedded"] if spec.kind == "bi-encoder" else []
+                ),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("name", "kind", "lang", "int8/q8 MiB", "quality", "licence", "installed")
+    click.echo("{:<36} {:<14} {:<10} {:>11}  {:<18} {:<14} {}".format(*header))
+    for r in rows:
+        mem = (
+            r["memory_mib"].get("int8")
+            or r["memory_mib"].get("q8_0")
+            or r["memory_mib"].get("fp16", "")
+        )
+        qual = " ".join(f"{k}={v:g}" for k, v in r["quality"].items())
+        lic = r["licence"] + (" (NC)" if r["non_commercial"] else "")
+        click.echo(
+            f"{r['name']:<36} {r['kind']:<14} {','.join(r['languages']):<10} {mem!s:>11}  "
+            f"{qual:<18} {lic:<14} {','.join(r['installed']) or '-'}"
+        )

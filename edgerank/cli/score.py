@@ -1,0 +1,147 @@
+"""`edgerank score`: one-off scoring, here or on a running daemon (--server)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgerank.cli.common import friendly
+from edgerank.errors import InvalidInput
+
+
+def read_documents(docs: tuple[str, ...], docs_file: str | None) -> list[str]:
+    """Positional docs, else --docs FILE ('-' = stdin), else piped stdin.
+
+    A file is JSONL when every non-empty line parses as a JSON string or {"text": ...}
+    object; otherwise one document per line.
+    """
+    if docs and docs_file:
+        raise InvalidInput("give documents as arguments or with --docs, not both")
+    if docs:
+        return list(docs)
+    if docs_file is None and sys.stdin is not None and not sys.stdin.isatty():
+        docs_file = "-"
+    if docs_file is None:
+        raise InvalidInput("no documents: pass them after the query, with --docs FILE, or on stdin")
+    try:
+        if docs_file == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(docs_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read documents from {docs_file}: {exc}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    return _parse_jsonl(lines) or lines
+
+
+def _parse_jsonl(lines: list[str]) -> list[str] | None:
+    out = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            return None
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            out.append(item["text"])
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            return None
+    return out
+
+
+@click.command()
+@click.argument("query", required=False)
+@click.argument("docs", nargs=-1)
+@click.option("--docs", "docs_file", help="File of documents: one per line, or JSONL; - = stdin.")
+@click.option("--model", "-m", help="Catalog name, store entry or model directory.")
+@click.option("--backend", type=click.Choice(["onnx", "gguf", "torch", "biencoder"]))
+@click.option("--top-n", type=int, default=None, help="Only the best N.")
+@click.option("--raw-scores", is_flag=True, help="Order and print by the raw logit.")
+@click.option("--truncation", type=click.Choice(["truncate", "chunk"]), default="truncate")
+@click.option("--direction", type=click.Choice(["right", "left"]), default="right")
+@click.option("--instruction", help="Task instruction for LLM rerankers.")
+@click.option("--threads", type=int, default=None, help="Inference threads (default: probed).")
+@click.option("--server", help="Score on a running daemon (host:port or unix:/path).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option(
+    "--allow-remote-code", is_flag=True, help="Run modelling code the checkpoint ships (torch)."
+)
+@friendly
+def score(
+    query, docs, docs_file, model, backend, top_n, raw_scores, truncation, direction,
+    instruction, threads, server, as_json, allow_remote_code,
+):  # fmt: skip
+    """Score DOCS against QUERY and print them best first."""
+    if not query or not query.strip():
+        raise InvalidInput("no query: edgerank score QUERY DOC [DOC...]")
+    documents = read_documents(docs, docs_file)
+    if not documents:
+        raise InvalidInput("no documents to score")
+    if top_n is not None and top_n < 0:
+        raise InvalidInput(f"--top-n must be >= 0, got {top_n}")
+    from edgerank.backends.base import ScoreOptions
+
+    options = ScoreOptions(truncation=truncation, direction=direction, instruction=instruction)
+    if server:
+        from edgerank import client
+
+        result = client.rerank(server, query, documents, top_n=top_n, options=options, model=model)
+        ranked, info_line = result.ranked, result.model
+    else:
+        ranked, info_line = _score_local(
+            query, documents, options, model, backend, threads, top_n, allow_remote_code
+        )
+    _print_ranked(ranked, documents, info_line, raw_scores, as_json)
+
+
+def _score_local(query, documents, options, model, backend, threads, top_n, allow_remote_code):
+    from edgerank.engine import load as loader
+    from edgerank.engine.rank import rank, score_documents
+
+    loaded = loader.load(
+        model,
+        backend=backend,
+        threads=threads or None,
+        allow_remote_code=allow_remote_code,
+    )
+    if loaded.note:
+        click.echo(f"edgerank: note: {loaded.note}", err=True)
+    try:
+        info = loaded.backend.info()
+        scored = score_documents(
+            loaded.backend, query, documents, options, token_budget=loaded.token_budget
+        )
+        ranked = rank(scored.raw, info.normalise, top_n)
+    finally:
+        loaded.backend.close()
+    return ranked, f"{info.model} ({info.backend} {info.precision})"
+
+
+def _print_ranked(ranked, documents, model_line, raw_scores, as_json) -> None:
+    if raw_scores:
+        ranked = sorted(ranked, key=lambda r: (-r.raw, r.index))
+    if as_json:
+        out = {
+            "model": model_line,
+            "results": [
+                {
+                    "index": r.index,
+                    "relevance_score": r.score,
+                    "raw_score": r.raw,
+                    "document": documents[r.index],
+                }
+                for r in ranked
+            ],
+        }
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    click.echo(f"# {model_line}; score = normalised 0..1, raw = model output")
+    click.echo(f"{'rank':>4}  {'index':>5}  {'score':>7}  {'raw':>9}  document")
+    for pos, r in enumerate(ranked, 1):
+        text = documents[r.index].replace("\n", " ")
+        text = text if len(text) <= 80 else text[:77] + "..."
+        click.echo(f"{pos:>4}  {r.index:>5}  {r.score:>7.4f}  {r.raw:>9.4f}  {text}")

@@ -1,0 +1,158 @@
+"""Turns "what the user asked for" into an open Backend: an entry directory, a checkpoint, a
+store name, or the planner's choice over what is installed (else the embedded fallback).
+
+The hardware is probed once here and handed to everything that needs it (thread count, torch
+placement, the choice), and the daemon reports the same record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgerank.backends import available_backends, biencoder
+from edgerank.backends.base import Backend
+from edgerank.backends.registry import open_entry, open_installed
+from edgerank.catalog.load import load_catalog
+from edgerank.errors import ModelNotFound
+from edgerank.hardware import probe as hw_probe
+from edgerank.hardware.facts import Hardware, recommended_threads
+from edgerank.models.manifest import MANIFEST, Manifest
+from edgerank.planning.candidates import Wishes, torch_placement
+from edgerank.planning.choice import choose
+from edgerank.quality.measurements import lookup
+from edgerank.store.entries import ModelStore
+
+#: backends the loader can open
+OPENABLE = frozenset({"onnx", "biencoder", "torch", "gguf"})
+
+
+@dataclass
+class Loaded:
+    backend: Backend
+    #: the machine it was loaded for (probed once, reported by the daemon)
+    hardware: Hardware
+    #: a line for stderr when the user should know something (fallback in use)
+    note: str | None = None
+    #: padded tokens per batch the memory allows (from the choice; a default otherwise)
+    token_budget: int = 8192
+
+
+def load(
+    model: str | None,
+    *,
+    backend: str | None = None,
+    threads: int | None = None,
+    store: ModelStore | None = None,
+    languages: tuple[str, ...] = ("en",),
+    allow_remote_code: bool = False,
+) -> Loaded:
+    """``threads`` None: one per usable physical core. ``allow_remote_code``: let torch run
+    modelling code a checkpoint ships (opt-in)."""
+    store = store or ModelStore()
+    hardware = hw_probe.probe(store_path=store.root if store.root.exists() else None)
+    threads = threads or recommended_threads(hardware)
+    opener = _Opener(hardware, threads, allow_remote_code)
+    if model and (Path(model) / MANIFEST).is_file():
+        manifest = Manifest.read(Path(model))
+        return opener.loaded(lambda **kw: open_entry(model, manifest, **kw), manifest.backend)
+    if model and backend in (None, "torch") and (Path(model) / "config.json").is_file():
+        from edgerank.backends.torch import open_torch
+
+        return opener.loaded(lambda **kw: open_torch(Path(model), **kw), "torch")
+    if model == biencoder.NAME:
+        return Loaded(biencoder.BiEncoderBackend(threads=threads), hardware)
+    installed = store.installed()
+    if model:
+        if model in installed:
+            name_backend = backend or installed[model][0]
+            return opener.loaded(
+                lambda **kw: open_installed(store, model, name_backend, **kw), name_backend
+            )
+        _raise_unknown(model)
+    return _auto(store, installed, opener, languages)
+
+
+@dataclass(frozen=True)
+class _Opener:
+    hardware: Hardware
+    threads: int
+    allow_remote_code: bool
+
+    def loaded(self, open_fn, backend: str, placement=None, **loaded) -> Loaded:
+        """Open with the runtime's options; torch goes where the hardware (or the choice)
+        says, and a CUDA fallback becomes a note."""
+        if backend != "torch":
+            return Loaded(open_fn(threads=self.threads), self.hardware, **loaded)
+        device, precision, cpu_precision = placement or torch_placement(self.hardware)
+        be = open_fn(
+            threads=self.threads,
+            device=device,
+            precision=precision,
+            cpu_precision=cpu_precision,
+            allow_remote_code=self.allow_remote_code,
+        )
+        info = be.info()
+        note = None
+        if "fallback" in info.details:
+            note = (
+                f"CUDA failed to start ({info.details['fallback']}): running on the CPU "
+                f"({info.precision})"
+            )
+        return Loaded(be, self.hardware, note=note, **loaded)
+
+
+def _auto(store: ModelStore, installed, opener: _Opener, languages) -> Loaded:
+    """The choice function over what is installed; custom imports beat the fallback."""
+    catalog = load_catalog()
+    hardware = opener.hardware
+    choice = choose(
+        catalog,
+        hardware,
+        Wishes(languages=languages, allow_remote_code=opener.allow_remote_code),
+        installed_backends=available_backends() & OPENABLE,
+        installed_models=installed,
+        calibration=lookup(store, hardware),
+    )
+    name = choice.model.name
+    if choice.backend == "torch":
+        cpu_precision = torch_placement(hardware)[2]
+        return opener.loaded(
+            lambda **kw: open_installed(store, name, "torch", **kw),
+            "torch",
+            (choice.device, choice.precision, cpu_precision),
+            token_budget=choice.batch_token_budget,
+        )
+    if choice.backend == "gguf":  # the chosen quant (q8_0, or q4_k_m when RAM is tight)
+        return opener.loaded(
+            lambda **kw: open_installed(store, name, "gguf", precision=choice.precision, **kw),
+            "gguf",
+            token_budget=choice.batch_token_budget,
+        )
+    if choice.backend != "biencoder":
+        return opener.loaded(
+            lambda **kw: open_installed(store, name, choice.backend, **kw),
+            choice.backend,
+            token_budget=choice.batch_token_budget,
+        )
+    custom = sorted(n for n in installed if n not in catalog)
+    if custom:
+        first = installed[custom[0]][0]
+        return opener.loaded(lambda **kw: open_installed(store, custom[0], first, **kw), first)
+    hint = choice.suggestion or "edgerank pull ms-marco-minilm-l6"
+    return Loaded(
+        biencoder.BiEncoderBackend(threads=opener.threads),
+        hardware,
+        note=(
+            "no reranker installed: ranking with the embedded bi-encoder all-MiniLM-L6-v2 "
+            f"(weaker); run `{hint}` for a cross-encoder (`edgerank models` lists them)"
+        ),
+    )
+
+
+def _raise_unknown(model: str) -> None:
+    catalog = load_catalog()
+    if model in catalog:
+        raise ModelNotFound(f"model {model!r} is not installed: run `edgerank pull {model}`")
+    catalog.get(model)  # raises ModelNotFound with close matches
+    raise ModelNotFound(f"unknown model {model!r}")  # pragma: no cover

@@ -1,0 +1,340 @@
+"""The daemon's transport-free core: validate, admit, tokenize, batch, merge, rank.
+
+Servicers (gRPC) and the HTTP handlers convert their messages into these calls and the
+results back; the scoring path is rank.merge_max + rank.rank over the batcher's scores, the
+same functions rank.score_documents uses, so a daemon answer equals a direct one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgerank.backends.base import Backend, BackendInfo, Encoded, ScoreOptions
+from edgerank.engine.admission import Admission
+from edgerank.engine.batcher import Batcher, run_job
+from edgerank.engine.metrics import Metrics
+from edgerank.engine.rank import Ranked, merge_max, rank
+from edgerank.errors import EdgerankError, InvalidInput, ModelNotFound, TooLarge, Unavailable
+from edgerank.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WARMUP_QUERY = "warm up"
+WARMUP_PASSAGES = ("a short passage", "a somewhat longer passage that is here to warm up the model")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Passages sharing one query and one set of options (one backend.encode call)."""
+
+    query: str
+    passages: Sequence[str]
+    options: ScoreOptions = ScoreOptions()
+    #: where each passage's score goes in the answer; None = 0..len-1
+    positions: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    raw: np.ndarray  # one raw score per position
+    windows: np.ndarray  # model inputs per position (> 1 where chunking split a passage)
+    tokens: int
+    items: int
+    chars: int
+    tokenization_ns: int
+    queue_ns: int
+    inference_ns: int
+    total_ns: int
+
+
+@dataclass(frozen=True)
+class Reranked:
+    ranked: list[Ranked]
+    outcome: Outcome
+
+
+class Service:
+    """One loaded backend behind admission control and the batcher."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state = "loading"  # -> serving -> draining -> stopped
+        self.backend: Backend | None = None
+        self.batcher: Batcher | None = None
+        self.admission = Admission(
+            settings.max_queue_pairs, settings.max_queue_tokens, drain_rate=self._rate
+        )
+        self.model_names: frozenset[str] = frozenset()
+        #: the hardware summary Info reports (proto field `probe`)
+        self.hardware: dict[str, str] = {}
+        self.in_flight = 0  # requests past admission
+        self.calls = 0  # RPCs inside a handler, streaming ones included
+        self.completed = 0
+        self._idle: asyncio.Event | None = None
+        self._info: BackendInfo | None = None
+        self._health_items: list[Encoded] = []
+        self._tokenizers = concurrent.futures.ThreadPoolExecutor(2, "edgerank-tok")
+        #: Prometheus figures; the transports report their calls here too (server/)
+        self.metrics = Metrics(
+            {
+                "in_flight": lambda: self.in_flight,
+                "queue_pairs": lambda: self.admission.pairs,
+                "queue_tokens": lambda: self.admission.tokens,
+                "queued_inputs": lambda: self.batcher.queued[0] if self.batcher else 0,
+                "serving": lambda: self.state == "serving",
+            }
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self, backend: Backend, aliases: Sequence[str] = ()) -> None:
+        """Take a loaded backend, start its worker, warm it up end to end, then serve."""
+        s = self.settings
+        self.backend = backend
+        self._info = backend.info()
+        self.model_names = frozenset({self._info.model, *(a for a in aliases if a)})
+        self.metrics.describe(self._info)
+        self.batcher = Batcher(
+            self.metrics.metered(backend),
+            s.max_batch_tokens,
+            s.max_batch_pairs or None,
+            s.batch_wait_ms / 1000,
+        ).start()
+        self.state = "warming"
+        await self._run([Group(WARMUP_QUERY, WARMUP_PASSAGES)], len(WARMUP_PASSAGES), None)
+        loop = asyncio.get_running_loop()
+        self._health_items = (
+            await loop.run_in_executor(
+                self._tokenizers, backend.encode, WARMUP_QUERY, WARMUP_PASSAGES[:1], ScoreOptions()
+            )
+        )[:1]
+        self.state = "serving"
+
+    def drain(self) -> None:
+        """Refuse new calls from now on; the ones already inside still finish."""
+        if self.state in ("serving", "warming"):
+            self.state = "draining"
+
+    def begin_call(self) -> None:
+        """A transport handler starts: refused (UNAVAILABLE) unless serving."""
+        if self.state == "draining":
+            raise Unavailable("the server is draining for shutdown; retry on another replica")
+        self.require_ready()
+        self.calls += 1
+
+    def end_call(self) -> None:
+        self.calls -= 1
+        if self.calls == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """After drain(): wait until every accepted call has answered. False on timeout."""
+        if self.calls == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish queued work, stop the worker, release the model."""
+        self.state = "stopped"
+        if self.batcher is not None:
+            if not self.batcher.stop(drain=True, timeout=timeout):
+                log.warning("inference worker did not stop in time")
+        self._tokenizers.shutdown(wait=False, cancel_futures=True)
+        if self.backend is not None:
+            self.backend.close()
+
+    @property
+    def info(self) -> BackendInfo:
+        if self._info is None:
+            raise Unavailable("the model is still loading")
+        return self._info
+
+    def _rate(self) -> float:
+        return self.batcher.stats.rate if self.batcher else 0.0
+
+    # -- checks -----------------------------------------------------------------------
+
+    def require_ready(self) -> None:
+        if self.state in ("loading", "warming"):
+            raise Unavailable("the model is still loading; retry shortly")
+        if self.state == "stopped" or self.batcher is None:
+            raise Unavailable("the server is shutting down")
+
+    def check_model(self, name: str | None) -> None:
+        if name and name not in self.model_names:
+            raise ModelNotFound(
+                f"model {name!r} is not served here; this daemon serves {self.info.model!r}"
+            )
+
+    def check_text(self, what: str, text: str, *, empty_ok: bool = True) -> None:
+        limit = self.settings.max_document_chars
+        if not empty_ok and not text.strip():
+            raise InvalidInput(f"{what} is empty")
+        if len(text) > limit:
+            raise TooLarge(
+                f"{what} has {len(text)} characters, over the limit of {limit} (max_document_chars)"
+            )
+        if "\x00" in text:
+            raise InvalidInput(f"{what} contains a NUL character")
+
+    def check_count(self, n: int, what: str = "documents") -> None:
+        if n == 0:
+            raise InvalidInput(f"no {what} to score")
+        limit = self.settings.max_documents
+        if n > limit:
+            raise TooLarge(f"{n} {what}, over the limit of {limit} per request (max_documents)")
+
+    def check_options(self, options: ScoreOptions) -> None:
+        if options.instruction is not None:
+            self.check_text("instruction", options.instruction)
+        if options.max_tokens_per_doc is not None and options.max_tokens_per_doc < 1:
+            raise InvalidInput(f"max_tokens_per_doc must be >= 1, got {options.max_tokens_per_doc}")
+
+    # -- scoring ----------------------------------------------------------------------
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int = 0,
+        options: ScoreOptions = ScoreOptions(),
+        model: str | None = None,
+        deadline: float | None = None,
+    ) -> Reranked:
+        """Rank documents for one query; top_n 0 = all."""
+        self.require_ready()
+        if top_n < 0:
+            raise InvalidInput(f"top_n must be >= 0, got {top_n}")
+        self.check_model(model)
+        self.check_text("query", query, empty_ok=False)
+        self.check_count(len(documents))
+        for i, doc in enumerate(documents):
+            self.check_text(f"document {i}", doc)
+        self.check_options(options)
+        outcome = await self._run([Group(query, documents, options)], len(documents), deadline)
+        return Reranked(rank(outcome.raw, self.info.normalise, top_n or None), outcome)
+
+    async def score_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        options: ScoreOptions = ScoreOptions(),
+        model: str | None = None,
+        deadline: float | None = None,
+    ) -> Outcome:
+        """Raw scores for (query, passage) pairs, in order; pairs sharing a query share a group."""
+        self.require_ready()
+        self.check_model(model)
+        self.check_count(len(pairs), "pairs")
+        for i, (query, passage) in enumerate(pairs):
+            self.check_text(f"pair {i} query", query, empty_ok=False)
+            self.check_text(f"pair {i} passage", passage)
+        self.check_options(options)
+        groups = group_pairs([(q, p, options) for q, p in pairs])
+        return await self._run(groups, len(pairs), deadline)
+
+    async def score_groups(
+        self, groups: Sequence[Group], n: int, deadline: float | None = None
+    ) -> Outcome:
+        """Already-validated groups (the TEI stream): raw scores for positions 0..n-1."""
+        self.require_ready()
+        return await self._run(groups, n, deadline)
+
+    def _encode(self, groups: Sequence[Group]) -> list[Encoded]:
+        assert self.backend is not None
+        items: list[Encoded] = []
+        for g in groups:
+            encoded = self.backend.encode(g.query, g.passages, g.options)
+            if g.positions is not None:
+                encoded = [dataclasses.replace(it, doc=g.positions[it.doc]) for it in encoded]
+            items.extend(encoded)
+        return items
+
+    async def _run(self, groups: Sequence[Group], n: int, deadline: float | None) -> Outcome:
+        assert self.batcher is not None
+        start = time.perf_counter_ns()
+        # two-step admission: refuse on pair count before paying for tokenization
+        ticket = self.admission.admit(pairs=n)
+        self.in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            items = await loop.run_in_executor(self._tokenizers, self._encode, groups)
+            tokenized = time.perf_counter_ns()
+            tokens = sum(it.n_tokens for it in items)
+            ticket.resize(len(items), tokens)
+            job = await run_job(self.batcher, items, deadline)
+        finally:
+            ticket.release()
+            self.in_flight -= 1
+        self.completed += 1
+        raw = merge_max(items, job.scores, n)
+        windows = np.bincount([it.doc for it in items], minlength=n)
+        outcome = Outcome(
+            raw=raw,
+            windows=windows,
+            tokens=tokens,
+            items=len(items),
+            chars=sum(len(g.query) * len(g.passages) + sum(map(len, g.passages)) for g in groups),
+            tokenization_ns=tokenized - start,
+            queue_ns=int(job.queue_s * 1e9),
+            inference_ns=int(job.inference_s * 1e9),
+            total_ns=time.perf_counter_ns() - start,
+        )
+        self.metrics.scored(n, outcome)
+        return outcome
+
+    # -- health -----------------------------------------------------------------------
+
+    async def healthy(self, stall_s: float = 60.0, timeout_s: float = 10.0) -> bool:
+        """Has the worker shown it works? Busy and moving, or idle and scoring a probe."""
+        batcher = self.batcher
+        if batcher is None or self.state not in ("serving", "draining"):
+            return False
+        if batcher.stalled(stall_s):
+            return False
+        if batcher.busy_since is not None or batcher.queued[0]:
+            return True
+        try:
+            job = await run_job(batcher, self._health_items, time.monotonic() + timeout_s)
+        except EdgerankError as exc:
+            log.warning("health probe failed: %s", exc)
+            return False
+        return bool(np.isfinite(job.scores).all())
+
+    def load(self) -> dict[str, Any]:
+        queued_items, queued_tokens = self.batcher.queued if self.batcher else (0, 0)
+        stats = self.batcher.stats if self.batcher else None
+        return {
+            "in_flight_requests": self.in_flight,
+            "queued_pairs": self.admission.pairs,
+            "queued_tokens": self.admission.tokens,
+            "completed_requests": self.completed,
+            "refused_requests": self.admission.refused,
+            "dropped_inputs": stats.dropped if stats else 0,
+            "batches": stats.batches if stats else 0,
+        }
+
+
+def group_pairs(triples: Sequence[tuple[str, str, ScoreOptions]]) -> list[Group]:
+    """Group (query, passage, options) by query and options, remembering each position."""
+    by_key: dict[tuple[str, ScoreOptions], tuple[list[str], list[int]]] = {}
+    for pos, (query, passage, options) in enumerate(triples):
+        passages, positions = by_key.setdefault((query, options), ([], []))
+        passages.append(passage)
+        positions.append(pos)
+    return [Group(q, ps, o, pos) for (q, o), (ps, pos) in by_key.items()]

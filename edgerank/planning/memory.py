@@ -1,0 +1,90 @@
+"""The memory model: what a candidate needs (weights + activations + runtime) at a token budget.
+
+Activations follow models.md's "0.3-0.55 GB at batch 16 x 512 tokens (fp32)" for hidden
+384..1024, i.e. 37.5..68.75 KiB per token, linear in the hidden size; half of it at
+fp16/bf16; the gguf path of an LLM adds its KV cache per token (catalog, else as much again
+as the activations). The token budget starts at 16 x 512 (CPU) or 32 x 512 (GPU) and halves
+down to 512 until the need fits. The same figures size the daemon's batches, so the memory
+the choice promises is the memory a request can take.
+"""
+
+from __future__ import annotations
+
+import math
+
+from edgerank.catalog.spec import ModelSpec
+
+#: process overhead besides weights and activations (python + runtime), MiB
+RUNTIME_OVERHEAD_MIB = {"onnx": 150, "biencoder": 150, "gguf": 150, "torch": 400}
+
+
+#: host RAM a torch process with a CUDA context needs, MiB
+TORCH_CUDA_HOST_MIB = 1024
+
+
+#: VRAM kept free for the CUDA context and allocator slack, MiB
+VRAM_RESERVE_MIB = 512
+CPU_TOKEN_BUDGETS = (8192, 4096, 2048, 1024, 512)
+GPU_TOKEN_BUDGETS = (16384, 8192, 4096, 2048, 1024, 512)
+
+
+#: assumed hidden size where the catalog has none (only an 8B LLM today): errs large
+UNKNOWN_HIDDEN = 4096
+
+
+def activation_kib_per_token(hidden: int | None) -> float:
+    """fp32 activations per batch token (models.md: 0.3-0.55 GB at 16 x 512, hidden 384-1024)."""
+    h = hidden or UNKNOWN_HIDDEN
+    return max(16.0, 37.5 + (h - 384) * 31.25 / 640)
+
+
+def compute_cost(spec: ModelSpec) -> float:
+    """Multiply-adds per token, in millions (12 x hidden^2 per layer); params when unknown."""
+    if spec.layers and spec.hidden:
+        return 12 * spec.layers * spec.hidden**2 / 1e6
+    return spec.params_m
+
+
+def weights_mib(spec: ModelSpec, precision: str) -> int:
+    mem = spec.memory_mib
+    if precision in mem:
+        return mem[precision]
+    if precision in ("fp16", "bf16"):
+        return mem.get("fp16") or math.ceil(mem["fp32"] / 2)
+    if precision == "fp32":
+        return mem.get("fp32") or mem["fp16"] * 2
+    raise KeyError(precision)
+
+
+def memory_need(
+    spec: ModelSpec, backend: str, precision: str, on_gpu: bool, budget_mib: int
+) -> tuple[int, int, str]:
+    """(need, tokens, breakdown) at the largest token budget that fits; smallest if none."""
+    weights = weights_mib(spec, precision)
+    per_token = activation_kib_per_token(spec.hidden)
+    if precision in ("fp16", "bf16"):
+        per_token /= 2
+    if backend == "gguf" and spec.is_llm:
+        per_token += spec.kv_cache_kib_per_token or per_token
+    if on_gpu:
+        budgets, overhead = GPU_TOKEN_BUDGETS, VRAM_RESERVE_MIB
+    else:
+        budgets, overhead = CPU_TOKEN_BUDGETS, RUNTIME_OVERHEAD_MIB[backend]
+    for tokens in budgets:
+        act = math.ceil(per_token * tokens / 1024)
+        need = weights + act + overhead
+        if need <= budget_mib or tokens == budgets[-1]:
+            what = "VRAM reserve" if on_gpu else "runtime"
+            breakdown = (
+                f"weights {weights} + activations {act} at {tokens} tokens + {what} {overhead}"
+            )
+            return need, tokens, breakdown
+    raise AssertionError("unreachable")
+
+
+def full_batch_need(spec: ModelSpec, backend: str, precision: str) -> int:
+    """An LLM on the CPU at the largest CPU budget, KV cache included."""
+    per_token = activation_kib_per_token(spec.hidden)
+    per_token += spec.kv_cache_kib_per_token or per_token
+    act = math.ceil(per_token * CPU_TOKEN_BUDGETS[0] / 1024)
+    return weights_mib(spec, precision) + act + RUNTIME_OVERHEAD_MIB[backend]

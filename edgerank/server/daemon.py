@@ -1,0 +1,205 @@
+"""The serve lifecycle: listen, load, warm up, serve, drain, exit.
+
+    listen (health NOT_SERVING) -> load the model -> warm it up end to end -> SERVING,
+    READY=1 -> ... SIGTERM -> NOT_SERVING, STOPPING=1, refuse new calls -> the accepted
+    ones finish (up to drain_timeout_s) -> close the listeners -> exit 0.
+
+`python -m edgerank.server.daemon --help` runs it without the CLI; `edgerank serve` calls run().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from edgerank.backends.base import Backend
+from edgerank.engine.service import Service
+from edgerank.errors import EdgerankError
+from edgerank.server import grpc as grpc_server
+from edgerank.server import systemd
+from edgerank.server.settings import Settings, click_options, load
+
+if TYPE_CHECKING:
+    from edgerank.server.http import HttpListening
+
+log = logging.getLogger("edgerank.server.daemon")
+
+#: settings -> (backend, aliases the model may be asked for by, hardware summary)
+BackendFactory = Callable[[Settings], tuple[Backend, list[str], dict[str, str]]]
+
+
+def load_backend(settings: Settings) -> tuple[Backend, list[str], dict[str, str]]:
+    """Open the configured model the way `edgerank score` does (engine/load.py)."""
+    from pathlib import Path
+
+    from edgerank.engine import load as loader
+    from edgerank.store.entries import ModelStore
+
+    store = ModelStore(Path(settings.home)) if settings.home else ModelStore()
+    loaded = loader.load(
+        settings.model or None,
+        backend=None if settings.backend == "auto" else settings.backend,
+        threads=settings.threads or None,
+        store=store,
+        allow_remote_code=settings.allow_remote_code,
+    )
+    if loaded.note:
+        log.warning("%s", loaded.note)
+    summary = {k: _text(v) for k, v in loaded.hardware.to_dict().items()}
+    return loaded.backend, [settings.model], summary
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_text(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _in_thread(fn: Callable[[], Any]) -> asyncio.Future:
+    """Run a blocking call on a daemon thread, so SIGTERM during a long load exits at once."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=target, name="edgerank-load", daemon=True).start()
+    return future
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+async def serve(settings: Settings, factory: BackendFactory = load_backend) -> int:
+    """The whole lifecycle inside one event loop; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    service = Service(settings)
+    listening = await grpc_server.start(service, settings)
+    http = await _start_http(service, settings, listening)
+    addresses = listening.addresses + (http.addresses if http else [])
+    log.info("listening on %s (health NOT_SERVING while loading)", ", ".join(addresses))
+    systemd.status(f"loading {settings.model or 'the default model'}")
+    stopper = asyncio.ensure_future(stop.wait())
+    watchdog: asyncio.Task | None = None
+    try:
+        loading = _in_thread(lambda: factory(settings))
+        await asyncio.wait({loading, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not loading.done():
+            log.info("stopped while loading")
+            systemd.stopping("stopped while loading")
+            return 0
+        backend, aliases, service.hardware = loading.result()
+        await service.start(backend, aliases)
+        info = service.info
+        await listening.set_serving(True)
+        line = f"serving {info.model} ({info.backend} {info.precision}, {info.threads} threads)"
+        log.info("%s on %s", line, ", ".join(addresses))
+        systemd.ready(line)
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            watchdog = asyncio.create_task(
+                systemd.watchdog_loop(lambda: service.healthy(stall_s=interval), interval)
+            )
+        await stopper
+        await _drain(service, listening, http, settings)
+        return 0
+    except EdgerankError as exc:
+        log.error("%s", exc)
+        systemd.status(f"failed: {exc}")
+        return 1
+    finally:
+        stopper.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
+        await listening.server.stop(0)
+        if http is not None:
+            await http.stop()
+        if service.backend is not None:
+            await asyncio.to_thread(service.close, settings.drain_timeout_s)
+        if listening.socket_path is not None:
+            listening.socket_path.unlink(missing_ok=True)
+        log.info("stopped")
+
+
+async def _start_http(
+    service: Service, settings: Settings, listening: grpc_server.Listening
+) -> HttpListening | None:
+    """The HTTP face on this loop, when configured (aiohttp is imported only then)."""
+    if not (settings.http or settings.http_socket):
+        return None
+    from edgerank.server import http as http_server
+
+    try:
+        return await http_server.start(service, settings)
+    except BaseException:
+        await listening.server.stop(0)
+        if listening.socket_path is not None:
+            listening.socket_path.unlink(missing_ok=True)
+        raise
+
+
+async def _drain(
+    service: Service,
+    listening: grpc_server.Listening,
+    http: HttpListening | None,
+    settings: Settings,
+) -> None:
+    service.drain()
+    await listening.health.enter_graceful_shutdown()
+    systemd.stopping(f"draining {service.calls} in-flight calls")
+    log.info("SIGTERM: draining %d in-flight calls", service.calls)
+    if not await service.wait_idle(settings.drain_timeout_s):
+        log.warning("drain timeout: %d calls still running are cancelled", service.calls)
+    # the answers of the last calls are still being written: let them go out
+    await listening.server.stop(grace=min(1.0, settings.drain_timeout_s))
+    if http is not None:
+        await http.stop()
+
+
+def run(settings: Settings, factory: BackendFactory = load_backend) -> int:
+    """Blocking entry for `edgerank serve`: serve until SIGTERM/SIGINT, return the exit code."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(serve(settings, factory))
+
+
+def _main() -> None:
+    import click
+
+    @click.command(help="Run the edgerank daemon (the same options as `edgerank serve`).")
+    @click_options
+    def main(**flags: Any) -> None:
+        try:
+            settings = load(flags)
+        except EdgerankError as exc:
+            raise click.ClickException(str(exc)) from None
+        sys.exit(run(settings))
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()

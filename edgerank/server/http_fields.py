@@ -1,0 +1,93 @@
+"""The JSON the HTTP face reads and writes: typed request fields with errors that name the
+field and the type it needs, and the Cohere/Jina result items."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from edgerank.engine.service import Reranked
+from edgerank.errors import InvalidInput
+
+JSON_TYPES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
+
+
+_REQUIRED = object()
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number")):
+        if isinstance(value, kind):
+            return name
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "a value")
+
+
+def get_field(data: dict[str, Any], name: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """A field of the JSON body, of exactly `kind` (JSON booleans are not integers here)."""
+    value = data.get(name)
+    if value is None:
+        if default is _REQUIRED:
+            raise InvalidInput(f"missing field {name!r}")
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidInput(f"{name} must be {JSON_TYPES[kind]}, got {kind_of(value)}")
+    return value
+
+
+def string_list(data: dict[str, Any], name: str, *, objects: bool = False) -> list[str]:
+    """An array of strings; with `objects`, {"text": str} items are accepted too (Jina)."""
+    items = get_field(data, name, list)
+    out = []
+    for i, item in enumerate(items):
+        if objects and isinstance(item, dict):
+            item = item.get("text")
+        if not isinstance(item, str):
+            shape = 'a string or an object {"text": string}' if objects else "a string"
+            raise InvalidInput(f"{name}[{i}] must be {shape}, got {kind_of(items[i])}")
+        out.append(item)
+    return out
+
+
+def no_surrogates(value: Any) -> None:
+    """Refuse a lone UTF-16 surrogate (valid JSON escape, invalid text for any tokenizer)."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                "a string holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
+                "without its pair): send valid Unicode"
+            ) from None
+    elif isinstance(value, dict):
+        for item in value.values():
+            no_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            no_surrogates(item)
+
+
+def top_n_of(data: dict[str, Any]) -> int:
+    top_n = get_field(data, "top_n", int, 0)
+    if top_n < 0:
+        raise InvalidInput(f"top_n must be >= 0 (0 or absent = all), got {top_n}")
+    return top_n
+
+
+def direction_of(data: dict[str, Any]) -> str:
+    value = get_field(data, "truncation_direction", str, "right").lower()
+    if value not in ("right", "left"):
+        raise InvalidInput(f'truncation_direction must be "right" or "left", got {value!r}')
+    return value
+
+
+def result_items(reranked: Reranked, documents: Sequence[str], with_docs: bool) -> list[dict]:
+    """Cohere's and Jina's result items: index, normalised score, the text on request."""
+    results = []
+    for r in reranked.ranked:
+        item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
+        if with_docs:
+            item["document"] = {"text": documents[r.index]}
+        results.append(item)
+    return results

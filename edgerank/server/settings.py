@@ -1,0 +1,222 @@
+"""The daemon's settings: one schema for `serve` flags, EDGERANK_* variables and the TOML file.
+
+Precedence: flags > environment > file > defaults. The file is /etc/edgerank/edgerank.toml
+when it exists (or the one --config / EDGERANK_CONFIG names) and holds top-level keys named
+exactly like the fields below; an unknown key is an error, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from edgerank.errors import SettingsError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DEFAULT_CONFIG = Path("/etc/edgerank/edgerank.toml")
+ENV_PREFIX = "EDGERANK_"
+CONFIG_ENV = "EDGERANK_CONFIG"
+BACKENDS = ("auto", "onnx", "gguf", "torch", "biencoder")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = _opt("127.0.0.1:50051", "TCP address HOST:PORT; empty = no TCP listener")
+    socket: str = _opt("", "Unix socket path (mode 0660), e.g. /run/edgerank/edgerank.sock")
+    http: str = _opt("", "HTTP listener HOST:PORT (or PORT = on 127.0.0.1); empty = none")
+    http_socket: str = _opt("", "HTTP on a Unix socket (mode 0660); empty = none")
+    model: str = _opt("", "model name in the store, or a model directory")
+    backend: str = _opt("auto", f"runtime: {', '.join(BACKENDS)}")
+    allow_remote_code: bool = _opt(
+        False, "run modelling code the checkpoint ships (torch: the layerwise MiniCPM reranker)"
+    )
+    threads: int = _opt(0, "inference threads; 0 = every usable core")
+    max_batch_tokens: int = _opt(8192, "token budget of one batch (padded size)")
+    max_batch_pairs: int = _opt(0, "pairs in one batch at most; 0 = no cap")
+    batch_wait_ms: float = _opt(2.0, "how long the batcher waits to fill a batch")
+    max_queue_pairs: int = _opt(4096, "pairs queued or running at most; beyond = overloaded")
+    max_queue_tokens: int = _opt(1 << 20, "tokens queued or running at most; beyond = overloaded")
+    max_documents: int = _opt(1000, "documents (or pairs) per request at most")
+    max_document_chars: int = _opt(32768, "characters per document (and query) at most")
+    max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
+    drain_timeout_s: float = _opt(30.0, "on SIGTERM, how long in-flight requests may finish")
+    max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
+    tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
+    tls_key: str = _opt("", "PEM private key for TLS on the TCP listeners (gRPC and HTTP)")
+    token: str = _opt("", "bearer token TCP clients must send; empty = none", secret=True)
+    token_file: str = _opt("", "file holding the bearer token (e.g. a systemd credential)")
+    home: str = _opt("", "model store directory; empty = $STATE_DIRECTORY or XDG data dir")
+    log_level: str = _opt("info", f"log level: {', '.join(LOG_LEVELS)}")
+
+    def bearer_token(self) -> str:
+        """The token from `token` or `token_file` ('' = no check)."""
+        if self.token:
+            return self.token
+        if self.token_file:
+            try:
+                return Path(self.token_file).read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"token_file: cannot read {self.token_file}: {exc}") from exc
+        return ""
+
+
+def _types() -> dict[str, type]:
+    hints = typing.get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in fields(Settings)}
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
+    """Parse a value from a flag, a variable or the file into the field's type."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool) or isinstance(value, float):
+                raise ValueError(value)
+            return int(str(value).strip().replace("_", ""), 0)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(value)
+        return str(value)
+    except ValueError:
+        raise SettingsError(f"{origin}: {name} must be {kind.__name__}, got {value!r}") from None
+
+
+def _check(s: Settings) -> Settings:
+    positive = ("max_batch_tokens", "max_queue_pairs", "max_queue_tokens", "max_documents")
+    positive += ("max_document_chars", "max_message_bytes")
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name} must be > 0, got {getattr(s, name)}")
+    for name in ("threads", "max_batch_pairs", "batch_wait_ms", "drain_timeout_s"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{name} must be >= 0, got {getattr(s, name)}")
+    if s.max_connection_age_s < 0:
+        raise SettingsError(f"max_connection_age_s must be >= 0, got {s.max_connection_age_s}")
+    if s.backend not in BACKENDS:
+        raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
+    if s.log_level not in LOG_LEVELS:
+        raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if not (s.listen or s.socket or s.http or s.http_socket):
+        raise SettingsError(
+            "nothing to listen on: set listen (TCP) and/or socket (Unix), or http / http_socket"
+        )
+    if s.listen and (":" not in s.listen or s.listen.startswith("unix:")):
+        raise SettingsError(f"listen must be HOST:PORT, got {s.listen!r} (use socket for Unix)")
+    if s.http:
+        http_address(s.http)
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise SettingsError("TLS needs both tls_cert and tls_key")
+    if s.token and s.token_file:
+        raise SettingsError("set token or token_file, not both")
+    return s
+
+
+def http_address(setting: str) -> tuple[str, int]:
+    """(host, port) of the `http` setting; no host means loopback, never every interface."""
+    host, _, port = setting.strip().rpartition(":")
+    if host.startswith("unix") or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(
+            f"http must be HOST:PORT or PORT, got {setting!r} (use http_socket for Unix)"
+        )
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The TOML file's keys, validated against the schema (unknown keys are errors)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: {exc}") from exc
+    types = _types()
+    out = {}
+    for key, value in data.items():
+        if key not in types:
+            close = difflib.get_close_matches(key, types, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SettingsError(f"{path}: unknown setting {key!r}{hint}")
+        out[key] = _coerce(key, value, types[key], str(path))
+    return out
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config: str | Path | None = None,
+) -> Settings:
+    """Merge defaults < file < environment < flags. Flags set to None count as unset."""
+    flags = dict(flags or {})
+    env = os.environ if env is None else env
+    config = flags.pop("config", None) or config or env.get(CONFIG_ENV) or None
+    types = _types()
+    merged: dict[str, Any] = {}
+    if config is not None:
+        merged.update(read_file(Path(config)))
+    elif DEFAULT_CONFIG.is_file():
+        merged.update(read_file(DEFAULT_CONFIG))
+    for name, kind in types.items():
+        if (raw := env.get(env_name(name))) is not None:
+            merged[name] = _coerce(name, raw, kind, env_name(name))
+    for name, value in flags.items():
+        if name not in types:
+            raise SettingsError(f"unknown setting {name!r}")
+        if value is not None:
+            merged[name] = _coerce(name, value, types[name], f"--{name.replace('_', '-')}")
+    return _check(replace(Settings(), **merged))
+
+
+def click_options(func: Callable) -> Callable:
+    """Decorate a click command with one --option per field (plus --config).
+
+    Every option defaults to None so that load() can tell "not given" from a value and let
+    the environment and the file fill the gap.
+    """
+    import click
+
+    ctypes = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
+    types = _types()
+    for f in reversed(fields(Settings)):
+        default = "" if f.default is MISSING or not f.repr else f" default {f.default!r};"
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [{default} env {env_name(f.name)}]"
+        func = click.option(flag, f.name, type=ctypes[types[f.name]], default=None, help=help_text)(
+            func
+        )
+    return click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=f"TOML settings file [default {DEFAULT_CONFIG} if present; env {CONFIG_ENV}]",
+    )(func)

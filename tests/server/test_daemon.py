@@ -1,0 +1,251 @@
+"""The daemon as a process: sd_notify on a real datagram socket, health, SIGTERM drain, exit 0."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgerank.backends.onnx import OnnxBackend
+from edgerank.engine.rank import score_documents
+from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
+from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
+from tests.support import tiny_models
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = tiny_models.corpus(200, seed=5)
+
+# The real daemon lifecycle around the real model, slowed down per batch so that requests
+# are still in flight when SIGTERM lands (a test double for a big model on a small CPU).
+SLOW_DAEMON = textwrap.dedent(
+    """
+    import sys, time
+    from edgerank.server import daemon
+    from edgerank.backends.onnx import OnnxBackend
+    from edgerank.server.settings import load
+
+    class Slow:
+        def __init__(self, inner):
+            self.inner = inner
+        def encode(self, *args):
+            return self.inner.encode(*args)
+        def score(self, batch):
+            time.sleep(0.05)
+            return self.inner.score(batch)
+        def info(self):
+            return self.inner.info()
+        def close(self):
+            self.inner.close()
+
+    def factory(settings):
+        return Slow(OnnxBackend.from_dir(settings.model, threads=1)), [], {}
+
+    flags = {"model": sys.argv[1], "socket": sys.argv[2], "listen": "", "max_batch_tokens": 256}
+    sys.exit(daemon.run(load(flags, env={}), factory))
+    """
+)
+
+
+class Notifications:
+    """A NOTIFY_SOCKET the way systemd offers it: an AF_UNIX datagram socket."""
+
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.path = path
+        self.seen: list[str] = []
+
+    def wait_for(self, field: str, timeout: float = 60) -> list[str]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.seen.append(message)
+            if field in message.split("\n"):
+                return self.seen
+        raise AssertionError(f"no {field} within {timeout}s; got {self.seen}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGERANK_", "WATCHDOG_"))}
+    env.pop("NOTIFY_SOCKET", None)
+    env.update(extra)
+    return env
+
+
+def stub(address: str) -> pb_grpc.RerankerStub:
+    return pb_grpc.RerankerStub(grpc.insecure_channel(address))
+
+
+def health(address: str) -> int:
+    return (
+        health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+        .Check(health_pb2.HealthCheckRequest(), timeout=10)
+        .status
+    )
+
+
+@pytest.fixture
+def notify(tmp_path):
+    n = Notifications(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, err
+
+
+def test_entry_point_notifies_serves_and_exits_0_on_sigterm(tiny_onnx_dir, tmp_path, notify):
+    sock = tmp_path / "run" / "edgerank.sock"
+    env = clean_env(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="300000")
+    cmd = [sys.executable, "-m", "edgerank.server.daemon", "--model", str(tiny_onnx_dir)]
+    cmd += ["--socket", str(sock), "--listen", "", "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = notify.wait_for("READY=1")
+        assert any(m.startswith("STATUS=loading") for m in seen[:-1])  # before READY
+        address = f"unix:{sock}"
+        assert health(address) == health_pb2.HealthCheckResponse.SERVING
+        docs = CORPUS[:12]
+        resp = stub(address).Rerank(pb.RerankRequest(query="cat dog", documents=docs))
+        direct = OnnxBackend.from_dir(tiny_onnx_dir, threads=1)
+        raw = score_documents(direct, "cat dog", docs).raw
+        assert {r.index: r.raw_score for r in resp.results} == {i: raw[i] for i in range(12)}
+        notify.wait_for("WATCHDOG=1", timeout=10)  # the worker passed its health check
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    notify.wait_for("STOPPING=1", timeout=5)
+    assert not sock.exists()  # the socket file is cleaned up
+
+
+def test_sigterm_drains_every_accepted_request(tiny_onnx_dir, tmp_path, notify):
+    script = tmp_path / "slow_daemon.py"
+    script.write_text(SLOW_DAEMON)
+    sock = tmp_path / "edgerank.sock"
+    env = clean_env(NOTIFY_SOCKET=str(notify.path))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_onnx_dir), str(sock)],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    address = f"unix:{sock}"
+    queries = [" ".join(CORPUS[100 + k].split()[:3]) for k in range(8)]
+    pool = concurrent.futures.ThreadPoolExecutor(len(queries))
+    try:
+        notify.wait_for("READY=1")
+        futures = {
+            q: pool.submit(
+                stub(address).Rerank,
+                pb.RerankRequest(query=q, documents=CORPUS[:40]),
+                timeout=60,
+            )
+            for q in queries
+        }
+        # SIGTERM once every request is accepted (admitted, or already answered)
+        while True:
+            load = stub(address).Info(pb.InfoRequest()).load
+            if load.in_flight_requests + load.completed_requests - 1 == len(queries):
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1", timeout=10)
+        with pytest.raises(grpc.RpcError) as err:  # new work is turned away while draining
+            stub(address).Rerank(pb.RerankRequest(query="late", documents=["x"]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        answers = {q: f.result(60) for q, f in futures.items()}
+    finally:
+        code, stderr = stop(proc)
+        pool.shutdown(cancel_futures=True)
+    assert code == 0, stderr
+    drained = re.search(r"draining (\d+) in-flight calls", stderr)
+    assert drained and int(drained.group(1)) >= 1, stderr  # the drain had work to finish
+    direct = OnnxBackend.from_dir(tiny_onnx_dir, threads=1)
+    for q, resp in answers.items():
+        raw = score_documents(direct, q, CORPUS[:40], token_budget=256).raw
+        got = np.array([r.raw_score for r in sorted(resp.results, key=lambda r: r.index)])
+        assert len(got) == 40
+        np.testing.assert_allclose(got, raw, rtol=0, atol=0)
+
+
+def test_sigterm_while_loading_exits_0(tmp_path, notify):
+    """A model that never finishes loading must not keep SIGTERM waiting."""
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from edgerank.server import daemon
+            from edgerank.server.settings import load
+
+            def factory(settings):
+                time.sleep(600)
+
+            flags = {"socket": sys.argv[1], "listen": ""}
+            sys.exit(daemon.run(load(flags, env={}), factory))
+            """
+        )
+    )
+    sock = tmp_path / "edgerank.sock"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(sock)],
+        cwd=ROOT,
+        env=clean_env(NOTIFY_SOCKET=str(notify.path)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        notify.wait_for("STATUS=loading the default model")
+        assert health(f"unix:{sock}") == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"), [({}, False), ({"EDGERANK_ALLOW_REMOTE_CODE": "1"}, True)]
+)
+def test_remote_code_opt_in_reaches_the_loader(monkeypatch, env, expected):
+    """Hub modelling code runs only when the daemon's settings allow it (off by default)."""
+    from edgerank.engine import load as loader
+    from edgerank.server import daemon
+    from edgerank.server.settings import load
+
+    seen = {}
+
+    def fake_load(model, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(loader, "load", fake_load)
+    with pytest.raises(RuntimeError, match="stop here"):
+        daemon.load_backend(load({"model": "m"}, env=env))
+    assert seen["allow_remote_code"] is expected

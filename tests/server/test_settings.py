@@ -1,0 +1,117 @@
+"""One schema for flags, EDGERANK_* variables and the TOML file; precedence and typos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from edgerank.errors import SettingsError
+from edgerank.server.settings import Settings, click_options, load, read_file
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "edgerank.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edgerank.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_source(tmp_path):
+    s = load({}, env={}, config=write(tmp_path, ""))
+    assert s == Settings()
+
+
+def test_precedence_flags_over_env_over_file_over_defaults(tmp_path):
+    cfg = write(tmp_path, 'max_batch_tokens = 1000\nthreads = 3\nmodel = "from-file"\n')
+    env = {"EDGERANK_MAX_BATCH_TOKENS": "2000", "EDGERANK_MODEL": "from-env"}
+    s = load({"max_batch_tokens": 3000, "model": None}, env=env, config=cfg)
+    assert s.max_batch_tokens == 3000  # flag
+    assert s.model == "from-env"  # env (the flag was not given)
+    assert s.threads == 3  # file
+    assert s.max_documents == Settings().max_documents  # default
+
+
+def test_config_path_from_flag_or_env(tmp_path):
+    cfg = write(tmp_path, "max_documents = 7\n")
+    assert load({"config": str(cfg)}, env={}).max_documents == 7
+    assert load({}, env={"EDGERANK_CONFIG": str(cfg)}).max_documents == 7
+
+
+def test_a_typo_in_the_file_is_an_error_with_a_suggestion(tmp_path):
+    cfg = write(tmp_path, "max_batch_token = 1000\n")
+    with pytest.raises(SettingsError, match="unknown setting 'max_batch_token'.*max_batch_tokens"):
+        load({}, env={}, config=cfg)
+
+
+def test_wrong_types_name_their_source(tmp_path):
+    with pytest.raises(SettingsError, match="EDGERANK_THREADS.*int"):
+        load({}, env={"EDGERANK_THREADS": "four"}, config=write(tmp_path, ""))
+    with pytest.raises(SettingsError, match="edgerank.toml.*max_documents"):
+        load({}, env={}, config=write(tmp_path, 'max_documents = "many"\n'))
+    with pytest.raises(SettingsError, match="max_batch_tokens"):
+        load({}, env={}, config=write(tmp_path, "max_batch_tokens = 1.5\n"))
+
+
+def test_broken_toml_and_missing_file(tmp_path):
+    with pytest.raises(SettingsError):
+        load({}, env={}, config=write(tmp_path, "max_documents = \n"))
+    with pytest.raises(SettingsError, match="cannot read"):
+        load({}, env={}, config=tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"max_queue_pairs": 0}, "max_queue_pairs must be > 0"),
+        ({"threads": -1}, "threads must be >= 0"),
+        ({"backend": "tensorflow"}, "backend must be one of"),
+        ({"listen": "", "socket": ""}, "nothing to listen on"),
+        ({"listen": "unix:/run/x.sock"}, "use socket for Unix"),
+        ({"tls_cert": "/c.pem"}, "both tls_cert and tls_key"),
+        ({"token": "a", "token_file": "/t"}, "not both"),
+    ],
+)
+def test_out_of_range_values_are_refused(tmp_path, flags, message):
+    with pytest.raises(SettingsError, match=message):
+        load(flags, env={}, config=write(tmp_path, ""))
+
+
+def test_token_file_and_hidden_token(tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    s = load({"token_file": str(tmp_path / "token")}, env={}, config=write(tmp_path, ""))
+    assert s.bearer_token() == "s3cret"
+    s = load({"token": "visible?"}, env={}, config=write(tmp_path, ""))
+    assert "visible?" not in repr(s)
+
+
+def test_the_shipped_example_file_is_valid_and_complete():
+    values = read_file(EXAMPLE)
+    assert set(values) == {f for f in Settings.__dataclass_fields__}  # documents every key
+    s = load({}, env={}, config=EXAMPLE)
+    assert s.socket == "/run/edgerank/edgerank.sock"
+
+
+def test_click_options_share_the_schema(tmp_path):
+    seen = {}
+
+    @click.command()
+    @click_options
+    def serve(**flags):
+        seen["settings"] = load(flags, env={"EDGERANK_MODEL": "env-model"})
+
+    cfg = write(tmp_path, "max_documents = 9\n")
+    result = CliRunner().invoke(
+        serve, ["--config", str(cfg), "--max-batch-tokens", "512", "--batch-wait-ms", "0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    s = seen["settings"]
+    assert (s.max_batch_tokens, s.batch_wait_ms, s.max_documents) == (512, 0.5, 9)
+    assert s.model == "env-model"
+    help_text = CliRunner().invoke(serve, ["--help"]).output
+    for name in Settings.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in help_text
+    assert "EDGERANK_MAX_QUEUE_PAIRS" in help_text

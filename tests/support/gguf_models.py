@@ -1,0 +1,70 @@
+"""Tiny checkpoints converted to GGUF once per test session (test helper, not a test).
+
+All conversions run in one converter process (torch and the converter import once); the
+f16 and q8_0 files are quantized from the f32 one in process with llama.cpp's quantizer,
+as `edgerank import --backend gguf` does. The converter comes from $EDGERANK_LLAMA_CPP_SRC
+when set, else from pip (the real download path), cached in pytest's cache directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.support import tiny_models
+
+#: name -> builder; wide (init 0.1) cross-encoders so that precision has something to lose.
+#: The Qwen3 copy named like a Qwen3-Reranker gets the converter's native rank head.
+BUILDERS = {
+    "bert": lambda d: tiny_models.build_tiny_bert(d, init_range=0.1),
+    "xlmr": lambda d: tiny_models.build_tiny_xlmr(d, init_range=0.1),
+    "qwen3": tiny_models.build_tiny_qwen3,
+    "gemma": tiny_models.build_tiny_gemma,
+}
+RANK_HEAD = "qwen3-reranker-tiny"
+CROSS_ENCODERS = ("bert", "xlmr")
+LLMS = ("qwen3", "gemma")
+
+
+class GgufModels:
+    def __init__(self, root: Path, tools: Path):
+        self.root = root
+        self.tools = tools
+        self._f32: dict[tuple[str, bool], Path] = {}
+        self._quants: dict[tuple[str, str], Path] = {}
+
+    def hf(self, name: str) -> Path:
+        d = self.root / "hf" / name
+        if not d.exists():
+            if name == RANK_HEAD:
+                shutil.copytree(self.hf("qwen3"), d)
+            else:
+                BUILDERS[name](d)
+        return d
+
+    def _convert_all(self) -> None:
+        from edgerank.convert import gguf as convert_gguf
+
+        jobs = {(n, True): self.root / f"{n}.f32.gguf" for n in (*BUILDERS, RANK_HEAD)}
+        jobs[("bert", False)] = self.root / "bert-unfixed.f32.gguf"
+        convert_gguf.convert_many(
+            [convert_gguf.Job(self.hf(n), out, "f32", fixed) for (n, fixed), out in jobs.items()],
+            tools=self.tools,
+        )
+        self._f32.update(jobs)
+
+    def gguf(self, name: str, quant: str = "f32", *, fixes: bool = True) -> Path:
+        if not self._f32:
+            self._convert_all()
+        f32 = self._f32[(name, fixes)]
+        if quant == "f32":
+            return f32
+        key = (name, quant)
+        if key not in self._quants:
+            from edgerank.convert import gguf as convert_gguf
+            from edgerank.convert.gguf import quantize
+
+            keep = convert_gguf.CROSS_ENCODER_KEEP if name in CROSS_ENCODERS else None
+            out = self.root / f"{name}.{quant}.gguf"
+            self._quants[key] = quantize(f32, out, quant, keep=keep if quant == "q8_0" else None)
+        return self._quants[key]
