@@ -28,9 +28,12 @@ from edgerank.cli.common import friendly
 @friendly
 def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_requests, n_docs,
           as_json):  # fmt: skip
-    """Throughput, latency and bucketing gain of the backend (ratios to torch when given)."""
+    """Throughput, latency and bucketing gain of the backend (ratios to torch when given), and
+    this CPU's INT8 and FP32 GEMM throughput."""
     from edgerank.engine import load as loader
+    from edgerank.hardware.probe import probe
     from edgerank.quality import bench as b
+    from edgerank.quality.gemm import gemm_report
 
     if server:
         _bench_server(server, clients, n_requests, n_docs, as_json)
@@ -51,13 +54,18 @@ def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_r
     one = loader.load(model, threads=max(counts)).backend
     bucket = b.bucketing_report(one, rounds=max(3, rounds // 2))
     one.close()
+    peaks = gemm_report(counts, rounds)
     if as_json:
-        click.echo(json.dumps({"throughput": rows, "bucketing": bucket}, indent=2))
+        out = {"throughput": rows, "bucketing": bucket, "gemm": peaks}
+        click.echo(json.dumps(out, indent=2))
         return
     click.echo(f"# {pairs} pairs x {tokens} tokens, medians of {rounds} interleaved rounds")
     click.echo(b.format_table(rows))
     click.echo(f"\n# bucketing, {bucket['docs']} mixed-length documents")
     click.echo(b.format_table([bucket]))
+    isa = " ".join(sorted(probe().isa)) or "baseline"
+    click.echo(f"\n# this CPU's GEMM through onnxruntime (ISA: {isa}): the most INT8 can gain")
+    click.echo(b.format_table(peaks))
 
 
 def _bench_server(address, clients, n_requests, n_docs, as_json) -> None:

@@ -185,3 +185,15 @@ def test_import_a_checkpoint_as_a_torch_entry(run, tiny_bert_hf, monkeypatch):
     scored = run("score", "cats", "cats sleep", "dogs bark", "--model", "my-ce", "--json")
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.stdout)["model"].endswith("(torch fp32)")
+
+
+def test_bench_reports_the_backend_and_this_cpus_gemm_peaks(run, tiny_onnx_dir):
+    args = ("--model", str(tiny_onnx_dir), "--threads", "1", "--rounds", "1")
+    result = run("bench", *args, "--pairs", "2", "--tokens", "16", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert {r["runtime"] for r in out["throughput"]} == {"edgerank:onnx/int8"}
+    (gemm,) = out["gemm"]
+    assert gemm["threads"] == 1 and gemm["int8_gops"] > 0 and gemm["fp32_gflops"] > 0
+    table = run("bench", *args, "--pairs", "2", "--tokens", "16")
+    assert "GEMM through onnxruntime (ISA:" in table.stdout and "int8_x_fp32" in table.stdout
