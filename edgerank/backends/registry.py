@@ -47,3 +47,21 @@ def open_installed(
     """Open a model of the store by name; a missing entry is one clear ModelNotFound."""
     manifest = store.manifest(name, backend)
     return open_entry(store.path(name, backend), manifest, threads=threads, **options)
+
+
+def open_reference(model_dir: Path | str, *, threads: int = 1) -> Backend:
+    """The FP32 graph an INT8 ONNX entry keeps beside it (recipe["reference_file"]), opened
+    like the entry itself: the fidelity watch rescores samples with it."""
+    model_dir = Path(model_dir)
+    manifest = Manifest.read(model_dir)
+    ref = manifest.recipe.get("reference_file") if manifest.backend == "onnx" else None
+    if not ref:
+        raise BackendUnavailable(
+            f"{manifest.name} ({manifest.backend} {manifest.precision}) keeps no FP32 "
+            "reference to watch its fidelity against: re-import it (`edgerank import` or "
+            "`edgerank pull`), or set fidelity_sample = 0"
+        )
+    manifest.verify(model_dir)
+    from edgerank.backends.onnx import OnnxBackend
+
+    return OnnxBackend.from_file(model_dir / ref, manifest.max_length, threads=threads)

@@ -156,3 +156,11 @@ def _raise_unknown(model: str) -> None:
         raise ModelNotFound(f"model {model!r} is not installed: run `edgerank pull {model}`")
     catalog.get(model)  # raises ModelNotFound with close matches
     raise ModelNotFound(f"unknown model {model!r}")  # pragma: no cover
+
+
+def reference_dir(model: str, served: str, store: ModelStore) -> Path:
+    """Where the served entry lives: the directory the model setting names, else the store
+    entry of the served model's name (an automatic choice is installed under its name)."""
+    if model and (Path(model) / MANIFEST).is_file():
+        return Path(model)
+    return store.path(model or served, "onnx")

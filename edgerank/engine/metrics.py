@@ -61,6 +61,18 @@ GAUGES = {
         "edgerank_serving",
         "1 while the daemon serves; 0 while loading, warming up or draining",
     ),
+    "fidelity_spearman": (
+        "edgerank_fidelity_spearman",
+        "Fidelity watch: rolling mean Spearman of served vs FP32-reference scores",
+    ),
+    "fidelity_top1": (
+        "edgerank_fidelity_top1_agreement",
+        "Fidelity watch: rolling share of sampled requests whose FP32 top-1 was served top-1",
+    ),
+    "fidelity_samples": (
+        "edgerank_fidelity_samples",
+        "Fidelity watch: sampled requests rescored with the FP32 reference so far",
+    ),
 }
 
 
@@ -117,9 +129,13 @@ class Metrics:
             registry=r,
         )
         self.model = Info("edgerank_model", "The served model and its runtime", registry=r)
-        for key, read in (readers or {}).items():
+        self.add_gauges(readers or {})
+
+    def add_gauges(self, readers: dict[str, Callable[[], float]]) -> None:
+        """Gauges read at scrape time (GAUGES names them), e.g. once a fidelity watch starts."""
+        for key, read in readers.items():
             name, doc = GAUGES[key]
-            Gauge(name, doc, registry=r).set_function(read)
+            Gauge(name, doc, registry=self.registry).set_function(read)
 
     def _latency(self, name: str, doc: str) -> Histogram:
         return Histogram(name, doc, buckets=LATENCY, registry=self.registry)

@@ -23,6 +23,7 @@ from edgerank.engine.admission import Admission
 from edgerank.engine.batcher import Batcher, run_job
 from edgerank.engine.metrics import Metrics
 from edgerank.engine.rank import Ranked, merge_max, rank
+from edgerank.engine.watch import FidelityWatch
 from edgerank.errors import EdgerankError, InvalidInput, ModelNotFound, TooLarge, Unavailable
 from edgerank.server.settings import Settings
 
@@ -82,6 +83,9 @@ class Service:
         self._idle: asyncio.Event | None = None
         self._info: BackendInfo | None = None
         self._health_items: list[Encoded] = []
+        #: the fidelity watch (fidelity_sample > 0) and its task; None costs nothing
+        self.watch: FidelityWatch | None = None
+        self._watching: asyncio.Task | None = None
         self._tokenizers = concurrent.futures.ThreadPoolExecutor(2, "edgerank-tok")
         #: Prometheus figures; the transports report their calls here too (server/)
         self.metrics = Metrics(
@@ -119,6 +123,22 @@ class Service:
         )[:1]
         self.state = "serving"
 
+    def watch_fidelity(self, reference: Backend, sample: float) -> None:
+        """Rescore a share of the answered requests with ``reference`` whenever idle."""
+        self.watch = FidelityWatch(reference, sample, idle=self._is_idle)
+        self._watching = asyncio.get_running_loop().create_task(self.watch.run())
+        w = self.watch
+        self.metrics.add_gauges(
+            {
+                "fidelity_spearman": lambda: w.spearman,
+                "fidelity_top1": lambda: w.top1,
+                "fidelity_samples": lambda: w.samples,
+            }
+        )
+
+    def _is_idle(self) -> bool:
+        return self.in_flight == 0 and (self.batcher is None or self.batcher.queued[0] == 0)
+
     def drain(self) -> None:
         """Refuse new calls from now on; the ones already inside still finish."""
         if self.state in ("serving", "warming"):
@@ -154,6 +174,10 @@ class Service:
             if not self.batcher.stop(drain=True, timeout=timeout):
                 log.warning("inference worker did not stop in time")
         self._tokenizers.shutdown(wait=False, cancel_futures=True)
+        if self._watching is not None:
+            self._watching.cancel()
+        if self.watch is not None:
+            self.watch.close()
         if self.backend is not None:
             self.backend.close()
 
@@ -296,6 +320,10 @@ class Service:
             total_ns=time.perf_counter_ns() - start,
         )
         self.metrics.scored(n, outcome)
+        if self.watch is not None:
+            for g in groups:
+                served = raw[g.positions] if g.positions is not None else raw[: len(g.passages)]
+                self.watch.offer(g.query, g.passages, g.options, served)
         return outcome
 
     # -- health -----------------------------------------------------------------------

@@ -86,6 +86,18 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
         future.set_result(result)
 
 
+def load_reference(settings: Settings, served: str) -> Backend:
+    """The FP32 reference of the served INT8 entry (fidelity_sample > 0)."""
+    from pathlib import Path
+
+    from edgerank.backends.registry import open_reference
+    from edgerank.engine.load import reference_dir
+    from edgerank.store.entries import ModelStore
+
+    store = ModelStore(Path(settings.home)) if settings.home else ModelStore()
+    return open_reference(reference_dir(settings.model, served, store), threads=1)
+
+
 async def serve(settings: Settings, factory: BackendFactory = load_backend) -> int:
     """The whole lifecycle inside one event loop; returns the exit code."""
     loop = asyncio.get_running_loop()
@@ -111,6 +123,12 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         backend, aliases, service.hardware = loading.result()
         await service.start(backend, aliases)
         info = service.info
+        if settings.fidelity_sample > 0:
+            reference = await _in_thread(lambda: load_reference(settings, info.model))
+            service.watch_fidelity(reference, settings.fidelity_sample)
+            log.info(
+                "fidelity watch on: %g of requests vs the FP32 reference", settings.fidelity_sample
+            )
         await listening.set_serving(True)
         line = f"serving {info.model} ({info.backend} {info.precision}, {info.threads} threads)"
         log.info("%s on %s", line, ", ".join(addresses))

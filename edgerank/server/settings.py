@@ -61,6 +61,11 @@ class Settings:
     token_file: str = _opt("", "file holding the bearer token (e.g. a systemd credential)")
     home: str = _opt("", "model store directory; empty = $STATE_DIRECTORY or XDG data dir")
     log_level: str = _opt("info", f"log level: {', '.join(LOG_LEVELS)}")
+    fidelity_sample: float = _opt(
+        0.0,
+        "share of requests (0..1) rescored with the model's FP32 reference when the daemon is "
+        "idle, to watch INT8 fidelity on live traffic; 0 = off",
+    )
 
     def bearer_token(self) -> str:
         """The token from `token` or `token_file` ('' = no check)."""
@@ -119,6 +124,8 @@ def _check(s: Settings) -> Settings:
     for name in ("threads", "max_batch_pairs", "batch_wait_ms", "drain_timeout_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name} must be >= 0, got {getattr(s, name)}")
+    if not 0.0 <= s.fidelity_sample <= 1.0:
+        raise SettingsError(f"fidelity_sample must be within 0..1, got {s.fidelity_sample}")
     if s.max_connection_age_s < 0:
         raise SettingsError(f"max_connection_age_s must be >= 0, got {s.max_connection_age_s}")
     if s.backend not in BACKENDS:

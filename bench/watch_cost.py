@@ -1,0 +1,126 @@
+"""What the fidelity watch costs: the daemon's CPU seconds per request with fidelity_sample
+0 (off), 0.1 and 1.0, on the same requests, in the same run (issue 14, item 4).
+
+    python bench/watch_cost.py [--requests 60] [--docs 20] [--threads 1]
+
+Builds the real-weights MiniLM-L6 cross-encoder (tests/support/minilm_ce.py), imports it as
+INT8 ONNX and keeps its FP32 export beside it as the reference. Each daemon runs as a
+subprocess; its CPU time (user + system, /proc/PID/stat) is read after the requests and
+after the watch has drained its samples. Clients send one request at a time, so the watch
+finds idle gaps between them, as it would on a lightly loaded box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from edgerank.convert.onnx_export import export_onnx  # noqa: E402
+from edgerank.models.manifest import Manifest  # noqa: E402
+from edgerank.store.entries import ModelStore  # noqa: E402
+from tests.support import minilm_ce  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def run(entry: Path, sample: float, groups, threads: int) -> dict[str, float]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGERANK_")}
+    cmd = [sys.executable, "-m", "edgerank", "serve", "--model", str(entry), "--listen", "",
+           "--http", f"127.0.0.1:{port}", "--threads", str(threads), "--log-level", "warning",
+           "--fidelity-sample", str(sample)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=120) as c:
+            while True:
+                try:
+                    if c.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            start = cpu_seconds(proc.pid)
+            t0 = time.perf_counter()
+            for query, docs in groups:
+                assert c.post("/v2/rerank", json={"query": query, "documents": docs}).is_success
+            wall = time.perf_counter() - t0
+            want = round(sample * len(groups))
+            while (
+                sample and metric(c.get("/metrics").text, "edgerank_fidelity_samples") < want * 0.8
+            ):
+                time.sleep(0.2)  # seeded sampling: about sample x requests
+            text = c.get("/metrics").text
+            cpu = cpu_seconds(proc.pid) - start
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "samples": metric(text, "edgerank_fidelity_samples"),
+        "spearman": metric(text, "edgerank_fidelity_spearman"),
+        "top1": metric(text, "edgerank_fidelity_top1_agreement"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--docs", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgerank-watch")
+    args = ap.parse_args()
+    ckpt = minilm_ce.build_minilm_cross_encoder(args.work / "minilm-ce")
+    entry = args.work / "entry"
+    if not (entry / "model.fp32.onnx").exists():
+        installed = ModelStore(args.work / "home").import_onnx("minilm-ce", ckpt)
+        shutil.rmtree(entry, ignore_errors=True)
+        shutil.copytree(installed, entry)
+        shutil.copy2(export_onnx(ckpt, args.work / "fp32"), entry / "model.fp32.onnx")
+        m = Manifest.read(entry)
+        m.recipe = {**m.recipe, "reference_file": "model.fp32.onnx"}
+        m.files = {rel: {} for rel in (*m.files, "model.fp32.onnx")}
+        m.write(entry)
+    groups = minilm_ce.query_groups(args.requests, args.docs)
+    rows = {s: run(entry, s, groups, args.threads) for s in (0.0, 0.1, 1.0)}
+    base = rows[0.0]["cpu_s"]
+    what = f"{args.requests} requests x {args.docs} passages, {args.threads} thread(s)"
+    print(f"# {what}, one request at a time")
+    print("| fidelity_sample | CPU s | CPU x off | wall s | samples | Spearman | top-1 |")
+    print("|---|---|---|---|---|---|---|")
+    for s, r in rows.items():
+        print(f"| {s:g} | {r['cpu_s']:.2f} | {r['cpu_s'] / base:.2f} | {r['wall_s']:.2f} | "
+              f"{r['samples']:.0f} | {r['spearman']:.4f} | {r['top1']:.3f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
