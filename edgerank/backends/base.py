@@ -61,6 +61,9 @@ class BackendInfo:
     threads: int
     normalise: Normalise = "sigmoid"
     details: dict[str, Any] = field(default_factory=dict)
+    #: digest of what fixes the scores (weights' hashes, recipe); the score cache keys on it,
+    #: and is off when it is "" (a model opened without a manifest)
+    identity: str = ""
 
 
 @runtime_checkable

@@ -8,6 +8,7 @@ CLI says so whenever it is used.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,9 @@ class BiEncoderBackend:
     def __init__(self, threads: int = 1, model_path: Path | None = None, cache_size: int = 64):
         self._threads = threads
         self._tok = _wordpiece(VOCAB)
-        self._session = open_session(model_path or encoder_path(), threads)
+        self._model_path = model_path or encoder_path()
+        self._session = open_session(self._model_path, threads)
+        self._identity = ""
         self._queries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
 
@@ -102,7 +105,17 @@ class BiEncoderBackend:
             threads=self._threads,
             normalise="cosine",
             details={"note": "embedded bi-encoder fallback; run `edgerank pull` for a reranker"},
+            identity=self.identity(),
         )
+
+    def identity(self) -> str:
+        """The encoder's and the vocabulary's sha256 (no manifest here), hashed once."""
+        if not self._identity:
+            from edgerank.models.manifest import sha256_file
+
+            files = f"{sha256_file(self._model_path)} {sha256_file(VOCAB)} {MAX_LENGTH}"
+            self._identity = hashlib.sha256(files.encode()).hexdigest()
+        return self._identity
 
     def close(self) -> None:
         self._session = None

@@ -142,4 +142,12 @@ def open_entry(
     if precision and precision not in files:
         log.info("%s has no %s file: using %s", manifest.name, precision, quant)
     rel = files.get(quant, manifest.model_file)
-    return open_gguf(model_dir / rel, model_dir, model, name=manifest.name, precision=quant, **kw)
+    return open_gguf(
+        model_dir / rel,
+        model_dir,
+        model,
+        name=manifest.name,
+        precision=quant,
+        identity=manifest.identity(),
+        **kw,
+    )

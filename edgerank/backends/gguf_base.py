@@ -23,8 +23,10 @@ class GgufBase:
         name: str | None = None,
         precision: str | None = None,
         extra_bufts: bool = True,
+        identity: str = "",
     ):
         self._path = Path(gguf_path)
+        self._identity = identity  # the store entry's (manifest); "" for a bare GGUF
         self._dir = Path(tokenizer_dir)
         self._spec = model
         self._name = name or self._path.stem
@@ -57,6 +59,7 @@ class GgufBase:
             max_length=self._spec.max_length,
             threads=self._rt.threads,
             details=self._details(),
+            identity=self._identity,
         )
 
     def close(self) -> None:

@@ -99,6 +99,7 @@ class OnnxBackend:
             threads=self._threads,
             normalise=m.normalise,  # type: ignore[arg-type]
             details={"model_file": m.model_file, "recipe": m.recipe.get("name", "")},
+            identity=m.identity(),
         )
 
     def close(self) -> None:

@@ -94,6 +94,7 @@ class _TorchBackend:
         allow_remote_code: bool = False,
         cpu_precision: str = "fp32",
         batch_tokens: int | None = None,
+        identity: str = "",
     ):
         torch = _torch()
         for p in (precision, cpu_precision):
@@ -114,6 +115,7 @@ class _TorchBackend:
         self._name = name or self._hf_dir.name
         self._threads = threads or torch.get_num_threads()
         self._batch_tokens = batch_tokens
+        self._identity = identity  # the store entry's (manifest); "" for a bare checkpoint
         self._fallback: str | None = None
         self._attention = "sdpa"
         self._init_tokenizer()
@@ -224,6 +226,7 @@ class _TorchBackend:
             max_length=self._spec.max_length,
             threads=self._threads,
             details=self._details(),
+            identity=self._identity,
         )
 
     def close(self) -> None:
@@ -373,4 +376,4 @@ def open_entry(model_dir: Path | str, manifest: Manifest, **kwargs: Any):
     """A torch store entry: the checkpoint plus a manifest whose recipe says how it scores."""
     model_dir = Path(model_dir)
     model = Checkpoint.from_recipe(manifest.recipe, manifest.max_length)
-    return open_torch(model_dir, model, name=manifest.name, **kwargs)
+    return open_torch(model_dir, model, name=manifest.name, identity=manifest.identity(), **kwargs)

@@ -64,6 +64,25 @@ class Manifest:
         (model_dir / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
         _write_stamp(model_dir, self)
 
+    def identity(self) -> str:
+        """sha256 of what fixes this entry's scores: its files' hashes and its recipe.
+
+        Name and date are left out (a rename keeps the scores); a re-import with other
+        weights or another quantization recipe gets another identity, so the score cache
+        (engine/cache.py) never answers for it with the old model's scores.
+        """
+        facts = {
+            "backend": self.backend,
+            "precision": self.precision,
+            "model_file": self.model_file,
+            "max_length": self.max_length,
+            "normalise": self.normalise,
+            "files": {rel: meta.get("sha256") for rel, meta in self.files.items()},
+            "recipe": self.recipe,
+        }
+        text = json.dumps(facts, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def verify(self, model_dir: Path) -> None:
         """Raise ModelCorrupt naming the first missing, truncated or altered file."""
         stamp = _read_stamp(model_dir)
