@@ -21,8 +21,10 @@ import numpy as np
 from edgerank.backends.base import Backend, BackendInfo, Encoded, ScoreOptions
 from edgerank.engine.admission import Admission
 from edgerank.engine.batcher import Batcher, run_job
+from edgerank.engine.cache import ScoreCache, open_cache
+from edgerank.engine.cache_entries import Scores
 from edgerank.engine.metrics import Metrics
-from edgerank.engine.rank import Ranked, merge_max, rank
+from edgerank.engine.rank import Ranked, rank
 from edgerank.engine.watch import FidelityWatch
 from edgerank.errors import EdgerankError, InvalidInput, ModelNotFound, TooLarge, Unavailable
 from edgerank.server.settings import Settings
@@ -55,6 +57,10 @@ class Outcome:
     queue_ns: int
     inference_ns: int
     total_ns: int
+    #: positions answered from the score cache (memory or Redis), not by the model
+    cached: int = 0
+    #: (pairs, inputs, tokens) the model ran for this call; None = all of the above
+    scored: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class Service:
         self.watch: FidelityWatch | None = None
         self._watching: asyncio.Task | None = None
         self._tokenizers = concurrent.futures.ThreadPoolExecutor(2, "edgerank-tok")
+        #: the pair-score cache (engine/cache.py); None = off
+        self.cache: ScoreCache | None = None
         #: Prometheus figures; the transports report their calls here too (server/)
         self.metrics = Metrics(
             {
@@ -115,6 +123,8 @@ class Service:
         ).start()
         self.state = "warming"
         await self._run([Group(WARMUP_QUERY, WARMUP_PASSAGES)], len(WARMUP_PASSAGES), None)
+        # opened after the warm-up: a replica whose Redis knows those pairs still warms up
+        self.cache = await open_cache(s, self._info, self.metrics)
         loop = asyncio.get_running_loop()
         self._health_items = (
             await loop.run_in_executor(
@@ -166,6 +176,12 @@ class Service:
         except asyncio.TimeoutError:
             return False
         return True
+
+    async def close_cache(self) -> None:
+        """Let the cache's last Redis writes land and close its connections (on the loop)."""
+        cache, self.cache = self.cache, None
+        if cache is not None:
+            await cache.close()
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued work, stop the worker, release the model."""
@@ -290,41 +306,54 @@ class Service:
         return items
 
     async def _run(self, groups: Sequence[Group], n: int, deadline: float | None) -> Outcome:
+        start = time.perf_counter_ns()
+        cache = self.cache
+        self.in_flight += 1
+        try:
+            if cache is None:
+                scores, cached = await self._score(groups, n, deadline), 0
+            else:
+                resolved = await cache.resolve(groups, n, deadline, self._score)
+                scores, cached = resolved.scores, resolved.cached
+        finally:
+            self.in_flight -= 1
+        self.completed += 1
+        outcome = Outcome(
+            raw=scores.raw,
+            windows=scores.windows,
+            tokens=int(scores.tokens.sum()),
+            items=int(scores.windows.sum()),
+            chars=sum(len(g.query) * len(g.passages) + sum(map(len, g.passages)) for g in groups),
+            tokenization_ns=scores.tokenization_ns,
+            queue_ns=scores.queue_ns,
+            inference_ns=scores.inference_ns,
+            total_ns=time.perf_counter_ns() - start,
+            cached=cached,
+            scored=scores.scored,
+        )
+        self.metrics.scored(n, outcome)
+        if cache is not None:
+            cache.observe(resolved, outcome.total_ns / 1e9)
+        if self.watch is not None:  # cached answers are the model's answers: sampled alike
+            self.watch.offer_groups(groups, outcome.raw)
+        return outcome
+
+    async def _score(self, groups: Sequence[Group], n: int, deadline: float | None) -> Scores:
+        """The model's path: admit, tokenize, batch, merge windows; one score per position."""
         assert self.batcher is not None
         start = time.perf_counter_ns()
         # two-step admission: refuse on pair count before paying for tokenization
         ticket = self.admission.admit(pairs=n)
-        self.in_flight += 1
         try:
             loop = asyncio.get_running_loop()
             items = await loop.run_in_executor(self._tokenizers, self._encode, groups)
             tokenized = time.perf_counter_ns()
-            tokens = sum(it.n_tokens for it in items)
-            ticket.resize(len(items), tokens)
+            ticket.resize(len(items), sum(it.n_tokens for it in items))
             job = await run_job(self.batcher, items, deadline)
         finally:
             ticket.release()
-            self.in_flight -= 1
-        self.completed += 1
-        raw = merge_max(items, job.scores, n)
-        windows = np.bincount([it.doc for it in items], minlength=n)
-        outcome = Outcome(
-            raw=raw,
-            windows=windows,
-            tokens=tokens,
-            items=len(items),
-            chars=sum(len(g.query) * len(g.passages) + sum(map(len, g.passages)) for g in groups),
-            tokenization_ns=tokenized - start,
-            queue_ns=int(job.queue_s * 1e9),
-            inference_ns=int(job.inference_s * 1e9),
-            total_ns=time.perf_counter_ns() - start,
-        )
-        self.metrics.scored(n, outcome)
-        if self.watch is not None:
-            for g in groups:
-                served = raw[g.positions] if g.positions is not None else raw[: len(g.passages)]
-                self.watch.offer(g.query, g.passages, g.options, served)
-        return outcome
+        ns = dict(queue_ns=int(job.queue_s * 1e9), inference_ns=int(job.inference_s * 1e9))
+        return Scores.of(items, job.scores, n, tokenization_ns=tokenized - start, **ns)
 
     # -- health -----------------------------------------------------------------------
 

@@ -20,12 +20,16 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgerank.backends.base import Backend, ScoreOptions
 from edgerank.engine.rank import score_documents
 from edgerank.quality.fidelity import spearman
+
+if TYPE_CHECKING:
+    from edgerank.engine.service import Group
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,12 @@ class FidelityWatch:
             self.dropped += 1  # the oldest waiting sample gives way
         self._pending.append(Sample(query, tuple(passages), options, np.asarray(served)))
         self._wake.set()
+
+    def offer_groups(self, groups: Sequence[Group], raw: np.ndarray) -> None:
+        """Each group of one answered request with its positions' served scores."""
+        for g in groups:
+            served = raw[g.positions] if g.positions is not None else raw[: len(g.passages)]
+            self.offer(g.query, g.passages, g.options, served)
 
     # -- the watcher's side -------------------------------------------------------------
 

@@ -152,6 +152,7 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         await listening.server.stop(0)
         if http is not None:
             await http.stop()
+        await service.close_cache()
         if service.backend is not None:
             await asyncio.to_thread(service.close, settings.drain_timeout_s)
         if listening.socket_path is not None:

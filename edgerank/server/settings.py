@@ -60,6 +60,15 @@ class Settings:
     token: str = _opt("", "bearer token TCP clients must send; empty = none", secret=True)
     token_file: str = _opt("", "file holding the bearer token (e.g. a systemd credential)")
     home: str = _opt("", "model store directory; empty = $STATE_DIRECTORY or XDG data dir")
+    cache_bytes: int = _opt(32 << 20, "in-process score cache size in bytes (LRU); 0 = off")
+    cache_url: str = _opt(
+        "",
+        "shared score cache: redis://[:PASSWORD@]HOST:6379/0 or unix:///PATH.sock; empty = none",
+        secret=True,
+    )
+    cache_ttl_s: float = _opt(86400.0, "how long a Redis cache entry lives; 0 = until evicted")
+    cache_timeout_ms: float = _opt(50.0, "Redis time budget per call; past it, go on without")
+    cache_retry_s: float = _opt(10.0, "after a Redis failure, leave Redis alone this long")
     log_level: str = _opt("info", f"log level: {', '.join(LOG_LEVELS)}")
     fidelity_sample: float = _opt(
         0.0,
@@ -121,11 +130,17 @@ def _check(s: Settings) -> Settings:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0, got {getattr(s, name)}")
-    for name in ("threads", "max_batch_pairs", "batch_wait_ms", "drain_timeout_s"):
+    non_negative = ("threads", "max_batch_pairs", "batch_wait_ms", "drain_timeout_s")
+    non_negative += ("cache_bytes", "cache_ttl_s", "cache_retry_s")
+    for name in non_negative:
         if getattr(s, name) < 0:
             raise SettingsError(f"{name} must be >= 0, got {getattr(s, name)}")
     if not 0.0 <= s.fidelity_sample <= 1.0:
         raise SettingsError(f"fidelity_sample must be within 0..1, got {s.fidelity_sample}")
+    if s.cache_timeout_ms <= 0:
+        raise SettingsError(f"cache_timeout_ms must be > 0, got {s.cache_timeout_ms}")
+    if s.cache_url and s.cache_url.split("://")[0] not in ("redis", "rediss", "unix"):
+        raise SettingsError("cache_url must start with redis://, rediss:// or unix://")
     if s.max_connection_age_s < 0:
         raise SettingsError(f"max_connection_age_s must be >= 0, got {s.max_connection_age_s}")
     if s.backend not in BACKENDS:
