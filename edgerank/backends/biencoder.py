@@ -43,7 +43,7 @@ def _wordpiece(vocab: Path):
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
-    tok.enable_truncation(MAX_LENGTH)
+    tok.no_truncation()  # encode() cuts or chunks, as the request's options say
     return tok
 
 
@@ -51,17 +51,35 @@ class BiEncoderBackend:
     def __init__(self, threads: int = 1, model_path: Path | None = None, cache_size: int = 64):
         self._threads = threads
         self._tok = _wordpiece(VOCAB)
+        self._cls, self._sep = self._tok.token_to_id("[CLS]"), self._tok.token_to_id("[SEP]")
         self._session = open_session(model_path or encoder_path(), threads)
         self._queries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
 
     def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
-        limit = min(MAX_LENGTH, options.max_tokens_per_doc or MAX_LENGTH)
-        q = np.asarray(self._tok.encode(query).ids, dtype=np.int64)
+        """One item per passage; a passage over the limit is cut on options.direction's side
+        (truncate), or split into overlapping windows, each embedded and the best kept (chunk:
+        TEI's /rerank then refuses it unless truncate=true, as TEI does)."""
+        limit = max(3, min(MAX_LENGTH, options.max_tokens_per_doc or MAX_LENGTH))
+        room = limit - 2  # [CLS] ... [SEP]
+        q = self._tok.encode(query, add_special_tokens=False).ids[: MAX_LENGTH - 2]
+        q_ids = np.asarray([self._cls, *q, self._sep], dtype=np.int64)
         items = []
-        for i, e in enumerate(self._tok.encode_batch(list(passages))):
-            ids = e.ids if len(e.ids) <= limit else e.ids[: limit - 1] + e.ids[-1:]  # keep [SEP]
-            items.append(Encoded(doc=i, ids=np.asarray(ids, dtype=np.int64), extra=q))
+        encoded = self._tok.encode_batch(list(passages), add_special_tokens=False)
+        for i, e in enumerate(encoded):
+            ids = e.ids
+            if len(ids) <= room:
+                windows = [ids]
+            elif options.truncation == "chunk":
+                step = room - min(options.chunk_overlap, room // 2)
+                windows = [ids[at : at + room] for at in range(0, len(ids) - room + step, step)]
+            elif options.direction == "left":
+                windows = [ids[-room:]]
+            else:
+                windows = [ids[:room]]
+            for w in windows:
+                seq = np.asarray([self._cls, *w, self._sep], dtype=np.int64)
+                items.append(Encoded(doc=i, ids=seq, extra=q_ids))
         return items
 
     def _embed(self, seqs: Sequence[np.ndarray]) -> np.ndarray:

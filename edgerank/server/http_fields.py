@@ -1,15 +1,27 @@
 """The JSON the HTTP face reads and writes: typed request fields with errors that name the
-field and the type it needs, and the Cohere/Jina result items."""
+field and the type it needs, the Cohere/Jina result items, and TEI's /info and error types."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from edgerank.engine.service import Reranked
+import edgerank
+from edgerank.engine.service import Reranked, Service
 from edgerank.errors import InvalidInput
 
 JSON_TYPES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
+#: status.py's reasons -> the `error_type` TEI's server puts on the wire (its serde enum
+#: ErrorType, variant names as they are; its OpenAPI examples spell them in lower case)
+TEI_ERROR_TYPES = {
+    "empty": "Empty",
+    "invalid_input": "Validation",
+    "too_large": "Validation",
+    "unknown_model": "Validation",
+    "read_timeout": "Validation",
+    "overloaded": "Overloaded",
+    "unavailable": "Unhealthy",
+}
 
 
 _REQUIRED = object()
@@ -91,3 +103,27 @@ def result_items(reranked: Reranked, documents: Sequence[str], with_docs: bool) 
             item["document"] = {"text": documents[r.index]}
         results.append(item)
     return results
+
+
+def tei_info(service: Service) -> dict[str, Any]:
+    """TEI's /info body for this daemon (a single-label reranker), plus the served names."""
+    info, s = service.info, service.settings
+    labels = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+    return {
+        "model_id": service.served_name(None),
+        "model_sha": None,
+        "model_dtype": info.precision,
+        "model_type": {"reranker": labels},
+        "max_concurrent_requests": s.max_queue_pairs,
+        "max_input_length": info.max_length,
+        "max_batch_tokens": s.max_batch_tokens,
+        "max_batch_requests": s.max_batch_pairs or None,
+        "max_client_batch_size": s.max_documents,
+        "auto_truncate": False,
+        "tokenization_workers": 2,
+        "version": edgerank.__version__,
+        "sha": None,
+        "docker_label": None,
+        "served_model_names": service.served_names(),
+        "backend": info.backend,
+    }

@@ -9,9 +9,13 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 
 import edgerank
 from edgerank.backends.base import BackendInfo, ScoreOptions
@@ -148,17 +152,86 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """What the tolerant deserializer hands over for bytes protobuf refused to parse."""
+
+    type_name: str
+    error: str
+
+    def refuse(self) -> InvalidInput:
+        return InvalidInput(
+            f"cannot parse the request as {self.type_name} (string fields must be valid "
+            f"UTF-8): {self.error}"
+        )
+
+
+def _tolerant(cls: Any) -> Callable[[bytes], Any]:
+    """cls.FromString, except that bad bytes become an Undecodable the handler refuses
+    (INVALID_ARGUMENT, counted) instead of grpc's UNKNOWN "Unexpected DecodeError"."""
+    name = cls.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(name, str(exc))
+
+    return parse
+
+
+def register(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
+    """Like the generated add_*Servicer_to_server, with tolerant request parsing."""
+    handlers = {}
+    for method in service.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for msg in requests:
+        if isinstance(msg, Undecodable):
+            raise msg.refuse()
+        yield msg
+
+
 def handler(method: F) -> F:
-    """Every RPC: errors mapped, bearer token checked, counted for the shutdown drain."""
+    """Every unary RPC: errors mapped, bearer token checked, counted for the shutdown drain."""
 
     @functools.wraps(method)
     async def wrapper(self: _Guarded, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._guard(context)
-        self.service.begin_call()
-        try:
+        if isinstance(request, Undecodable):
+            raise request.refuse()
+        with self.service.call():
             return await method(self, request, context)
-        finally:
-            self.service.end_call()
+
+    return mapped(wrapper)  # type: ignore[return-value]
+
+
+def stream_handler(method: F) -> F:
+    """A client-streaming RPC: like `handler`, but the method counts itself in flight
+    (self.service.call()) only once the stream is read: a stalled sender holds no drain."""
+
+    @functools.wraps(method)
+    async def wrapper(self: _Guarded, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._guard(context)
+        self.service.accepting()
+        return await method(self, _decoded(requests), context)
 
     return mapped(wrapper)  # type: ignore[return-value]
 
@@ -224,7 +297,7 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
         self._check_size(request.ByteSize())
         return await self._rerank(request, list(request.documents), context)
 
-    @handler
+    @stream_handler
     async def RerankStream(
         self, request_iterator: AsyncIterator[pb.RerankRequest], context
     ) -> pb.RerankResponse:
@@ -236,7 +309,8 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
             self._check_count(len(documents), "documents", "max_documents")
         if first is None:
             raise InvalidInput("empty stream: no query and no documents")
-        return await self._rerank(first, documents, context)
+        with self.service.call():
+            return await self._rerank(first, documents, context)
 
     @handler
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
@@ -310,7 +384,7 @@ class TeiRerank(_Guarded, tei_grpc.RerankServicer):
         group = Group(request.query, texts, options)
         return await self._answer([group], texts, request.raw_scores, request.return_text, context)
 
-    @handler
+    @stream_handler
     async def RerankStream(
         self, request_iterator: AsyncIterator[tei.RerankStreamRequest], context
     ) -> tei.RerankResponse:
@@ -326,9 +400,10 @@ class TeiRerank(_Guarded, tei_grpc.RerankServicer):
         if first is None:
             raise InvalidInput("empty stream: no query and no texts")
         texts = [t for _, t, _ in triples]
-        return await self._answer(
-            group_pairs(triples), texts, first.raw_scores, first.return_text, context
-        )
+        with self.service.call():
+            return await self._answer(
+                group_pairs(triples), texts, first.raw_scores, first.return_text, context
+            )
 
 
 class TeiInfo(_Guarded, tei_grpc.InfoServicer):
