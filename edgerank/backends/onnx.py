@@ -14,10 +14,20 @@ from edgerank.models.manifest import Manifest
 
 
 def session_options(threads: int):
-    """Fixed thread count with spinning off: spinning burns the other vCPU on small boxes."""
+    """Fixed thread count with spinning off: spinning burns the other vCPU on small boxes.
+
+    Memory: onnxruntime's CPU arena grows by powers of two and never gives memory back, and
+    memory patterns plan (and keep) one buffer set per input shape; a reranker sees a new
+    (batch, length) shape on nearly every batch. With both on, one request of 100 x 256
+    tokens took a daemon from 253 to 1505 MiB for good; off, the activations are malloc'd
+    and freed per batch, within the chooser's activation budget (bench/memory.py has the
+    figures, and the speed cost, measured in one run).
+    """
     import onnxruntime as ort  # a base dependency
 
     so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
     so.intra_op_num_threads = max(1, threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
