@@ -3,8 +3,8 @@
     python bench/memory.py                  # onnx, onnx with onnxruntime's arena, gguf, biencoder
     python bench/memory.py --cases onnx,onnx_arena --requests 3 --json
 
-Each case is a fresh `python -m edgerank.daemon` (HTTP on a Unix socket) serving the
-MiniLM-L6 cross-encoder (tests/minilm_ce.py: real MiniLM weights, fitted head) as INT8 ONNX
+Each case is a fresh `python -m edgerank.server.daemon` (HTTP on a Unix socket) serving the
+MiniLM-L6 cross-encoder (tests/support/minilm_ce.py: real MiniLM weights, fitted head) as INT8 ONNX
 or GGUF q8_0, or the embedded all-MiniLM-L6-v2 bi-encoder. The request is the black-box
 probe's: 100 documents of ~256 tokens, POSTed to /v1/rerank `--requests` times. Read from
 /proc/PID/status: VmRSS idle (after the warm-up), VmHWM over the requests (the high-water
@@ -13,7 +13,7 @@ is the same daemon with onnxruntime's defaults (CPU memory arena and memory patt
 as edgerank ran before): the baseline of the memory fix, and of its speed (seconds per
 request, median, and the ratio to the baseline, measured in the same run).
 
-The plan it is held to is the chooser's (choose.py): the model's memory_mib plus
+The plan it is held to is the chooser's (planning/memory.py): the model's memory_mib plus
 activations for max_batch_tokens (8192) plus the runtime overhead; `peak - idle` should
 stay within the activation budget, and `after - idle` near zero.
 """
@@ -53,8 +53,8 @@ ARENA_DAEMON = textwrap.dedent(
         return so
 
     onnx.session_options = with_arena
-    from edgerank import daemon
-    sys.argv[0] = "edgerank.daemon"
+    from edgerank.server import daemon
+    sys.argv[0] = "edgerank.server.daemon"
     daemon._main()
     """
 )
@@ -63,8 +63,8 @@ CASES = ("onnx", "onnx_arena", "gguf", "biencoder")
 
 def prepare(work: Path) -> None:
     """The MiniLM-L6 cross-encoder as INT8 ONNX and GGUF q8_0 (imports torch: own process)."""
-    from edgerank.store import ModelStore
-    from tests import minilm_ce
+    from edgerank.store.entries import ModelStore
+    from tests.support import minilm_ce
 
     store = ModelStore(work / "home")
     installed = store.installed().get("minilm-ce", [])
@@ -81,7 +81,7 @@ def documents(n: int, words: int, seed: int = 0) -> list[str]:
     """English words, about one MiniLM token each: ~`words` tokens per document."""
     import random
 
-    from tests.tiny_models import WORDS
+    from tests.support.tiny_models import WORDS
 
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(n)]
@@ -116,11 +116,14 @@ def _post(path: Path, body: dict) -> dict:
 
 
 def measure(case: str, work: Path, docs: list[str], requests: int, threads: int) -> dict:
+    from edgerank.store.entries import ModelStore
+
     store = work / "home"
+    entries = ModelStore(store)
     model = {
-        "onnx": store / "minilm-ce" / "onnx",
-        "onnx_arena": store / "minilm-ce" / "onnx",
-        "gguf": store / "minilm-ce" / "gguf",
+        "onnx": entries.path("minilm-ce", "onnx"),
+        "onnx_arena": entries.path("minilm-ce", "onnx"),
+        "gguf": entries.path("minilm-ce", "gguf"),
         "biencoder": "all-minilm-l6-v2",
     }[case]
     tmp = Path(tempfile.mkdtemp(prefix="edgerank-mem-"))
@@ -133,7 +136,7 @@ def measure(case: str, work: Path, docs: list[str], requests: int, threads: int)
         script.write_text(ARENA_DAEMON)
         cmd = [sys.executable, str(script), *flags]
     else:
-        cmd = [sys.executable, "-m", "edgerank.daemon", *flags]
+        cmd = [sys.executable, "-m", "edgerank.server.daemon", *flags]
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGERANK_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -180,9 +183,9 @@ def measure(case: str, work: Path, docs: list[str], requests: int, threads: int)
 
 
 def plan(max_batch_tokens: int) -> dict[str, int]:
-    """What choose.py budgets for MiniLM-L6 INT8 at this token budget."""
-    from edgerank import choose
-    from edgerank.catalog import load_catalog
+    """What the chooser budgets for MiniLM-L6 INT8 at this token budget."""
+    from edgerank.catalog.load import load_catalog
+    from edgerank.planning import memory as choose
 
     spec = load_catalog().get("ms-marco-minilm-l6")
     activations = math.ceil(choose.activation_kib_per_token(spec.hidden) * max_batch_tokens / 1024)

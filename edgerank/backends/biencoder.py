@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
-from edgerank.backends.onnx import open_session
+from edgerank.backends.onnx import open_session, run_options, run_slices
 from edgerank.backends.padding import pad_batch
 from edgerank.errors import BackendFailure, BackendUnavailable
 
@@ -53,6 +53,7 @@ class BiEncoderBackend:
         self._tok = _wordpiece(VOCAB)
         self._cls, self._sep = self._tok.token_to_id("[CLS]"), self._tok.token_to_id("[SEP]")
         self._session = open_session(model_path or encoder_path(), threads)
+        self._run_options = run_options()
         self._queries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
 
@@ -83,11 +84,16 @@ class BiEncoderBackend:
         return items
 
     def _embed(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        width = max(len(s) for s in seqs)
+        parts = [self._embed_run(seqs[part]) for part in run_slices(len(seqs), width)]
+        return np.concatenate(parts)
+
+    def _embed_run(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
         feed = pad_batch(seqs)
         del feed["position_ids"]
         mask = feed["attention_mask"]
         try:
-            (hidden,) = self._session.run(["last_hidden_state"], feed)
+            (hidden,) = self._session.run(["last_hidden_state"], feed, self._run_options)
         except Exception as exc:
             raise BackendFailure(f"onnxruntime failed: {exc}".splitlines()[0]) from exc
         pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)

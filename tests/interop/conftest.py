@@ -1,6 +1,6 @@
-"""A real daemon for the interop suite: `python -m edgerank.daemon` on port 0 (gRPC and HTTP),
-the tiny INT8 model, a bearer token, and the model names clients default to served as
-aliases. The clients under test are the real libraries, unmodified, each pointed at it."""
+"""A real daemon for the interop suite: `python -m edgerank.server.daemon` on port 0 (gRPC
+and HTTP), the tiny INT8 model, a bearer token, and the model names clients default to served
+as aliases. The clients under test are the real libraries, unmodified, each pointed at it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_daemon import Notifications, clean_env, stop
+from tests.server.test_daemon import Notifications, clean_env, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "interop-s3cret"
@@ -39,7 +39,7 @@ class Daemon:
 def daemon(tiny_onnx_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interop")
     notify = Notifications(tmp / "notify.sock")
-    cmd = [sys.executable, "-m", "edgerank.daemon", "--model", str(tiny_onnx_dir)]
+    cmd = [sys.executable, "-m", "edgerank.server.daemon", "--model", str(tiny_onnx_dir)]
     cmd += ["--listen", "127.0.0.1:0", "--socket", "", "--http", "127.0.0.1:0"]
     cmd += ["--token", TOKEN, "--threads", "1", "--served-model-name", ",".join(ALIASES)]
     env = clean_env(NOTIFY_SOCKET=str(notify.path))

@@ -24,7 +24,7 @@ import pytest
 
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
-from tests import tiny_models
+from tests.support import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 QUERY = "winter snow and cold rain"
@@ -104,7 +104,7 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def cohere_latest(request) -> Path:
     """The newest cohere SDK in its own directory (pip --target, cached between runs)."""
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     root = Path(cache.mkdir("cohere-latest")) if cache else Path("/tmp/edgerank-cohere-latest")
     target = root / "site"
     if not (target / "cohere").is_dir():
@@ -146,7 +146,6 @@ def litellm():
         "cohere/rerank-english-v3.0",  # Cohere v1 on /v1/rerank
         "jina_ai/jina-reranker-v2-base-multilingual",  # Jina on /v1/rerank
         "huggingface/BAAI/bge-reranker-base",  # TEI's body on /rerank
-        "infinity/BAAI/bge-reranker-base",  # Cohere-style body on /rerank
         "hosted_vllm/BAAI/bge-reranker-base",  # Cohere-style body on /rerank
     ],
 )
@@ -154,6 +153,18 @@ def test_litellm_providers(litellm, daemon, reference, model):
     resp = litellm.rerank(
         model=model, query=QUERY, documents=DOCS, top_n=TOP_N,
         api_base=daemon.http, api_key=daemon.token,
+    )  # fmt: skip
+    same_ranking([(r["index"], r["relevance_score"]) for r in resp.results], reference)
+
+
+def test_litellm_infinity_without_documents(litellm, daemon, reference):
+    """The Cohere-style body on /rerank, as Infinity takes it. litellm sends the very same
+    body for infinity/ and hosted_vllm/, but parses `document` as Infinity's plain string
+    for one and vLLM's {"text"} for the other: edgerank answers vLLM's (and Cohere's) form,
+    so with infinity/ ask return_documents=False (or use the cohere/ provider)."""
+    resp = litellm.rerank(
+        model="infinity/BAAI/bge-reranker-base", query=QUERY, documents=DOCS, top_n=TOP_N,
+        api_base=daemon.http, api_key=daemon.token, return_documents=False,
     )  # fmt: skip
     same_ranking([(r["index"], r["relevance_score"]) for r in resp.results], reference)
 
