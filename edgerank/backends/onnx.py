@@ -12,7 +12,6 @@ from edgerank.backends.pairs import PairTokenizer
 from edgerank.errors import BackendFailure, ModelCorrupt
 from edgerank.models.manifest import Manifest
 
-
 #: padded tokens per onnxruntime run: a batch wider than this runs as consecutive slices
 RUN_TOKENS = 2048
 
