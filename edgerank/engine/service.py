@@ -160,16 +160,13 @@ class Service:
         self.require_ready()
 
     def begin_call(self) -> None:
-        """A call whose request is read in full starts: the drain waits for it from now on.
-
-        A call still receiving its request is not counted: a client that stops halfway
-        through its body must not hold SIGTERM."""
+        """A call whose request is read in full: the drain waits for it (one still receiving
+        its request is not counted, so a client stalled mid-body cannot hold SIGTERM)."""
         self.accepting()
         self.calls += 1
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
-        """begin_call() ... end_call() around a block."""
         self.begin_call()
         try:
             yield
@@ -229,10 +226,7 @@ class Service:
     def check_model(self, name: str | None) -> None:
         if name and name not in self.model_names:
             served = ", ".join(repr(n) for n in self.served_names())
-            raise ModelNotFound(
-                f"model {name!r} is not served here; this daemon serves {served} "
-                "(more names: the served_model_name setting)"
-            )
+            raise ModelNotFound(f"model {name!r} is not served here; this daemon serves {served}")
 
     def served_names(self) -> list[str]:
         """The names a request may ask for: the served_model_name ones first, then the model's."""
@@ -240,8 +234,7 @@ class Service:
         return names + sorted(self.model_names - set(names))
 
     def served_name(self, asked: str | None) -> str:
-        """The model name an answer reports: the one asked for, else the first served name."""
-        return asked if asked else self.served_names()[0]
+        return asked or self.served_names()[0]  # the name asked for, else the first served
 
     def check_text(self, what: str, text: str, *, empty_ok: bool = True) -> None:
         limit = self.settings.max_document_chars

@@ -20,7 +20,8 @@ from edgerank.errors import EdgerankError
 from edgerank.proto.edgerank.v1 import reranker_pb2
 from edgerank.proto.tei.v1 import tei_pb2
 from edgerank.server import reflection, transport
-from edgerank.server.servicers import Reranker, TeiInfo, TeiRerank, register
+from edgerank.server.decoding import register
+from edgerank.server.servicers import Reranker, TeiInfo, TeiRerank
 from edgerank.server.settings import Settings
 from edgerank.server.transport import (
     SOCKET_MODE,

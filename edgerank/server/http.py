@@ -1,14 +1,14 @@
-"""The HTTP face: the rerank shapes RAG tools already speak, /health and /metrics.
+"""The HTTP face: the rerank shapes RAG tools already speak, TEI's /info, /health, /metrics.
 
-    POST /v2/rerank   Cohere: {model?, query, documents: [str], top_n?, max_tokens_per_doc?}
-                      -> {id, results: [{index, relevance_score}], meta}
-    POST /v1/rerank   Jina: {model?, query, documents: [str | {text}], top_n?,
-                      return_documents? (default true), max_tokens_per_doc?}
-                      -> {model, usage: {total_tokens}, results: [{index, relevance_score,
-                      document: {text}}]}
-    POST /rerank      TEI: {query, texts: [str], truncate?, truncation_direction? ("right" |
-                      "left"), raw_scores?, return_text?, top_n?, max_tokens_per_doc?}
-                      -> [{index, score, text?}] (a bare array)
+    POST /v2/rerank   Cohere: {model?, query, documents: [str], top_n?, max_tokens_per_doc?,
+                      return_documents?} -> {id, results: [{index, relevance_score}], meta}
+    POST /v1/rerank   Jina and Cohere v1: {model?, query, documents: [str | {text}], top_n?,
+                      return_documents? (Jina's default: true), max_tokens_per_doc?}
+                      -> {id, model, usage, results: [{index, relevance_score, document}], meta}
+    POST /rerank      TEI: {query, texts: [str], truncate?, truncation_direction?, raw_scores?,
+                      return_text?} -> [{index, score, text?}] (a bare array); or the
+                      Cohere-style body Infinity and vLLM take there (documents) -> Cohere's
+    GET  /info        TEI's model info (a reranker), plus the served model names
     GET  /health      200 {"status": "serving"}; 503 while loading, warming up, draining, or
                       when the inference worker fails its check (Service.healthy)
     GET  /metrics     Prometheus text (OpenMetrics when the scraper asks), see engine/metrics.py
@@ -23,11 +23,13 @@ Long documents: Cohere's rule, chunks scored with the max kept, on /v2/rerank; t
 on /v1/rerank; on /rerank TEI's rule: refused (413) unless truncate=true, which truncates
 on the side truncation_direction names.
 
-Errors come from status.py's one table (400 invalid input, 413 too many or too large, 429
-overloaded with Retry-After, 503 loading or draining, 500 a bug), as JSON
-{"error": text, "error_type": reason, "message": text}: `error` is TEI's key, `message`
-Cohere's. The body limit (max_message_bytes) is enforced from Content-Length before the
-body is read (and before "100 Continue"), and while reading a chunked one.
+Errors come from status.py's one table (400 invalid input, 408 body not sent within
+read_timeout_s, 413 too many or too large, 429 overloaded with Retry-After, 503 loading or
+draining, 500 a bug), as JSON {"error": text, "error_type": reason, "message": text}:
+`error` is TEI's key, `message` Cohere's; on /rerank `error_type` is TEI's own value. The
+body limit (max_message_bytes) is enforced from Content-Length before the body is read (and
+before "100 Continue"), and while reading a chunked one. A call counts in flight (the
+shutdown drain waits for it) only once its body is read.
 
 Security: on TCP, every endpoint but /health needs `Authorization: Bearer <token>` when a
 token is configured (the gRPC setting); Unix-socket peers are trusted by the socket's file
@@ -50,10 +52,7 @@ import dataclasses
 import json
 import logging
 import math
-import socket
-import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +67,10 @@ from edgerank.errors import EdgerankError, InvalidInput, ReadTimeout, TooLarge
 from edgerank.server import transport
 from edgerank.server.http_fields import (
     TEI_ERROR_TYPES,
+    cohere_body,
     direction_of,
     get_field,
+    jina_body,
     kind_of,
     no_surrogates,
     result_items,
@@ -108,12 +109,6 @@ def _error(status: int, message: str, reason: str, headers: dict[str, str] | Non
     return _dumps(body, status, headers)
 
 
-def _is_unix(request: web.Request) -> bool:
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    return sock is not None and sock.family == socket.AF_UNIX
-
-
 # -- the application -------------------------------------------------------------------
 
 
@@ -142,7 +137,7 @@ class Api:
     # -- edge: auth, errors, metrics, drain accounting ----------------------------------
 
     def _authorised(self, request: web.Request) -> bool:
-        if _is_unix(request):
+        if transport.unix_peer(request.transport):
             return True
         return bearer_ok(self._token, request.headers.get("Authorization", ""))
 
@@ -270,22 +265,8 @@ class Api:
         results = result_items(
             reranked, documents, get_field(data, "return_documents", bool, False)
         )
-        tokens = reranked.outcome.tokens
-        meta = {
-            "api_version": {"version": "2"},
-            "billed_units": {"search_units": 1},
-            "tokens": {"input_tokens": tokens, "output_tokens": 0},
-        }
-        return _dumps(
-            {
-                "id": str(uuid.uuid4()),
-                "object": "rerank",
-                "model": self.service.served_name(get_field(data, "model", str, None)),
-                "results": results,
-                "meta": meta,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
+        model = self.service.served_name(get_field(data, "model", str, None))
+        return _dumps(cohere_body(model, reranked.outcome.tokens, results))
 
     async def jina(self, data: dict[str, Any]) -> web.Response:
         """Jina (and Cohere v1, which shares the path): truncation; documents returned unless
@@ -293,16 +274,8 @@ class Api:
         documents = string_list(data, "documents", objects=True)
         reranked = await self._rerank(data, documents, ScoreOptions(truncation="truncate"))
         results = result_items(reranked, documents, get_field(data, "return_documents", bool, True))
-        tokens = reranked.outcome.tokens
-        return _dumps(
-            {
-                "id": str(uuid.uuid4()),
-                "model": self.service.served_name(get_field(data, "model", str, None)),
-                "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
-                "results": results,
-                "meta": {"billed_units": {"search_units": 1}},
-            }
-        )
+        model = self.service.served_name(get_field(data, "model", str, None))
+        return _dumps(jina_body(model, reranked.outcome.tokens, results))
 
     async def rerank(self, data: dict[str, Any]) -> web.Response:
         """/rerank: TEI's body (`texts`), or the Cohere-style one Infinity and vLLM take
@@ -310,10 +283,7 @@ class Api:
         if "texts" not in data and "documents" in data:
             return await self.cohere(data, objects=True)
         if "texts" not in data:
-            raise InvalidInput(
-                "missing field 'texts' (TEI's body) or 'documents' (the Cohere-style body "
-                "Infinity and vLLM take on /rerank)"
-            )
+            raise InvalidInput("missing field 'texts' (TEI's body) or 'documents' (Cohere-style)")
         return await self.tei(data)
 
     async def tei(self, data: dict[str, Any]) -> web.Response:
@@ -341,8 +311,7 @@ class Api:
         return _dumps(out)
 
     async def info(self, request: web.Request) -> web.Response:
-        """TEI's GET /info, so TEI clients that read it first find a reranker here."""
-        self.service.require_ready()
+        self.service.require_ready()  # TEI's GET /info: TEI clients read it first
         return _dumps(tei_info(self.service))
 
     async def health(self, request: web.Request) -> web.Response:
@@ -395,12 +364,6 @@ class HttpListening:
             self.socket.release()  # only if it is still the file this daemon bound
 
 
-def _ssl(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.tls_cert:
-        return None
-    return transport.server_context(settings.tls_cert, settings.tls_key)
-
-
 async def start(service: Service, settings: Settings) -> HttpListening:
     """Bind and serve the HTTP face on the running loop (the one grpc.aio uses)."""
     token = settings.bearer_token()
@@ -411,7 +374,7 @@ async def start(service: Service, settings: Settings) -> HttpListening:
         shutdown_timeout=min(transport.FLUSH_S, settings.drain_timeout_s),
     )
     await runner.setup()
-    context = _ssl(settings)
+    context = transport.server_context(settings) if settings.tls_cert else None
     listening = HttpListening(runner, scheme="https" if context else "http")
     try:
         if settings.http:

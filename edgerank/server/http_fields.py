@@ -3,6 +3,7 @@ field and the type it needs, the Cohere/Jina result items, and TEI's /info and e
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,4 +127,25 @@ def tei_info(service: Service) -> dict[str, Any]:
         "docker_label": None,
         "served_model_names": service.served_names(),
         "backend": info.backend,
+    }
+
+
+def cohere_body(model: str, tokens: int, results: list[dict]) -> dict[str, Any]:
+    """Cohere v2's answer, with the `model`, `object` and `usage` Infinity's and vLLM's add."""
+    meta = {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": 1},
+        "tokens": {"input_tokens": tokens, "output_tokens": 0},
+    }
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    out = {"id": str(uuid.uuid4()), "object": "rerank", "model": model, "results": results}
+    return out | {"meta": meta, "usage": usage}
+
+
+def jina_body(model: str, tokens: int, results: list[dict]) -> dict[str, Any]:
+    """Jina's answer, with Cohere v1's `id` and `meta` (the two share /v1/rerank)."""
+    usage = {"total_tokens": tokens, "prompt_tokens": tokens}
+    meta = {"billed_units": {"search_units": 1}}
+    return {"id": str(uuid.uuid4()), "model": model, "usage": usage, "results": results} | {
+        "meta": meta
     }

@@ -9,13 +9,9 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import message_factory
-from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import DecodeError
 
 import edgerank
 from edgerank.backends.base import BackendInfo, ScoreOptions
@@ -26,6 +22,7 @@ from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
+from edgerank.server.decoding import Undecodable, decoded
 from edgerank.server.settings import Settings
 from edgerank.server.status import mapped
 from edgerank.server.transport import bearer_ok
@@ -152,63 +149,6 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-@dataclass(frozen=True)
-class Undecodable:
-    """What the tolerant deserializer hands over for bytes protobuf refused to parse."""
-
-    type_name: str
-    error: str
-
-    def refuse(self) -> InvalidInput:
-        return InvalidInput(
-            f"cannot parse the request as {self.type_name} (string fields must be valid "
-            f"UTF-8): {self.error}"
-        )
-
-
-def _tolerant(cls: Any) -> Callable[[bytes], Any]:
-    """cls.FromString, except that bad bytes become an Undecodable the handler refuses
-    (INVALID_ARGUMENT, counted) instead of grpc's UNKNOWN "Unexpected DecodeError"."""
-    name = cls.DESCRIPTOR.full_name
-
-    def parse(data: bytes) -> Any:
-        try:
-            return cls.FromString(data)
-        except DecodeError as exc:
-            return Undecodable(name, str(exc))
-
-    return parse
-
-
-def register(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
-    """Like the generated add_*Servicer_to_server, with tolerant request parsing."""
-    handlers = {}
-    for method in service.methods:
-        request_cls = message_factory.GetMessageClass(method.input_type)
-        response_cls = message_factory.GetMessageClass(method.output_type)
-        make = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(method.client_streaming, method.server_streaming)]
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=_tolerant(request_cls),
-            response_serializer=response_cls.SerializeToString,
-        )
-    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
-    server.add_generic_rpc_handlers((generic,))
-    server.add_registered_method_handlers(service.full_name, handlers)
-
-
-async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for msg in requests:
-        if isinstance(msg, Undecodable):
-            raise msg.refuse()
-        yield msg
-
-
 def handler(method: F) -> F:
     """Every unary RPC: errors mapped, bearer token checked, counted for the shutdown drain."""
 
@@ -231,7 +171,7 @@ def stream_handler(method: F) -> F:
     async def wrapper(self: _Guarded, requests: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._guard(context)
         self.service.accepting()
-        return await method(self, _decoded(requests), context)
+        return await method(self, decoded(requests), context)
 
     return mapped(wrapper)  # type: ignore[return-value]
 

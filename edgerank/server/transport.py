@@ -33,7 +33,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgerank.errors import EdgerankError, InvalidInput
 
@@ -71,6 +71,12 @@ def split_host_port(setting: str, what: str, *, default_host: str | None = None)
         raise InvalidInput(f"{what}: port {number} is out of range (0-65535; 0 = any free port)")
     host = host.strip("[]") or (default_host or "")
     return host, number
+
+
+def unix_peer(connection: Any) -> bool:
+    """Is this asyncio transport's peer on a Unix socket (trusted by the file mode)?"""
+    sock = connection.get_extra_info("socket") if connection is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 def is_loopback(host: str) -> bool:
@@ -210,12 +216,13 @@ def tls_files(settings: Settings) -> tuple[bytes, bytes]:
         key = Path(settings.tls_key).read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read TLS files: {exc}") from exc
-    server_context(settings.tls_cert, settings.tls_key)
+    server_context(settings)
     return cert, key
 
 
-def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+def server_context(settings: Settings) -> ssl.SSLContext:
     """An SSL server context with the pair loaded; a mismatch is named as such."""
+    cert_file, key_file = settings.tls_cert, settings.tls_key
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert_file, key_file)

@@ -22,7 +22,7 @@ from edgerank.errors import EdgerankError, InvalidInput
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.server import transport
-from edgerank.server.settings import SettingsError, load
+from edgerank.server.settings import Settings, SettingsError, load
 from tests.server.test_daemon import Notifications, clean_env, stop
 from tests.server.test_http import HttpServerThread, http_settings
 from tests.server.test_server import ServerThread, settings_for
@@ -217,7 +217,7 @@ def test_a_certificate_and_a_key_that_do_not_match_say_so(tmp_path, tiny_onnx_di
     cert_a, _ = _self_signed(tmp_path, "a")
     _, key_b = _self_signed(tmp_path, "b")
     with pytest.raises(InvalidInput, match="does not match"):
-        transport.server_context(str(cert_a), str(key_b))
+        transport.server_context(Settings(tls_cert=str(cert_a), tls_key=str(key_b)))
     flags = ("--listen", "127.0.0.1:0", "--socket", "", "--tls-cert", str(cert_a))
     done = second_daemon(tiny_onnx_dir, *flags, "--tls-key", str(key_b))
     assert done.returncode == 1, done.stderr
