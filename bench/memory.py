@@ -10,7 +10,7 @@ probe's: 100 documents of ~256 tokens, POSTed to /v1/rerank `--requests` times. 
 /proc/PID/status: VmRSS idle (after the warm-up), VmHWM over the requests (the high-water
 mark is reset through /proc/PID/clear_refs first), VmRSS after the last one. `onnx_arena`
 is the same daemon with onnxruntime's defaults (CPU memory arena and memory patterns on,
-as edgerank ran before): the baseline of the memory fix, and of its speed (seconds per
+no shrinkage, whole batches per run: as edgerank ran before): the baseline of the memory fix, and of its speed (seconds per
 request, median, and the ratio to the baseline, measured in the same run).
 
 The plan it is held to is the chooser's (planning/memory.py): the model's memory_mib plus
@@ -53,6 +53,8 @@ ARENA_DAEMON = textwrap.dedent(
         return so
 
     onnx.session_options = with_arena
+    onnx.run_options = lambda: None  # no arena shrinkage after each run
+    onnx.RUN_TOKENS = 1 << 30  # the whole batch in one run
     from edgerank.server import daemon
     sys.argv[0] = "edgerank.server.daemon"
     daemon._main()
