@@ -10,8 +10,9 @@ probe's: 100 documents of ~256 tokens, POSTed to /v1/rerank `--requests` times. 
 /proc/PID/status: VmRSS idle (after the warm-up), VmHWM over the requests (the high-water
 mark is reset through /proc/PID/clear_refs first), VmRSS after the last one. `onnx_arena`
 is the same daemon with onnxruntime's defaults (CPU memory arena and memory patterns on,
-no shrinkage, whole batches per run: as edgerank ran before): the baseline of the memory fix, and of its speed (seconds per
-request, median, and the ratio to the baseline, measured in the same run).
+no shrinkage, whole batches per run: as edgerank ran before): the baseline of the memory
+fix, and of its speed (seconds per request, median, and the ratio to the baseline, measured
+in the same run).
 
 The plan it is held to is the chooser's (planning/memory.py): the model's memory_mib plus
 activations for max_batch_tokens (8192) plus the runtime overhead; `peak - idle` should
