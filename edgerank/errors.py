@@ -18,6 +18,14 @@ class TooLarge(InvalidInput):
     """The request exceeds a configured limit (documents, characters, message size)."""
 
 
+class EmptyInput(InvalidInput):
+    """Nothing to score: no documents (or texts, or pairs) in the request."""
+
+
+class ReadTimeout(InvalidInput):
+    """The client did not send its whole request within the read timeout."""
+
+
 class Overloaded(EdgerankError):
     """Admission control refused the work: the queue of pairs or tokens is full."""
 

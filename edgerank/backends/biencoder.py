@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
-from edgerank.backends.onnx import open_session
+from edgerank.backends.onnx import open_session, run_options, run_slices
 from edgerank.backends.padding import pad_batch
 from edgerank.errors import BackendFailure, BackendUnavailable
 
@@ -44,7 +44,7 @@ def _wordpiece(vocab: Path):
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
-    tok.enable_truncation(MAX_LENGTH)
+    tok.no_truncation()  # encode() cuts or chunks, as the request's options say
     return tok
 
 
@@ -52,27 +52,51 @@ class BiEncoderBackend:
     def __init__(self, threads: int = 1, model_path: Path | None = None, cache_size: int = 64):
         self._threads = threads
         self._tok = _wordpiece(VOCAB)
+        self._cls, self._sep = self._tok.token_to_id("[CLS]"), self._tok.token_to_id("[SEP]")
         self._model_path = model_path or encoder_path()
         self._session = open_session(self._model_path, threads)
+        self._run_options = run_options()
         self._identity = ""
         self._queries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
 
     def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
-        limit = min(MAX_LENGTH, options.max_tokens_per_doc or MAX_LENGTH)
-        q = np.asarray(self._tok.encode(query).ids, dtype=np.int64)
+        """One item per passage; a passage over the limit is cut on options.direction's side
+        (truncate), or split into overlapping windows, each embedded and the best kept (chunk:
+        TEI's /rerank then refuses it unless truncate=true, as TEI does)."""
+        limit = max(3, min(MAX_LENGTH, options.max_tokens_per_doc or MAX_LENGTH))
+        room = limit - 2  # [CLS] ... [SEP]
+        q = self._tok.encode(query, add_special_tokens=False).ids[: MAX_LENGTH - 2]
+        q_ids = np.asarray([self._cls, *q, self._sep], dtype=np.int64)
         items = []
-        for i, e in enumerate(self._tok.encode_batch(list(passages))):
-            ids = e.ids if len(e.ids) <= limit else e.ids[: limit - 1] + e.ids[-1:]  # keep [SEP]
-            items.append(Encoded(doc=i, ids=np.asarray(ids, dtype=np.int64), extra=q))
+        encoded = self._tok.encode_batch(list(passages), add_special_tokens=False)
+        for i, e in enumerate(encoded):
+            ids = e.ids
+            if len(ids) <= room:
+                windows = [ids]
+            elif options.truncation == "chunk":
+                step = room - min(options.chunk_overlap, room // 2)
+                windows = [ids[at : at + room] for at in range(0, len(ids) - room + step, step)]
+            elif options.direction == "left":
+                windows = [ids[-room:]]
+            else:
+                windows = [ids[:room]]
+            for w in windows:
+                seq = np.asarray([self._cls, *w, self._sep], dtype=np.int64)
+                items.append(Encoded(doc=i, ids=seq, extra=q_ids))
         return items
 
     def _embed(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        width = max(len(s) for s in seqs)
+        parts = [self._embed_run(seqs[part]) for part in run_slices(len(seqs), width)]
+        return np.concatenate(parts)
+
+    def _embed_run(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
         feed = pad_batch(seqs)
         del feed["position_ids"]
         mask = feed["attention_mask"]
         try:
-            (hidden,) = self._session.run(["last_hidden_state"], feed)
+            (hidden,) = self._session.run(["last_hidden_state"], feed, self._run_options)
         except Exception as exc:
             raise BackendFailure(f"onnxruntime failed: {exc}".splitlines()[0]) from exc
         pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)

@@ -12,12 +12,26 @@ from edgerank.backends.pairs import PairTokenizer
 from edgerank.errors import BackendFailure, ModelCorrupt
 from edgerank.models.manifest import Manifest
 
+#: padded tokens per onnxruntime run: a batch wider than this runs as consecutive slices
+RUN_TOKENS = 2048
+
 
 def session_options(threads: int):
-    """Fixed thread count with spinning off: spinning burns the other vCPU on small boxes."""
+    """Fixed thread count with spinning off: spinning burns the other vCPU on small boxes.
+
+    Memory: onnxruntime's CPU arena grows by powers of two and keeps what it took, and memory
+    patterns keep a buffer plan per input shape; a reranker sees a new (batch, length) shape
+    on nearly every batch, so one request of 100 x 256 tokens took a daemon from 253 to
+    1505 MiB for good. Memory patterns are off; the arena stays (malloc per tensor measured
+    slower, and glibc kept the memory anyway) but is shrunk after every run (`run_options`),
+    and a batch runs in slices of RUN_TOKENS padded tokens, so the activations one run
+    holds stay far below the chooser's budget (bench/memory.py: the figures, and the speed
+    against the old settings, measured in one run).
+    """
     import onnxruntime as ort  # a base dependency
 
     so = ort.SessionOptions()
+    so.enable_mem_pattern = False
     so.intra_op_num_threads = max(1, threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -25,6 +39,21 @@ def session_options(threads: int):
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return so
+
+
+def run_options():
+    """Every run gives the arena's unused chunks back when it ends."""
+    import onnxruntime as ort
+
+    ro = ort.RunOptions()
+    ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return ro
+
+
+def run_slices(n: int, width: int) -> list[slice]:
+    """Consecutive slices of a batch of n rows padded to `width`, RUN_TOKENS each at most."""
+    rows = max(1, RUN_TOKENS // max(1, width))
+    return [slice(at, at + rows) for at in range(0, n, rows)]
 
 
 def open_session(model_path: Path, threads: int):
@@ -47,6 +76,7 @@ class OnnxBackend:
         self._threads = threads
         self._tok = PairTokenizer(model_dir / "tokenizer.json", manifest.max_length)
         self._session = open_session(model_dir / manifest.model_file, threads)
+        self._run_options = run_options()
         self._inputs = [i.name for i in self._session.get_inputs()]
         missing = {"input_ids", "attention_mask"} - set(self._inputs)
         if missing:
@@ -80,10 +110,15 @@ class OnnxBackend:
     def score(self, batch: Sequence[Encoded]) -> np.ndarray:
         if not batch:
             return np.empty(0, dtype=np.float32)
+        width = max(it.n_tokens for it in batch)
+        parts = [self._score(batch[part]) for part in run_slices(len(batch), width)]
+        return np.concatenate(parts)
+
+    def _score(self, batch: Sequence[Encoded]) -> np.ndarray:
         feed = self._tok.pad(batch)
         feed = {k: v for k, v in feed.items() if k in self._inputs}
         try:
-            (logits,) = self._session.run([self._output], feed)
+            (logits,) = self._session.run([self._output], feed, self._run_options)
         except Exception as exc:
             raise BackendFailure(f"onnxruntime failed: {exc}".splitlines()[0]) from exc
         return np.asarray(logits, dtype=np.float32).reshape(len(batch), -1)[:, 0]

@@ -10,8 +10,9 @@ import click
 
 from edgerank.errors import EdgerankError
 
-#: exit codes: 1 = the request or the model is wrong, 2 = usage (click's own), 70 = a bug
-EXIT_ERROR, EXIT_INTERNAL = 1, 70
+#: exit codes: 1 = the request or the model is wrong, 2 = usage (click's own, and input the
+#: command cannot read: a documents file or stdin that is not UTF-8), 70 = a bug
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 70
 
 
 def fail(message: str, code: int) -> None:

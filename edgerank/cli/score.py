@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgerank.cli.common import friendly
+from edgerank.cli.common import EXIT_USAGE, fail, friendly
 from edgerank.errors import InvalidInput
 
 
@@ -21,20 +21,36 @@ def read_documents(docs: tuple[str, ...], docs_file: str | None) -> list[str]:
     if docs and docs_file:
         raise InvalidInput("give documents as arguments or with --docs, not both")
     if docs:
-        return list(docs)
+        return [_text(d, "document argument") for d in docs]
     if docs_file is None and sys.stdin is not None and not sys.stdin.isatty():
         docs_file = "-"
     if docs_file is None:
         raise InvalidInput("no documents: pass them after the query, with --docs FILE, or on stdin")
+    where = "stdin" if docs_file == "-" else docs_file
     try:
-        if docs_file == "-":
-            text = sys.stdin.read()
-        else:
-            text = Path(docs_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read documents from {docs_file}: {exc}") from None
+        # bytes, decoded here: sys.stdin may be surrogateescape (UTF-8 mode, C locale)
+        raw = sys.stdin.buffer.read() if docs_file == "-" else Path(docs_file).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read documents from {where}: {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(
+            f"documents from {where} are not UTF-8 text (byte {exc.start}: "
+            f"{raw[exc.start : exc.start + 1]!r})",
+            EXIT_USAGE,
+        )
     lines = [line for line in text.splitlines() if line.strip()]
     return _parse_jsonl(lines) or lines
+
+
+def _text(value: str, what: str) -> str:
+    """An argument as valid Unicode: undecodable argv bytes arrive as lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        fail(f"the {what} is not UTF-8 text: {value.encode('utf-8', 'replace')!r}", EXIT_USAGE)
+    return value
 
 
 def _parse_jsonl(lines: list[str]) -> list[str] | None:
@@ -78,6 +94,7 @@ def score(
     """Score DOCS against QUERY and print them best first."""
     if not query or not query.strip():
         raise InvalidInput("no query: edgerank score QUERY DOC [DOC...]")
+    query = _text(query, "query")
     documents = read_documents(docs, docs_file)
     if not documents:
         raise InvalidInput("no documents to score")

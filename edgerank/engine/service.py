@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,14 @@ from edgerank.engine.cache_entries import Scores
 from edgerank.engine.metrics import Metrics
 from edgerank.engine.rank import Ranked, rank
 from edgerank.engine.watch import FidelityWatch
-from edgerank.errors import EdgerankError, InvalidInput, ModelNotFound, TooLarge, Unavailable
+from edgerank.errors import (
+    EdgerankError,
+    EmptyInput,
+    InvalidInput,
+    ModelNotFound,
+    TooLarge,
+    Unavailable,
+)
 from edgerank.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +121,8 @@ class Service:
         s = self.settings
         self.backend = backend
         self._info = backend.info()
-        self.model_names = frozenset({self._info.model, *(a for a in aliases if a)})
+        served = (self._info.model, *aliases, *s.served_names())
+        self.model_names = frozenset(a for a in served if a)
         self.metrics.describe(self._info)
         self.batcher = Batcher(
             self.metrics.metered(backend),
@@ -154,12 +163,25 @@ class Service:
         if self.state in ("serving", "warming"):
             self.state = "draining"
 
-    def begin_call(self) -> None:
-        """A transport handler starts: refused (UNAVAILABLE) unless serving."""
+    def accepting(self) -> None:
+        """Refuse (UNAVAILABLE) unless serving: checked before a request is even read."""
         if self.state == "draining":
             raise Unavailable("the server is draining for shutdown; retry on another replica")
         self.require_ready()
+
+    def begin_call(self) -> None:
+        """A call whose request is read in full: the drain waits for it (one still receiving
+        its request is not counted, so a client stalled mid-body cannot hold SIGTERM)."""
+        self.accepting()
         self.calls += 1
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        self.begin_call()
+        try:
+            yield
+        finally:
+            self.end_call()
 
     def end_call(self) -> None:
         self.calls -= 1
@@ -186,16 +208,19 @@ class Service:
     def close(self, timeout: float | None = None) -> None:
         """Finish queued work, stop the worker, release the model."""
         self.state = "stopped"
+        stopped = True
         if self.batcher is not None:
-            if not self.batcher.stop(drain=True, timeout=timeout):
-                log.warning("inference worker did not stop in time")
+            # after a drain that timed out, what is still queued is not waited for
+            stopped = self.batcher.stop(drain=self.calls == 0, timeout=timeout)
+            if not stopped:
+                log.warning("inference worker did not stop in time; exiting without it")
         self._tokenizers.shutdown(wait=False, cancel_futures=True)
         if self._watching is not None:
             self._watching.cancel()
         if self.watch is not None:
             self.watch.close()
-        if self.backend is not None:
-            self.backend.close()
+        if self.backend is not None and stopped:
+            self.backend.close()  # never under a batch the worker is still running
 
     @property
     def info(self) -> BackendInfo:
@@ -216,9 +241,16 @@ class Service:
 
     def check_model(self, name: str | None) -> None:
         if name and name not in self.model_names:
-            raise ModelNotFound(
-                f"model {name!r} is not served here; this daemon serves {self.info.model!r}"
-            )
+            served = ", ".join(repr(n) for n in self.served_names())
+            raise ModelNotFound(f"model {name!r} is not served here; this daemon serves {served}")
+
+    def served_names(self) -> list[str]:
+        """The names a request may ask for: the served_model_name ones first, then the model's."""
+        names = [n for n in self.settings.served_names() if n in self.model_names]
+        return names + sorted(self.model_names - set(names))
+
+    def served_name(self, asked: str | None) -> str:
+        return asked or self.served_names()[0]  # the name asked for, else the first served
 
     def check_text(self, what: str, text: str, *, empty_ok: bool = True) -> None:
         limit = self.settings.max_document_chars
@@ -233,7 +265,7 @@ class Service:
 
     def check_count(self, n: int, what: str = "documents") -> None:
         if n == 0:
-            raise InvalidInput(f"no {what} to score")
+            raise EmptyInput(f"no {what} to score")
         limit = self.settings.max_documents
         if n > limit:
             raise TooLarge(f"{n} {what}, over the limit of {limit} per request (max_documents)")

@@ -51,9 +51,29 @@ class Manifest:
             raise ModelCorrupt(f"{model_dir} has no {MANIFEST}: not an edgerank model directory")
         try:
             data = json.loads(path.read_text())
-            return cls(**data)
-        except (ValueError, TypeError) as exc:
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON object expected, got {type(data).__name__}")
+            manifest = cls(**data)
+            manifest._check_types()
+            return manifest
+        except (ValueError, TypeError, RecursionError) as exc:
             raise ModelCorrupt(f"{path} is unreadable ({exc}); re-run `edgerank pull`") from exc
+
+    def _check_types(self) -> None:
+        """Every field of the JSON type the code reads it as (TypeError naming the first not)."""
+        for name in ("name", "backend", "precision", "model_file", "normalise", "created"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f'"{name}" must be a string')
+        for name in ("max_length", "schema"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f'"{name}" must be an integer')
+        for name in ("files", "source", "recipe", "fidelity"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f'"{name}" must be an object')
+        for rel, meta in self.files.items():
+            if not isinstance(meta, dict):
+                raise TypeError(f'"files"[{rel!r}] must be an object {{"sha256", "size"}}')
 
     def write(self, model_dir: Path) -> None:
         """Hash every listed file and write the manifest (and a fresh stamp)."""

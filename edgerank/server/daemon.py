@@ -23,11 +23,17 @@ from edgerank.errors import EdgerankError
 from edgerank.server import grpc as grpc_server
 from edgerank.server import systemd
 from edgerank.server.settings import Settings, click_options, load
+from edgerank.server.transport import FLUSH_S
 
 if TYPE_CHECKING:
     from edgerank.server.http import HttpListening
 
 log = logging.getLogger("edgerank.server.daemon")
+
+#: after the drain deadline, seconds the inference worker gets to finish its batch
+CLOSE_S = 0.4
+#: so SIGTERM -> exit takes at most drain_timeout_s + FLUSH_S + CLOSE_S (< drain + 1 s);
+#: FLUSH_S (transport.py) is both transports' grace for answers being written
 
 #: settings -> (backend, aliases the model may be asked for by, hardware summary)
 BackendFactory = Callable[[Settings], tuple[Backend, list[str], dict[str, str]]]
@@ -106,13 +112,20 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         loop.add_signal_handler(sig, stop.set)
 
     service = Service(settings)
-    listening = await grpc_server.start(service, settings)
-    http = await _start_http(service, settings, listening)
+    try:
+        listening = await grpc_server.start(service, settings)
+        http = await _start_http(service, settings, listening)
+    except EdgerankError as exc:  # a port or socket in use, TLS files that do not match...
+        log.error("%s", exc)
+        systemd.status(f"failed: {exc}")
+        return 1
     addresses = listening.addresses + (http.addresses if http else [])
     log.info("listening on %s (health NOT_SERVING while loading)", ", ".join(addresses))
     systemd.status(f"loading {settings.model or 'the default model'}")
     stopper = asyncio.ensure_future(stop.wait())
     watchdog: asyncio.Task | None = None
+    #: loop.time() by which the process is on its way out (drain_timeout_s after SIGTERM)
+    deadline: float | None = None
     try:
         loading = _in_thread(lambda: factory(settings))
         await asyncio.wait({loading, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -139,7 +152,8 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
                 systemd.watchdog_loop(lambda: service.healthy(stall_s=interval), interval)
             )
         await stopper
-        await _drain(service, listening, http, settings)
+        deadline = loop.time() + settings.drain_timeout_s
+        await _drain(service, listening, http, deadline)
         return 0
     except EdgerankError as exc:
         log.error("%s", exc)
@@ -149,14 +163,12 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         stopper.cancel()
         if watchdog is not None:
             watchdog.cancel()
-        await listening.server.stop(0)
-        if http is not None:
-            await http.stop()
+        await _close_listeners(listening, http, 0.0)
         await service.close_cache()
         if service.backend is not None:
-            await asyncio.to_thread(service.close, settings.drain_timeout_s)
-        if listening.socket_path is not None:
-            listening.socket_path.unlink(missing_ok=True)
+            left = settings.drain_timeout_s if deadline is None else deadline - loop.time()
+            await asyncio.to_thread(service.close, max(0.0, left) + CLOSE_S)
+        listening.release_socket()
         log.info("stopped")
 
 
@@ -171,9 +183,8 @@ async def _start_http(
     try:
         return await http_server.start(service, settings)
     except BaseException:
-        await listening.server.stop(0)
-        if listening.socket_path is not None:
-            listening.socket_path.unlink(missing_ok=True)
+        await listening.stop(0)
+        listening.release_socket()
         raise
 
 
@@ -181,18 +192,27 @@ async def _drain(
     service: Service,
     listening: grpc_server.Listening,
     http: HttpListening | None,
-    settings: Settings,
+    deadline: float,
 ) -> None:
+    """Finish the accepted calls by `deadline`, then let their answers go out (FLUSH_S)."""
+    loop = asyncio.get_running_loop()
     service.drain()
     await listening.health.enter_graceful_shutdown()
     systemd.stopping(f"draining {service.calls} in-flight calls")
     log.info("SIGTERM: draining %d in-flight calls", service.calls)
-    if not await service.wait_idle(settings.drain_timeout_s):
+    if not await service.wait_idle(max(0.0, deadline - loop.time())):
         log.warning("drain timeout: %d calls still running are cancelled", service.calls)
-    # the answers of the last calls are still being written: let them go out
-    await listening.server.stop(grace=min(1.0, settings.drain_timeout_s))
+    await _close_listeners(listening, http, FLUSH_S)
+
+
+async def _close_listeners(
+    listening: grpc_server.Listening, http: HttpListening | None, grace: float
+) -> None:
+    """Both transports at once, granting answers being written `grace` (HTTP: FLUSH_S)."""
+    stops = [listening.stop(grace)]
     if http is not None:
-        await http.stop()
+        stops.append(http.stop())
+    await asyncio.gather(*stops)
 
 
 def run(settings: Settings, factory: BackendFactory = load_backend) -> int:
@@ -215,7 +235,7 @@ def _main() -> None:
             settings = load(flags)
         except EdgerankError as exc:
             raise click.ClickException(str(exc)) from None
-        sys.exit(run(settings))
+        sys.exit(run(settings))  # run() logs its own errors and returns 1
 
     main()
 

@@ -10,20 +10,26 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from edgerank.engine.service import Service
 from edgerank.errors import EdgerankError
-from edgerank.proto.edgerank.v1 import reranker_pb2, reranker_pb2_grpc
-from edgerank.proto.tei.v1 import tei_pb2, tei_pb2_grpc
+from edgerank.proto.edgerank.v1 import reranker_pb2
+from edgerank.proto.tei.v1 import tei_pb2
+from edgerank.server import reflection, transport
+from edgerank.server.decoding import register
 from edgerank.server.servicers import Reranker, TeiInfo, TeiRerank
 from edgerank.server.settings import Settings
-from edgerank.server.transport import SOCKET_MODE, private_socket, socket_path, tls_files
+from edgerank.server.transport import (
+    SOCKET_MODE,
+    BoundSocket,
+    private_socket,
+    socket_path,
+    tls_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,11 @@ class Listening:
     server: grpc.aio.Server
     health: health_aio.HealthServicer
     tcp_port: int | None
-    socket_path: Path | None
+    socket: BoundSocket | None
+
+    @property
+    def socket_path(self):
+        return None if self.socket is None else self.socket.path
 
     @property
     def addresses(self) -> list[str]:
@@ -50,6 +60,20 @@ class Listening:
         if self.socket_path is not None:
             out.append(f"unix:{self.socket_path}")
         return out
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop serving; a successor's socket at our path survives gRPC's own unlink."""
+        aside = self.socket.shelter() if self.socket is not None else None
+        try:
+            await self.server.stop(grace)
+        finally:
+            if self.socket is not None:
+                self.socket.restore(aside)
+
+    def release_socket(self) -> None:
+        """Remove the Unix socket file, if it is still the one this server bound."""
+        if self.socket is not None:
+            self.socket.release()
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING
@@ -64,6 +88,8 @@ def _options(settings: Settings) -> list[tuple[str, int]]:
     # (INVALID_ARGUMENT, naming the limit) rather than a bare RESOURCE_EXHAUSTED
     cap = min(2 * settings.max_message_bytes + (1 << 20), 2**31 - 1)
     opts = [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
+    # no SO_REUSEPORT: a second daemon on a live port must fail, not share its traffic
+    opts.append(("grpc.so_reuseport", 0))
     if settings.max_connection_age_s > 0:
         opts.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
         opts.append(("grpc.max_connection_age_grace_ms", int(settings.drain_timeout_s * 1000)))
@@ -79,32 +105,44 @@ async def start(service: Service, settings: Settings) -> Listening:
     """Bind, register everything and start; health is NOT_SERVING until set_serving(True)."""
     server = grpc.aio.server(options=_options(settings))
     token = settings.bearer_token()
-    reranker_pb2_grpc.add_RerankerServicer_to_server(Reranker(service, token), server)
-    tei_pb2_grpc.add_RerankServicer_to_server(TeiRerank(service, token), server)
-    tei_pb2_grpc.add_InfoServicer_to_server(TeiInfo(service, token), server)
+    for servicer, descriptor in (
+        (Reranker(service, token), reranker_pb2.DESCRIPTOR.services_by_name["Reranker"]),
+        (TeiRerank(service, token), tei_pb2.DESCRIPTOR.services_by_name["Rerank"]),
+        (TeiInfo(service, token), tei_pb2.DESCRIPTOR.services_by_name["Info"]),
+    ):
+        register(server, servicer, descriptor)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     listening = Listening(server, health, None, None)
     await listening.set_serving(False)
     names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+    reflection.enable(server, names)
 
-    try:
-        if settings.listen:
-            if settings.tls_cert:
-                port = server.add_secure_port(settings.listen, _tls(settings))
+    if settings.listen:
+        host, port = transport.split_host_port(settings.listen, "listen")
+        credentials = _tls(settings) if settings.tls_cert else None
+        try:
+            if credentials is not None:
+                listening.tcp_port = server.add_secure_port(settings.listen, credentials)
             else:
-                port = server.add_insecure_port(settings.listen)
-            listening.tcp_port = port
-        if settings.socket:
-            path = socket_path(settings.socket)
+                listening.tcp_port = server.add_insecure_port(settings.listen)
+        except RuntimeError as exc:  # grpc's "Failed to bind to address"
+            reason = transport.port_in_use_reason(host, port) or str(exc)
+            raise EdgerankError(f"cannot listen on {settings.listen}: {reason}") from exc
+        if not token and not transport.is_loopback(host):
+            log.warning(
+                "gRPC on %s without a token: anyone who can reach it can use it", settings.listen
+            )
+    if settings.socket:
+        path = socket_path(settings.socket)
+        transport.claim_socket(path)
+        try:
             with private_socket(path):
                 server.add_insecure_port(f"unix:{path}")
-            listening.socket_path = path
-    except RuntimeError as exc:  # grpc's "failed to bind"
-        where = settings.listen or settings.socket
-        raise EdgerankError(f"cannot listen on {where}: {exc}") from exc
+        except RuntimeError as exc:
+            raise EdgerankError(f"cannot listen on socket {path}: {exc}") from exc
     await server.start()
-    if listening.socket_path is not None:  # grpc creates the file only when it starts
-        os.chmod(listening.socket_path, SOCKET_MODE)
+    if settings.socket:  # grpc creates the file only when it starts
+        listening.socket = BoundSocket.of(path)
+        os.chmod(path, SOCKET_MODE)
     return listening

@@ -1,14 +1,14 @@
-"""The HTTP face: the rerank shapes RAG tools already speak, /health and /metrics.
+"""The HTTP face: the rerank shapes RAG tools already speak, TEI's /info, /health, /metrics.
 
-    POST /v2/rerank   Cohere: {model?, query, documents: [str], top_n?, max_tokens_per_doc?}
-                      -> {id, results: [{index, relevance_score}], meta}
-    POST /v1/rerank   Jina: {model?, query, documents: [str | {text}], top_n?,
-                      return_documents? (default true), max_tokens_per_doc?}
-                      -> {model, usage: {total_tokens}, results: [{index, relevance_score,
-                      document: {text}}]}
-    POST /rerank      TEI: {query, texts: [str], truncate?, truncation_direction? ("right" |
-                      "left"), raw_scores?, return_text?, top_n?, max_tokens_per_doc?}
-                      -> [{index, score, text?}] (a bare array)
+    POST /v2/rerank   Cohere: {model?, query, documents: [str], top_n?, max_tokens_per_doc?,
+                      return_documents?} -> {id, results: [{index, relevance_score}], meta}
+    POST /v1/rerank   Jina and Cohere v1: {model?, query, documents: [str | {text}], top_n?,
+                      return_documents? (Jina's default: true), max_tokens_per_doc?}
+                      -> {id, model, usage, results: [{index, relevance_score, document}], meta}
+    POST /rerank      TEI: {query, texts: [str], truncate?, truncation_direction?, raw_scores?,
+                      return_text?} -> [{index, score, text?}] (a bare array); or the
+                      Cohere-style body Infinity and vLLM take there (documents) -> Cohere's
+    GET  /info        TEI's model info (a reranker), plus the served model names
     GET  /health      200 {"status": "serving"}; 503 while loading, warming up, draining, or
                       when the inference worker fails its check (Service.healthy)
     GET  /metrics     Prometheus text (OpenMetrics when the scraper asks), see engine/metrics.py
@@ -23,11 +23,13 @@ Long documents: Cohere's rule, chunks scored with the max kept, on /v2/rerank; t
 on /v1/rerank; on /rerank TEI's rule: refused (413) unless truncate=true, which truncates
 on the side truncation_direction names.
 
-Errors come from status.py's one table (400 invalid input, 413 too many or too large, 429
-overloaded with Retry-After, 503 loading or draining, 500 a bug), as JSON
-{"error": text, "error_type": reason, "message": text}: `error` is TEI's key, `message`
-Cohere's. The body limit (max_message_bytes) is enforced from Content-Length before the
-body is read (and before "100 Continue"), and while reading a chunked one.
+Errors come from status.py's one table (400 invalid input, 408 body not sent within
+read_timeout_s, 413 too many or too large, 429 overloaded with Retry-After, 503 loading or
+draining, 500 a bug), as JSON {"error": text, "error_type": reason, "message": text}:
+`error` is TEI's key, `message` Cohere's; on /rerank `error_type` is TEI's own value. The
+body limit (max_message_bytes) is enforced from Content-Length before the body is read (and
+before "100 Continue"), and while reading a chunked one. A call counts in flight (the
+shutdown drain waits for it) only once its body is read.
 
 Security: on TCP, every endpoint but /health needs `Authorization: Bearer <token>` when a
 token is configured (the gRPC setting); Unix-socket peers are trusted by the socket's file
@@ -50,10 +52,7 @@ import dataclasses
 import json
 import logging
 import math
-import socket
-import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,24 +63,29 @@ from aiohttp.http import HttpVersion11
 
 from edgerank.backends.base import ScoreOptions
 from edgerank.engine.service import Reranked, Service
-from edgerank.errors import EdgerankError, InvalidInput, TooLarge
+from edgerank.errors import EdgerankError, InvalidInput, ReadTimeout, TooLarge
+from edgerank.server import transport
 from edgerank.server.http_fields import (
+    TEI_ERROR_TYPES,
+    cohere_body,
     direction_of,
     get_field,
+    jina_body,
     kind_of,
     no_surrogates,
     result_items,
     string_list,
+    tei_info,
     top_n_of,
 )
 from edgerank.server.settings import Settings, http_address
 from edgerank.server.status import BUG, GONE, lookup, retry_after_s
 from edgerank.server.transport import (
+    BoundSocket,
     bearer_ok,
     is_loopback,
     private_socket,
     socket_path,
-    tls_files,
 )
 
 log = logging.getLogger(__name__)
@@ -105,12 +109,6 @@ def _error(status: int, message: str, reason: str, headers: dict[str, str] | Non
     return _dumps(body, status, headers)
 
 
-def _is_unix(request: web.Request) -> bool:
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    return sock is not None and sock.family == socket.AF_UNIX
-
-
 # -- the application -------------------------------------------------------------------
 
 
@@ -121,15 +119,17 @@ class Api:
         self.service = service
         self._token = token.encode()
         self._limit = service.settings.max_message_bytes
+        self._read_timeout = service.settings.read_timeout_s
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._edge], client_max_size=self._limit + 1)
-        for path, handler in (
+        for path, shape in (
             ("/v2/rerank", self.cohere),
             ("/v1/rerank", self.jina),
-            ("/rerank", self.tei),
+            ("/rerank", self.rerank),
         ):
-            app.router.add_post(path, handler, expect_handler=self._expect)
+            app.router.add_post(path, self._endpoint(shape), expect_handler=self._expect)
+        app.router.add_get("/info", self.info)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         return app
@@ -137,7 +137,7 @@ class Api:
     # -- edge: auth, errors, metrics, drain accounting ----------------------------------
 
     def _authorised(self, request: web.Request) -> bool:
-        if _is_unix(request):
+        if transport.unix_peer(request.transport):
             return True
         return bearer_ok(self._token, request.headers.get("Authorization", ""))
 
@@ -155,14 +155,10 @@ class Api:
                     reason,
                     {"WWW-Authenticate": "Bearer"},
                 )
-            elif endpoint is None:
-                response = await handler(request)
             else:
-                self.service.begin_call()
-                try:
-                    response = await handler(request)
-                finally:
-                    self.service.end_call()
+                if endpoint is not None:
+                    self.service.accepting()  # counted in flight once its body is read
+                response = await handler(request)
         except EdgerankError as exc:
             row = lookup(exc)
             assert row is not None  # EdgerankError is in the table
@@ -170,7 +166,8 @@ class Api:
             headers = None
             if (wait := retry_after_s(exc)) is not None:
                 headers = {"Retry-After": str(max(1, math.ceil(wait)))}
-            response = _error(row.http, str(exc) or type(exc).__name__, reason, headers)
+            kind = TEI_ERROR_TYPES.get(reason, "Backend") if endpoint == "tei" else reason
+            response = _error(row.http, str(exc) or type(exc).__name__, kind, headers)
         except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method
             if exc.status < 400:
                 raise
@@ -214,17 +211,24 @@ class Api:
         if declared is not None and declared > self._limit:
             raise TooLarge(self._too_large(declared))
         try:
-            raw = await request.read()  # chunked: cut at client_max_size
+            # chunked: cut at client_max_size; a client that stalls mid-body is cut off
+            raw = await asyncio.wait_for(request.read(), self._read_timeout)
         except web.HTTPRequestEntityTooLarge:
             raise TooLarge(f"request body over max_message_bytes ({self._limit})") from None
+        except asyncio.TimeoutError:
+            raise ReadTimeout(
+                f"the request body did not arrive within read_timeout_s ({self._read_timeout:g} s)"
+            ) from None
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise InvalidInput(f"the body must be a JSON object, got {kind_of(data)}")
+            if b"\\ud" in raw.lower():  # only a \uD800-\uDFFF escape yields a lone surrogate
+                no_surrogates(data)
         except ValueError as exc:  # JSONDecodeError and bad UTF-8 alike
             raise InvalidInput(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidInput(f"the body must be a JSON object, got {kind_of(data)}")
-        if b"\\ud" in raw.lower():  # only a \uD800-\uDFFF escape can yield a lone surrogate
-            no_surrogates(data)
+        except RecursionError:
+            raise InvalidInput("the body is not valid JSON here: nested too deeply") from None
         return data
 
     async def _rerank(
@@ -242,32 +246,47 @@ class Api:
             model=get_field(data, "model", str, None) or None,
         )
 
+    def _endpoint(self, shape: Callable[[dict[str, Any]], Awaitable[web.Response]]) -> Handler:
+        """Read the body, then answer in `shape`, counted in flight only from then on."""
+
+        async def handle(request: web.Request) -> web.Response:
+            data = await self._body(request)
+            with self.service.call():
+                return await shape(data)
+
+        return handle
+
     # -- endpoints -------------------------------------------------------------------
 
-    async def cohere(self, request: web.Request) -> web.Response:
-        data = await self._body(request)
-        documents = string_list(data, "documents")
+    async def cohere(self, data: dict[str, Any], objects: bool = False) -> web.Response:
+        """Cohere v2 (and, with `objects`, Infinity's / vLLM's /rerank body): chunks, max kept."""
+        documents = string_list(data, "documents", objects=objects)
         reranked = await self._rerank(data, documents, ScoreOptions(truncation="chunk"))
         results = result_items(
             reranked, documents, get_field(data, "return_documents", bool, False)
         )
-        meta = {
-            "api_version": {"version": "2"},
-            "billed_units": {"search_units": 1},
-            "tokens": {"input_tokens": reranked.outcome.tokens, "output_tokens": 0},
-        }
-        return _dumps({"id": str(uuid.uuid4()), "results": results, "meta": meta})
+        model = self.service.served_name(get_field(data, "model", str, None))
+        return _dumps(cohere_body(model, reranked.outcome.tokens, results))
 
-    async def jina(self, request: web.Request) -> web.Response:
-        data = await self._body(request)
+    async def jina(self, data: dict[str, Any]) -> web.Response:
+        """Jina (and Cohere v1, which shares the path): truncation; documents returned unless
+        return_documents=false (Jina's default; Cohere v1 clients ignore the extra field)."""
         documents = string_list(data, "documents", objects=True)
         reranked = await self._rerank(data, documents, ScoreOptions(truncation="truncate"))
         results = result_items(reranked, documents, get_field(data, "return_documents", bool, True))
-        usage = {"total_tokens": reranked.outcome.tokens}
-        return _dumps({"model": self.service.info.model, "usage": usage, "results": results})
+        model = self.service.served_name(get_field(data, "model", str, None))
+        return _dumps(jina_body(model, reranked.outcome.tokens, results))
 
-    async def tei(self, request: web.Request) -> web.Response:
-        data = await self._body(request)
+    async def rerank(self, data: dict[str, Any]) -> web.Response:
+        """/rerank: TEI's body (`texts`), or the Cohere-style one Infinity and vLLM take
+        there (`documents`), answered in the shape the body asked for."""
+        if "texts" not in data and "documents" in data:
+            return await self.cohere(data, objects=True)
+        if "texts" not in data:
+            raise InvalidInput("missing field 'texts' (TEI's body) or 'documents' (Cohere-style)")
+        return await self.tei(data)
+
+    async def tei(self, data: dict[str, Any]) -> web.Response:
         texts = string_list(data, "texts")
         truncate = get_field(data, "truncate", bool, False)
         options = ScoreOptions(
@@ -291,6 +310,10 @@ class Api:
             out.append(item)
         return _dumps(out)
 
+    async def info(self, request: web.Request) -> web.Response:
+        self.service.require_ready()  # TEI's GET /info: TEI clients read it first
+        return _dumps(tei_info(self.service))
+
     async def health(self, request: web.Request) -> web.Response:
         state = self.service.state
         if state != "serving":
@@ -313,9 +336,13 @@ class Api:
 class HttpListening:
     runner: web.AppRunner
     tcp: tuple[str, int] | None = None  # the bound (host, port), port 0 resolved
-    socket_path: Path | None = None
+    socket: BoundSocket | None = None
     scheme: str = "http"
     stopped: bool = False
+
+    @property
+    def socket_path(self) -> Path | None:
+        return None if self.socket is None else self.socket.path
 
     @property
     def addresses(self) -> list[str]:
@@ -333,20 +360,8 @@ class HttpListening:
             return
         self.stopped = True
         await self.runner.cleanup()
-        if self.socket_path is not None:
-            self.socket_path.unlink(missing_ok=True)
-
-
-def _ssl(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.tls_cert:
-        return None
-    tls_files(settings)  # unreadable files: the same one-line error as gRPC's
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise InvalidInput(f"cannot use the TLS certificate and key: {exc}") from exc
-    return context
+        if self.socket is not None:
+            self.socket.release()  # only if it is still the file this daemon bound
 
 
 async def start(service: Service, settings: Settings) -> HttpListening:
@@ -356,22 +371,28 @@ async def start(service: Service, settings: Settings) -> HttpListening:
         Api(service, token).app(),
         access_log=None,  # one log line per request costs more than the request
         handler_cancellation=True,  # a client that hangs up drops its queued work
-        shutdown_timeout=min(1.0, settings.drain_timeout_s),
+        shutdown_timeout=min(transport.FLUSH_S, settings.drain_timeout_s),
     )
     await runner.setup()
-    context = _ssl(settings)
+    context = transport.server_context(settings) if settings.tls_cert else None
     listening = HttpListening(runner, scheme="https" if context else "http")
     try:
         if settings.http:
             host, port = http_address(settings.http)
-            await web.TCPSite(runner, host, port, ssl_context=context).start()
+            # no SO_REUSEPORT: a second daemon on a live port must fail, not share it
+            await web.TCPSite(runner, host, port, ssl_context=context, reuse_port=False).start()
             listening.tcp = (host, runner.addresses[0][1])
             if not token and not is_loopback(host):
                 log.warning("HTTP on %s without a token: anyone who can reach it can use it", host)
         if settings.http_socket:
-            with private_socket(socket_path(settings.http_socket)) as path:
+            path = socket_path(settings.http_socket)
+            transport.claim_socket(path, "http_socket")
+            with private_socket(path):
                 await web.UnixSite(runner, str(path)).start()
-            listening.socket_path = path
+            listening.socket = BoundSocket.of(path)
+    except EdgerankError:
+        await runner.cleanup()
+        raise
     except OSError as exc:
         await runner.cleanup()
         where = settings.http or settings.http_socket

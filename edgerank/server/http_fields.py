@@ -1,15 +1,28 @@
 """The JSON the HTTP face reads and writes: typed request fields with errors that name the
-field and the type it needs, and the Cohere/Jina result items."""
+field and the type it needs, the Cohere/Jina result items, and TEI's /info and error types."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from edgerank.engine.service import Reranked
+import edgerank
+from edgerank.engine.service import Reranked, Service
 from edgerank.errors import InvalidInput
 
 JSON_TYPES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
+#: status.py's reasons -> the `error_type` TEI's server puts on the wire (its serde enum
+#: ErrorType, variant names as they are; its OpenAPI examples spell them in lower case)
+TEI_ERROR_TYPES = {
+    "empty": "Empty",
+    "invalid_input": "Validation",
+    "too_large": "Validation",
+    "unknown_model": "Validation",
+    "read_timeout": "Validation",
+    "overloaded": "Overloaded",
+    "unavailable": "Unhealthy",
+}
 
 
 _REQUIRED = object()
@@ -91,3 +104,48 @@ def result_items(reranked: Reranked, documents: Sequence[str], with_docs: bool) 
             item["document"] = {"text": documents[r.index]}
         results.append(item)
     return results
+
+
+def tei_info(service: Service) -> dict[str, Any]:
+    """TEI's /info body for this daemon (a single-label reranker), plus the served names."""
+    info, s = service.info, service.settings
+    labels = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+    return {
+        "model_id": service.served_name(None),
+        "model_sha": None,
+        "model_dtype": info.precision,
+        "model_type": {"reranker": labels},
+        "max_concurrent_requests": s.max_queue_pairs,
+        "max_input_length": info.max_length,
+        "max_batch_tokens": s.max_batch_tokens,
+        "max_batch_requests": s.max_batch_pairs or None,
+        "max_client_batch_size": s.max_documents,
+        "auto_truncate": False,
+        "tokenization_workers": 2,
+        "version": edgerank.__version__,
+        "sha": None,
+        "docker_label": None,
+        "served_model_names": service.served_names(),
+        "backend": info.backend,
+    }
+
+
+def cohere_body(model: str, tokens: int, results: list[dict]) -> dict[str, Any]:
+    """Cohere v2's answer, with the `model`, `object` and `usage` Infinity's and vLLM's add."""
+    meta = {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": 1},
+        "tokens": {"input_tokens": tokens, "output_tokens": 0},
+    }
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    out = {"id": str(uuid.uuid4()), "object": "rerank", "model": model, "results": results}
+    return out | {"meta": meta, "usage": usage}
+
+
+def jina_body(model: str, tokens: int, results: list[dict]) -> dict[str, Any]:
+    """Jina's answer, with Cohere v1's `id` and `meta` (the two share /v1/rerank)."""
+    usage = {"total_tokens": tokens, "prompt_tokens": tokens}
+    meta = {"billed_units": {"search_units": 1}}
+    return {"id": str(uuid.uuid4()), "model": model, "usage": usage, "results": results} | {
+        "meta": meta
+    }

@@ -22,6 +22,7 @@ from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
+from edgerank.server.decoding import Undecodable, decoded
 from edgerank.server.settings import Settings
 from edgerank.server.status import mapped
 from edgerank.server.transport import bearer_ok
@@ -149,16 +150,28 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def handler(method: F) -> F:
-    """Every RPC: errors mapped, bearer token checked, counted for the shutdown drain."""
+    """Every unary RPC: errors mapped, bearer token checked, counted for the shutdown drain."""
 
     @functools.wraps(method)
     async def wrapper(self: _Guarded, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._guard(context)
-        self.service.begin_call()
-        try:
+        if isinstance(request, Undecodable):
+            raise request.refuse()
+        with self.service.call():
             return await method(self, request, context)
-        finally:
-            self.service.end_call()
+
+    return mapped(wrapper)  # type: ignore[return-value]
+
+
+def stream_handler(method: F) -> F:
+    """A client-streaming RPC: like `handler`, but the method counts itself in flight
+    (self.service.call()) only once the stream is read: a stalled sender holds no drain."""
+
+    @functools.wraps(method)
+    async def wrapper(self: _Guarded, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._guard(context)
+        self.service.accepting()
+        return await method(self, decoded(requests), context)
 
     return mapped(wrapper)  # type: ignore[return-value]
 
@@ -224,7 +237,7 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
         self._check_size(request.ByteSize())
         return await self._rerank(request, list(request.documents), context)
 
-    @handler
+    @stream_handler
     async def RerankStream(
         self, request_iterator: AsyncIterator[pb.RerankRequest], context
     ) -> pb.RerankResponse:
@@ -236,7 +249,8 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
             self._check_count(len(documents), "documents", "max_documents")
         if first is None:
             raise InvalidInput("empty stream: no query and no documents")
-        return await self._rerank(first, documents, context)
+        with self.service.call():
+            return await self._rerank(first, documents, context)
 
     @handler
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
@@ -310,7 +324,7 @@ class TeiRerank(_Guarded, tei_grpc.RerankServicer):
         group = Group(request.query, texts, options)
         return await self._answer([group], texts, request.raw_scores, request.return_text, context)
 
-    @handler
+    @stream_handler
     async def RerankStream(
         self, request_iterator: AsyncIterator[tei.RerankStreamRequest], context
     ) -> tei.RerankResponse:
@@ -326,9 +340,10 @@ class TeiRerank(_Guarded, tei_grpc.RerankServicer):
         if first is None:
             raise InvalidInput("empty stream: no query and no texts")
         texts = [t for _, t, _ in triples]
-        return await self._answer(
-            group_pairs(triples), texts, first.raw_scores, first.return_text, context
-        )
+        with self.service.call():
+            return await self._answer(
+                group_pairs(triples), texts, first.raw_scores, first.return_text, context
+            )
 
 
 class TeiInfo(_Guarded, tei_grpc.InfoServicer):

@@ -15,7 +15,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgerank.errors import SettingsError
+from edgerank.errors import InvalidInput, SettingsError
+from edgerank.server.transport import split_host_port
 
 try:
     import tomllib
@@ -40,6 +41,11 @@ class Settings:
     http: str = _opt("", "HTTP listener HOST:PORT (or PORT = on 127.0.0.1); empty = none")
     http_socket: str = _opt("", "HTTP on a Unix socket (mode 0660); empty = none")
     model: str = _opt("", "model name in the store, or a model directory")
+    served_model_name: str = _opt(
+        "",
+        "more names requests may ask for the model by, comma-separated (vLLM's "
+        "--served-model-name), e.g. rerank-v3.5,jina-reranker-v2-base-multilingual",
+    )
     backend: str = _opt("auto", f"runtime: {', '.join(BACKENDS)}")
     allow_remote_code: bool = _opt(
         False, "run modelling code the checkpoint ships (torch: the layerwise MiniCPM reranker)"
@@ -54,6 +60,7 @@ class Settings:
     max_document_chars: int = _opt(32768, "characters per document (and query) at most")
     max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, how long in-flight requests may finish")
+    read_timeout_s: float = _opt(30.0, "how long an HTTP client may take to send its body")
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
     tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
     tls_key: str = _opt("", "PEM private key for TLS on the TCP listeners (gRPC and HTTP)")
@@ -75,6 +82,10 @@ class Settings:
         "share of requests (0..1) rescored with the model's FP32 reference when the daemon is "
         "idle, to watch INT8 fidelity on live traffic; 0 = off",
     )
+
+    def served_names(self) -> list[str]:
+        """served_model_name split into names, in order."""
+        return [n.strip() for n in self.served_model_name.split(",") if n.strip()]
 
     def bearer_token(self) -> str:
         """The token from `token` or `token_file` ('' = no check)."""
@@ -117,6 +128,8 @@ def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return float(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # a TOML list of names (served_model_name)
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError(value)
         return str(value)
@@ -126,7 +139,7 @@ def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
 
 def _check(s: Settings) -> Settings:
     positive = ("max_batch_tokens", "max_queue_pairs", "max_queue_tokens", "max_documents")
-    positive += ("max_document_chars", "max_message_bytes")
+    positive += ("max_document_chars", "max_message_bytes", "read_timeout_s")
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0, got {getattr(s, name)}")
@@ -151,10 +164,15 @@ def _check(s: Settings) -> Settings:
         raise SettingsError(
             "nothing to listen on: set listen (TCP) and/or socket (Unix), or http / http_socket"
         )
-    if s.listen and (":" not in s.listen or s.listen.startswith("unix:")):
-        raise SettingsError(f"listen must be HOST:PORT, got {s.listen!r} (use socket for Unix)")
+    if s.listen:
+        _address(s.listen, "listen")
     if s.http:
         http_address(s.http)
+    if s.backend != "auto" and not s.model:
+        raise SettingsError(
+            f"backend {s.backend} needs a model: set model (--model NAME or a model directory), "
+            "or leave backend at auto to let edgerank choose both"
+        )
     if bool(s.tls_cert) != bool(s.tls_key):
         raise SettingsError("TLS needs both tls_cert and tls_key")
     if s.token and s.token_file:
@@ -162,14 +180,16 @@ def _check(s: Settings) -> Settings:
     return s
 
 
+def _address(setting: str, what: str, default_host: str | None = None) -> tuple[str, int]:
+    try:
+        return split_host_port(setting, what, default_host=default_host)
+    except InvalidInput as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def http_address(setting: str) -> tuple[str, int]:
     """(host, port) of the `http` setting; no host means loopback, never every interface."""
-    host, _, port = setting.strip().rpartition(":")
-    if host.startswith("unix") or not port.isdigit() or int(port) > 65535:
-        raise SettingsError(
-            f"http must be HOST:PORT or PORT, got {setting!r} (use http_socket for Unix)"
-        )
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return _address(setting, "http", default_host="127.0.0.1")
 
 
 def read_file(path: Path) -> dict[str, Any]:

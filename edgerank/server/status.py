@@ -35,6 +35,8 @@ class Mapping(NamedTuple):
 TABLE: dict[type[BaseException], Mapping] = {
     errors.InvalidInput: Mapping(S.INVALID_ARGUMENT, 400, "invalid_input"),
     errors.TooLarge: Mapping(S.INVALID_ARGUMENT, 413, "too_large"),
+    errors.EmptyInput: Mapping(S.INVALID_ARGUMENT, 400, "empty"),
+    errors.ReadTimeout: Mapping(S.DEADLINE_EXCEEDED, 408, "read_timeout"),
     errors.ModelNotFound: Mapping(S.INVALID_ARGUMENT, 400, "unknown_model"),
     errors.Overloaded: Mapping(S.RESOURCE_EXHAUSTED, 429, "overloaded"),
     errors.Unavailable: Mapping(S.UNAVAILABLE, 503, "unavailable"),

@@ -39,7 +39,9 @@ def test_tokenizer_matches_the_models_own(backend, reference_dir):
     ref.no_padding()
     ref.enable_truncation(MAX_LENGTH)
     for text in TEXTS + [" ".join(TEXTS * 40)]:
-        assert backend._tok.encode(text).ids == ref.encode(text).ids
+        (item,) = backend.encode("q", [text], ScoreOptions())  # truncated like the reference
+        assert item.ids.tolist() == ref.encode(text).ids
+        assert item.extra.tolist() == ref.encode("q").ids
 
 
 def test_cosines_match_torch_fp32(backend, reference_dir):
@@ -73,3 +75,18 @@ def test_max_tokens_per_doc_keeps_sep(backend):
     (item,) = backend.encode("q", [" ".join(["word"] * 100)], ScoreOptions(max_tokens_per_doc=8))
     assert item.n_tokens == 8
     assert backend._tok.id_to_token(int(item.ids[-1])) == "[SEP]"
+
+
+def test_long_passages_are_cut_or_chunked_as_asked(backend):
+    long = " ".join(f"word{i}" for i in range(400))  # far beyond 256 tokens
+    (right,) = backend.encode("q", [long], ScoreOptions(truncation="truncate"))
+    (left,) = backend.encode("q", [long], ScoreOptions(truncation="truncate", direction="left"))
+    chunks = backend.encode("q", [long], ScoreOptions(truncation="chunk"))
+    assert right.n_tokens == left.n_tokens == MAX_LENGTH
+    assert right.ids[1] != left.ids[1] and right.ids[-1] == left.ids[-1]  # both keep [SEP]
+    assert len(chunks) > 1 and all(c.doc == 0 and c.n_tokens <= MAX_LENGTH for c in chunks)
+    assert chunks[0].ids.tolist() == right.ids.tolist()
+    assert chunks[-1].ids[-2] == left.ids[-2]  # the last window reaches the end
+    (short,) = backend.encode("q", ["a short passage"], ScoreOptions(truncation="chunk"))
+    (same,) = backend.encode("q", ["a short passage"], ScoreOptions())
+    assert short.ids.tolist() == same.ids.tolist()

@@ -49,6 +49,21 @@ def test_bad_input_is_one_line_and_exit_1(run, args, stdin, fragment):
     _one_error_line(run(*args, input=stdin), fragment)
 
 
+def test_documents_that_are_not_utf8_are_one_line_and_a_usage_exit(tmp_path):
+    """From a pipe, in the C locale's UTF-8 mode (stdin surrogateescape) and a file alike."""
+    env = {"EDGERANK_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+    bad = tmp_path / "docs.txt"
+    bad.write_bytes(b"fine\na\xff\n")
+    for args, stdin in (([], b"a\xff\n"), (["--docs", str(bad)], b"")):
+        done = subprocess.run(
+            [sys.executable, "-X", "utf8", "-m", "edgerank", "score", "q", *args],
+            input=stdin, capture_output=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "not UTF-8" in lines[0], lines
+
+
 def test_corrupt_model_dir_is_one_line(run, tmp_path):
     d = tmp_path / "broken"
     d.mkdir()

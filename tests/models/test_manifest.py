@@ -75,3 +75,21 @@ def test_unreadable_manifest(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps({"name": "x", "unexpected": 1}))
     with pytest.raises(ModelCorrupt, match="unreadable"):
         Manifest.read(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "what"),
+    [
+        ("files", "oops", '"files" must be an object'),
+        ("files", {"model.onnx": "oops"}, "\"files\"['model.onnx'] must be an object"),
+        ("max_length", "512", '"max_length" must be an integer'),
+        ("name", ["x"], '"name" must be a string'),
+    ],
+)
+def test_a_manifest_of_wrong_types_is_one_line(model_dir, field, bad, what):
+    data = json.loads((model_dir / MANIFEST).read_text())
+    data[field] = bad
+    (model_dir / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ModelCorrupt, match="unreadable") as err:
+        Manifest.read(model_dir).verify(model_dir)
+    assert what in str(err.value) and "\n" not in str(err.value)

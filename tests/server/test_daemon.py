@@ -87,6 +87,9 @@ class Notifications:
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGERANK_", "WATCHDOG_"))}
     env.pop("NOTIFY_SOCKET", None)
+    # a script's own directory comes first on sys.path, not the cwd: import this checkout's
+    # edgerank, not whichever one an editable install points at
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 
@@ -249,3 +252,115 @@ def test_remote_code_opt_in_reaches_the_loader(monkeypatch, env, expected):
     with pytest.raises(RuntimeError, match="stop here"):
         daemon.load_backend(load({"model": "m"}, env=env))
     assert seen["allow_remote_code"] is expected
+
+
+# -- shutdown bounds ------------------------------------------------------------------------
+
+# A model whose batches for the query "stuck" never finish within the test (a hung or very
+# slow backend); everything else scores normally.
+STUCK_DAEMON = textwrap.dedent(
+    """
+    import sys, time
+    from edgerank.server import daemon
+    from edgerank.backends.base import ScoreOptions
+    from edgerank.backends.onnx import OnnxBackend
+    from edgerank.server.settings import load
+
+    class Stuck:
+        def __init__(self, inner):
+            self.inner = inner
+            self.stuck = inner.encode("stuck", ["x"], ScoreOptions())[0].ids.tolist()[:3]
+        def encode(self, *args):
+            return self.inner.encode(*args)
+        def score(self, batch):
+            if any(it.ids.tolist()[:3] == self.stuck for it in batch):
+                time.sleep(600)
+            return self.inner.score(batch)
+        def info(self):
+            return self.inner.info()
+        def close(self):
+            self.inner.close()
+
+    def factory(settings):
+        return Stuck(OnnxBackend.from_dir(settings.model, threads=1)), [], {}
+
+    flags = {"model": sys.argv[1], "socket": sys.argv[2], "listen": "",
+             "http_socket": sys.argv[3], "drain_timeout_s": sys.argv[4]}
+    sys.exit(daemon.run(load(flags, env={}), factory))
+    """
+)
+
+
+def _stuck_daemon(tiny_onnx_dir, tmp_path, notify, drain_s: float):
+    script = tmp_path / "stuck_daemon.py"
+    script.write_text(STUCK_DAEMON)
+    sock, http_sock = tmp_path / "edgerank.sock", tmp_path / "http.sock"
+    cmd = [sys.executable, str(script), str(tiny_onnx_dir), str(sock), str(http_sock), str(drain_s)]
+    env = clean_env(NOTIFY_SOCKET=str(notify.path))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    notify.wait_for("READY=1")
+    return proc, sock, http_sock
+
+
+def _log_time(stderr: str, fragment: str) -> float:
+    """The daemon's own timestamp (asctime, ms) of its first log line holding fragment."""
+    import datetime
+
+    for line in stderr.splitlines():
+        if fragment in line:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            return stamp.timestamp()
+    raise AssertionError(f"no log line with {fragment!r}:\n{stderr}")
+
+
+def test_a_half_sent_http_body_does_not_hold_sigterm(tiny_onnx_dir, tmp_path, notify):
+    """The call counts as in flight only once its body is read: the drain does not wait for
+    a client that stopped halfway (before: the whole drain_timeout_s)."""
+    drain_s = 30.0
+    proc, _, http_sock = _stuck_daemon(tiny_onnx_dir, tmp_path, notify, drain_s)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(str(http_sock))
+        client.settimeout(60)
+        client.sendall(
+            b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert client.recv(100).startswith(b"HTTP/1.1 100 Continue")  # its handler runs
+        client.sendall(b'{"query": "cat", "texts": ["a", ')  # ... and nothing more
+        proc.send_signal(signal.SIGTERM)
+        code, err = stop(proc)
+    finally:
+        client.close()
+        stop(proc)
+    assert code == 0, err
+    held = _log_time(err, "stopped") - _log_time(err, "SIGTERM: draining")
+    assert held < drain_s / 2, err  # generous: it takes well under a second
+    assert "draining 0 in-flight calls" in err
+
+
+def test_exit_within_the_drain_timeout_even_when_a_batch_hangs(tiny_onnx_dir, tmp_path, notify):
+    """SIGTERM -> 'stopped' within drain_timeout_s + 1 s (+ slack for a loaded machine),
+    even when the accepted call never finishes (before: up to twice the drain + 2 s)."""
+    drain_s = 6.0
+    proc, sock, _ = _stuck_daemon(tiny_onnx_dir, tmp_path, notify, drain_s)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        hung = pool.submit(
+            stub(f"unix:{sock}").Rerank, pb.RerankRequest(query="stuck", documents=["x"]),
+            timeout=120,
+        )  # fmt: skip
+        while stub(f"unix:{sock}").Info(pb.InfoRequest()).load.in_flight_requests < 1:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        code, err = stop(proc)
+        with pytest.raises(grpc.RpcError):
+            hung.result(60)
+    finally:
+        stop(proc)
+        pool.shutdown(cancel_futures=True)
+    assert code == 0, err
+    took = _log_time(err, "stopped") - _log_time(err, "SIGTERM: draining")
+    assert took >= drain_s - 0.1, err  # it did wait for the hung call first
+    assert took < drain_s + 1 + 2, err  # 2 s of slack for a busy machine; before: ~2x drain
+    assert "drain timeout: 1 calls still running" in err

@@ -602,8 +602,11 @@ def test_http_setting_defaults_to_loopback():
     assert http_address(":8080") == ("127.0.0.1", 8080)
     assert http_address("0.0.0.0:80") == ("0.0.0.0", 80)
     assert http_address("[::1]:9000") == ("::1", 9000)
-    for bad in ("unix:/run/x.sock", "host:port", "1.2.3.4:99999"):
+    for bad in ("unix:/run/x.sock", "host:port"):
         with pytest.raises(SettingsError, match="http must be"):
+            http_address(bad)
+    for bad in ("1.2.3.4:99999", "1.2.3.4:-1", "65536"):
+        with pytest.raises(SettingsError, match="out of range"):
             http_address(bad)
     settings = load({"http": "8080", "listen": "", "socket": ""}, env={}, config="/dev/null")
     assert settings.http == "8080"  # HTTP alone is something to listen on

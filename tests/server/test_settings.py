@@ -73,6 +73,11 @@ def test_broken_toml_and_missing_file(tmp_path):
         ({"listen": "unix:/run/x.sock"}, "use socket for Unix"),
         ({"tls_cert": "/c.pem"}, "both tls_cert and tls_key"),
         ({"token": "a", "token_file": "/t"}, "not both"),
+        ({"listen": "127.0.0.1:99999"}, "listen: port 99999 is out of range"),
+        ({"listen": "127.0.0.1:-1"}, "listen: port -1 is out of range"),
+        ({"http": "65536"}, "http: port 65536 is out of range"),
+        ({"backend": "gguf"}, "backend gguf needs a model"),
+        ({"read_timeout_s": 0}, "read_timeout_s must be > 0"),
     ],
 )
 def test_out_of_range_values_are_refused(tmp_path, flags, message):

@@ -1,0 +1,177 @@
+"""The HTTP face against hostile and foreign clients: deep JSON, stalled bodies, Infinity's and
+vLLM's /rerank body, served-model aliases, TEI's error types and GET /info.
+
+One real server (aiohttp + gRPC on one loop, the tiny INT8 model) for the module.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import httpx
+import pytest
+
+from edgerank.backends.onnx import OnnxBackend
+from tests.server.test_http import HttpServerThread, http_settings, ok
+from tests.support import tiny_models
+
+CORPUS = tiny_models.corpus(60, seed=41)
+ALIASES = "rerank-v3.5,jina-reranker-v2-base-multilingual"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_onnx_dir, tmp_path_factory):
+    settings = http_settings(
+        tmp_path_factory.mktemp("http-hardening"),
+        served_model_name=ALIASES,
+        max_message_bytes=1 << 20,  # room for the 100k-deep body
+    )
+    server = HttpServerThread(settings)
+    server.load(OnnxBackend.from_dir(tiny_onnx_dir, threads=1))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def client(served):
+    with httpx.Client(base_url=served.base, timeout=60) as c:
+        yield c
+
+
+# -- client errors are client errors --------------------------------------------------------
+
+
+def test_json_nested_100k_deep_is_400_without_a_traceback(client, caplog):
+    body = b'{"query": "q", "documents": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with caplog.at_level(logging.ERROR):
+        r = client.post("/v2/rerank", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "nested too deeply" in r.json()["error"]
+    assert not [rec for rec in caplog.records if rec.exc_info]  # nothing logged as a bug
+    assert len(ok(client.post("/v2/rerank", json={"query": "q", "documents": ["a"]}))["results"])
+
+
+def test_a_stalled_body_is_cut_off_with_408(tiny_onnx_dir, tmp_path):
+    """read_timeout_s (0.5 s here): a client that stops mid-body gets 408, not a hung handler."""
+    server = HttpServerThread(http_settings(tmp_path, read_timeout_s=0.5))
+    try:
+        server.load(OnnxBackend.from_dir(tiny_onnx_dir, threads=1))
+        with socket.create_connection(("127.0.0.1", server.http.tcp[1]), timeout=60) as s:
+            s.sendall(
+                b"POST /v2/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 500\r\n\r\n{"query": "q", '
+            )
+            head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"read_timeout_s" in head
+        assert server.service.calls == 0
+    finally:
+        server.close()
+
+
+# -- /rerank: TEI's body and the Cohere-style one ---------------------------------------------
+
+
+def test_rerank_takes_the_cohere_style_body_and_answers_in_its_shape(client):
+    docs = CORPUS[:8]
+    cohere_style = ok(
+        client.post(
+            "/rerank",
+            json={"model": "rerank-v3.5", "query": "tea", "documents": docs, "top_n": 3,
+                  "return_documents": True},
+        )
+    )  # fmt: skip
+    v2 = ok(client.post("/v2/rerank", json={"query": "tea", "documents": docs, "top_n": 3}))
+    assert [r["index"] for r in cohere_style["results"]] == [r["index"] for r in v2["results"]]
+    assert [r["relevance_score"] for r in cohere_style["results"]] == [
+        r["relevance_score"] for r in v2["results"]
+    ]
+    assert all(r["document"] == {"text": docs[r["index"]]} for r in cohere_style["results"])
+    assert cohere_style["model"] == "rerank-v3.5" and cohere_style["object"] == "rerank"
+    assert cohere_style["usage"]["total_tokens"] > 0
+    tei = ok(client.post("/rerank", json={"query": "tea", "texts": docs}))
+    assert isinstance(tei, list) and len(tei) == len(docs)  # TEI's bare array, unchanged
+
+
+def test_rerank_without_texts_or_documents_names_both(client):
+    r = client.post("/rerank", json={"query": "tea"})
+    assert r.status_code == 400
+    assert "'texts'" in r.json()["error"] and "'documents'" in r.json()["error"]
+
+
+# -- served-model names -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "rerank-v3.5", "jina-reranker-v2-base-multilingual"])
+def test_every_served_name_is_accepted_and_reported(client, name):
+    got = ok(client.post("/v1/rerank", json={"model": name, "query": "q", "documents": ["a"]}))
+    assert got["model"] == name
+
+
+def test_an_unknown_name_is_refused_naming_the_served_ones(client):
+    r = client.post("/v2/rerank", json={"model": "rerank-english-v3.0", "query": "q",
+                                        "documents": ["a"]})  # fmt: skip
+    assert r.status_code == 400
+    message = r.json()["error"]
+    for name in ("rerank-english-v3.0", "rerank-v3.5", "jina-reranker-v2-base-multilingual"):
+        assert repr(name) in message
+
+
+def test_served_model_name_is_a_setting_like_the_others(tmp_path):
+    from edgerank.server.settings import load
+
+    env = {"EDGERANK_SERVED_MODEL_NAME": "a, b"}
+    assert load({}, env=env, config="/dev/null").served_names() == ["a", "b"]
+    cfg = tmp_path / "e.toml"
+    cfg.write_text('served_model_name = ["rerank-v3.5", "x"]\n')
+    assert load({}, env={}, config=cfg).served_names() == ["rerank-v3.5", "x"]
+    flags = {"served_model_name": "c"}
+    assert load(flags, env=env, config=cfg).served_names() == ["c"]
+
+
+# -- TEI's error types and /info --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_type"),
+    [
+        ({"query": "q", "texts": []}, 400, "Empty"),
+        ({"query": "q", "texts": ["d"] * 51}, 413, "Validation"),
+        ({"query": "", "texts": ["d"]}, 400, "Validation"),
+        ({"query": "q", "texts": [" ".join(CORPUS)]}, 413, "Validation"),  # longer than the model
+    ],
+)
+def test_tei_error_types_are_teis(client, body, status, error_type):
+    r = client.post("/rerank", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error_type"] == error_type
+
+
+def test_get_info_speaks_teis_shape(client):
+    info = ok(client.get("/info"))
+    assert info["model_type"] == {
+        "reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+    }
+    assert info["model_id"] == "rerank-v3.5"  # the first served name
+    assert info["max_input_length"] == 128 and info["max_client_batch_size"] == 50
+    assert info["model_dtype"] == "int8" and isinstance(info["version"], str)
+    assert set(info["served_model_names"]) == {"tiny-bert", *ALIASES.split(",")}
+
+
+def test_the_bi_encoder_refuses_over_long_texts_unless_truncate(tmp_path):
+    """TEI's rule holds for the embedded fallback too: 413 unless truncate=true."""
+    from edgerank.backends.biencoder import BiEncoderBackend
+
+    server = HttpServerThread(http_settings(tmp_path))
+    try:
+        server.load(BiEncoderBackend(threads=1))
+        long = " ".join(f"word{i}" for i in range(400))
+        with httpx.Client(base_url=server.base, timeout=60) as c:
+            r = c.post("/rerank", json={"query": "q", "texts": ["short", long]})
+            assert r.status_code == 413 and "truncate=true" in r.json()["error"], r.text
+            cut = ok(c.post("/rerank", json={"query": "q", "texts": ["short", long],
+                                             "truncate": True}))  # fmt: skip
+            assert sorted(x["index"] for x in cut) == [0, 1]
+    finally:
+        server.close()
