@@ -80,6 +80,7 @@ class Service:
         self.in_flight = 0  # requests past admission
         self.calls = 0  # RPCs inside a handler, streaming ones included
         self.completed = 0
+        self._last_knock = 0.0  # monotonic time of the drain, or of the last call it refused
         self._idle: asyncio.Event | None = None
         self._info: BackendInfo | None = None
         self._health_items: list[Encoded] = []
@@ -143,10 +144,12 @@ class Service:
         """Refuse new calls from now on; the ones already inside still finish."""
         if self.state in ("serving", "warming"):
             self.state = "draining"
+            self._last_knock = time.monotonic()
 
     def begin_call(self) -> None:
         """A transport handler starts: refused (UNAVAILABLE) unless serving."""
         if self.state == "draining":
+            self._last_knock = time.monotonic()
             raise Unavailable("the server is draining for shutdown; retry on another replica")
         self.require_ready()
         self.calls += 1
@@ -166,6 +169,19 @@ class Service:
         except asyncio.TimeoutError:
             return False
         return True
+
+    async def wait_quiet(self, quiet_s: float, timeout: float) -> None:
+        """After drain(): linger while clients still send calls (each refused UNAVAILABLE,
+        which a balancing client retries on another replica) until none came for
+        `quiet_s`, at most `timeout`. Closing the listener sooner cancels the calls that
+        race the close; lingering gives health-checking clients time to see NOT_SERVING."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            left = self._last_knock + quiet_s - time.monotonic()
+            if left <= 0 or loop.time() >= end:
+                return
+            await asyncio.sleep(min(left, end - loop.time()))
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued work, stop the worker, release the model."""

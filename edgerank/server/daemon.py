@@ -156,7 +156,7 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
             await asyncio.to_thread(service.close, settings.drain_timeout_s)
         if listening.socket_path is not None:
             listening.socket_path.unlink(missing_ok=True)
-        log.info("stopped")
+        log.info("stopped after %d completed requests", service.completed)
 
 
 async def _start_http(
@@ -188,6 +188,7 @@ async def _drain(
     log.info("SIGTERM: draining %d in-flight calls", service.calls)
     if not await service.wait_idle(settings.drain_timeout_s):
         log.warning("drain timeout: %d calls still running are cancelled", service.calls)
+    await service.wait_quiet(settings.drain_quiet_s, settings.drain_timeout_s)
     # the answers of the last calls are still being written: let them go out
     await listening.server.stop(grace=min(1.0, settings.drain_timeout_s))
     if http is not None:

@@ -54,6 +54,9 @@ class Settings:
     max_document_chars: int = _opt(32768, "characters per document (and query) at most")
     max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, how long in-flight requests may finish")
+    drain_quiet_s: float = _opt(
+        0.5, "on SIGTERM, keep refusing new calls (UNAVAILABLE) until none came for this long"
+    )
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
     tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
     tls_key: str = _opt("", "PEM private key for TLS on the TCP listeners (gRPC and HTTP)")
@@ -121,7 +124,7 @@ def _check(s: Settings) -> Settings:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0, got {getattr(s, name)}")
-    for name in ("threads", "max_batch_pairs", "batch_wait_ms", "drain_timeout_s"):
+    for name in ("threads", "max_batch_pairs", "batch_wait_ms", "drain_timeout_s", "drain_quiet_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name} must be >= 0, got {getattr(s, name)}")
     if not 0.0 <= s.fidelity_sample <= 1.0:
