@@ -3,9 +3,9 @@
 # it: it starts with a read-only root filesystem as user 10001, answers a rerank over gRPC
 # and over HTTP, reports SERVING on grpc.health.v1, and exits 0 on SIGTERM.
 #
-# Usage (root): deploy/container/check.sh [MODEL_ARCHIVE]
+# Usage (root): deploy/container/check.sh [MODEL_ARCHIVE [MODEL]]
 #   MODEL_ARCHIVE: an `edgerank export` archive inside the checkout to bake in; without it
-#   the image serves the embedded offline model.
+#   the image serves the embedded offline model. MODEL: the name to serve (EDGERANK_MODEL).
 # Environment: PODMAN (default: runc, vfs storage, cgroupfs, file events: what nested
 # sandboxes allow; crun refuses a cgroup v1/v2 hybrid with a controller on v2), LIMITS
 # (default: nofile and nproc at 4096, because podman's defaults raise them and a sandbox
@@ -23,6 +23,7 @@ IMAGE=localhost/edgerank:check
 GRPC_PORT=${GRPC_PORT:-58051}
 HTTP_PORT=${HTTP_PORT:-58080}
 ARCHIVE=${1:-}
+MODEL=${2:-}
 say() { echo "== $* ($(date -u +%H:%M:%S))" >&2; }
 
 if ! $PODMAN image exists "$BASE"; then
@@ -45,12 +46,14 @@ say "podman run --read-only (host network, ports $GRPC_PORT/$HTTP_PORT)"
 $PODMAN run -d --name "$name" $LIMITS --read-only --network=host \
   --security-opt=no-new-privileges --cap-drop=ALL \
   -e EDGERANK_LISTEN="127.0.0.1:$GRPC_PORT" -e EDGERANK_HTTP="127.0.0.1:$HTTP_PORT" \
+  ${MODEL:+-e EDGERANK_MODEL="$MODEL"} \
   "$IMAGE" >/dev/null
 trap '$PODMAN rm -f "$name" >/dev/null 2>&1 || true' EXIT
 echo "USER $($PODMAN exec "$name" id -u)"
 
 say "waiting for SERVING (grpc.health.v1)"
 for _ in $(seq 1 600); do
+  [ "$($PODMAN inspect --format '{{.State.Running}}' "$name")" = true ] || break
   if out=$($PODMAN exec "$name" /opt/edgerank/bin/python /opt/edgerank/healthcheck.py 2>/dev/null); then
     break
   fi
