@@ -1,13 +1,26 @@
-"""A small client for a running daemon: `edgerank score --server ADDR` and `bench --server`.
+"""A small client for running daemons: `edgerank score --server ADDR` and `bench --server`.
 
-ADDR is HOST:PORT or unix:/path/to/socket. Server errors come back as the same domain
+ADDR is one of
+  HOST:PORT               every address the name resolves to (gRPC's DNS resolver, which
+                          re-resolves when a connection fails: a Kubernetes headless Service)
+  dns:///NAME:PORT        the same, spelled the gRPC way
+  HOST:PORT,HOST:PORT...  several replicas (resolved once, given to gRPC as one ipv4:/ipv6:
+                          multi-address target)
+  unix:/path/to/socket    one local daemon
+
+Balancing and failover are gRPC's own, set by the service config below: round_robin over
+the replicas, a replica leaves the rotation while its grpc.health.v1 status is not SERVING
+(client-side health checking: it drains on SIGTERM, loads at start), and a call refused
+with UNAVAILABLE is retried on another replica. Server errors come back as the same domain
 errors a local run raises, so the CLI prints them the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import statistics
 import time
 from collections.abc import Sequence
@@ -32,6 +45,113 @@ _ERRORS: dict[grpc.StatusCode, type[errors.EdgerankError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: errors.BackendUnavailable,
     grpc.StatusCode.INTERNAL: errors.BackendFailure,
 }
+
+
+#: the service whose grpc.health.v1 status decides whether a replica takes calls
+HEALTH_SERVICE = pb.DESCRIPTOR.services_by_name["Reranker"].full_name
+#: retries of a call refused with UNAVAILABLE (draining, loading, connection lost before
+#: the call was sent): gRPC caps attempts at 5, and each goes through round_robin again
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+_MESSAGE_LIMITS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+
+
+def service_config() -> str:
+    """The channel's service config (JSON): round_robin, health checking, retries."""
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
+            "methodConfig": [
+                {
+                    "name": [
+                        {"service": HEALTH_SERVICE},
+                        {"service": "tei.v1.Rerank"},
+                        {"service": "tei.v1.Info"},
+                    ],
+                    "retryPolicy": RETRY_POLICY,
+                }
+            ],
+        }
+    )
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    return [
+        *_MESSAGE_LIMITS,
+        ("grpc.service_config", service_config()),
+        # ours, not one a DNS TXT record might carry
+        ("grpc.service_config_disable_resolution", 1),
+        ("grpc.enable_retries", 1),
+    ]
+
+
+def _split_host_port(item: str) -> tuple[str, str]:
+    host, sep, port = item.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise errors.InvalidInput(f"server address {item!r} is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), port
+
+
+def _addresses(host: str, port: str) -> list[tuple[int, str]]:
+    try:  # an IP literal resolves to itself, without a DNS query
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise errors.InvalidInput(f"cannot resolve server {host!r}: {exc}") from None
+    return [(family, sockaddr[0]) for family, _, _, _, sockaddr in infos]
+
+
+def target(address: str) -> str:
+    """The gRPC target for ADDR (see the module docstring)."""
+    address = address.strip()
+    items = [a.strip() for a in address.split(",") if a.strip()]
+    if not items:
+        raise errors.InvalidInput("no server address given")
+    if len(items) == 1:
+        return items[0]
+    if any(i.startswith(("unix:", "dns:", "ipv4:", "ipv6:")) for i in items):
+        raise errors.InvalidInput(
+            f"server list {address!r}: give several HOST:PORT, or one unix:/dns: target"
+        )
+    v4: list[str] = []
+    v6: list[str] = []
+    all_v4 = all_v6 = True
+    for item in items:
+        host, port = _split_host_port(item)
+        found = _addresses(host, port)
+        four = sorted({a for f, a in found if f == socket.AF_INET})
+        six = sorted({a for f, a in found if f == socket.AF_INET6})
+        all_v4, all_v6 = all_v4 and bool(four), all_v6 and bool(six)
+        v4 += [f"{a}:{port}" for a in four]
+        v6 += [f"[{a}]:{port}" for a in six]
+    if all_v4:
+        return "ipv4:" + ",".join(dict.fromkeys(v4))
+    if all_v6:
+        return "ipv6:" + ",".join(dict.fromkeys(v6))
+    raise errors.InvalidInput(
+        f"server list {address!r} mixes IPv4-only and IPv6-only replicas: gRPC's "
+        "multi-address target takes one family"
+    )
+
+
+def channel(address: str, *, tls: bool = False, root_cert: str | None = None) -> grpc.Channel:
+    """A channel over every replica ADDR names, balanced and failing over as above."""
+    where, opts = target(address), channel_options()
+    if tls or root_cert:
+        return grpc.secure_channel(where, _credentials(root_cert), options=opts)
+    return grpc.insecure_channel(where, options=opts)
+
+
+def aio_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target(address), options=channel_options())
 
 
 @dataclass(frozen=True)
@@ -108,16 +228,8 @@ def rerank(
 ) -> RemoteResult:
     """Rank on the daemon at `address`; raises the domain error the server reported."""
     req = _request(query, documents, top_n, options, model, return_documents)
-    opts = [
-        ("grpc.max_receive_message_length", 64 << 20),
-        ("grpc.max_send_message_length", 64 << 20),
-    ]
-    if tls or root_cert:
-        channel = grpc.secure_channel(address, _credentials(root_cert), options=opts)
-    else:
-        channel = grpc.insecure_channel(address, options=opts)
-    with channel:
-        stub = pb_grpc.RerankerStub(channel)
+    with channel(address, tls=tls, root_cert=root_cert) as chan:
+        stub = pb_grpc.RerankerStub(chan)
         try:
             resp = stub.Rerank(req, timeout=timeout, metadata=_metadata(token))
             info = stub.Info(pb.InfoRequest(), timeout=timeout, metadata=_metadata(token))
@@ -141,8 +253,8 @@ async def _bench(
     latencies: list[float] = []
     failures: dict[str, int] = {}
     left = requests
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.RerankerStub(channel)
+    async with aio_channel(address) as chan:
+        stub = pb_grpc.RerankerStub(chan)
         await stub.Info(pb.InfoRequest(), metadata=_metadata(token))  # connect first
 
         async def worker() -> None:

@@ -74,8 +74,9 @@ class Cancelled(EdgerankError):
     """The caller gave up on the job; its queued items were dropped."""
 
 
-def missing_extra(module: str, extra: str) -> BackendUnavailable:
+def missing_extra(module: str, extra: str, also: str = "") -> BackendUnavailable:
     """The one-line error for an optional dependency that is not installed."""
     return BackendUnavailable(
         f"{module} is not installed: install the extra with `pip install 'edgerank[{extra}]'`"
+        + also
     )

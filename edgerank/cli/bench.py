@@ -20,7 +20,11 @@ from edgerank.cli.common import friendly
 @click.option("--pairs", default=32, help="Pairs per batch.")
 @click.option("--tokens", default=128, help="Tokens per pair.")
 @click.option("--rounds", default=7, help="Interleaved timing rounds (medians reported).")
-@click.option("--server", help="Load-test a running daemon instead (host:port or unix:/path).")
+@click.option(
+    "--server",
+    help="Load-test running daemons instead (as score --server: host:port, a comma "
+    "list, or unix:/path).",
+)
 @click.option("--clients", default="1,8,64", help="With --server: concurrent clients to try.")
 @click.option("--requests", "n_requests", default=64, help="With --server: requests per level.")
 @click.option("--docs", "n_docs", default=16, help="With --server: documents per request.")

@@ -1,4 +1,5 @@
-"""`edgerank pull` and `edgerank import`: models into the store."""
+"""`edgerank pull`, `edgerank import` and `edgerank export`: models into (and out of) the
+store."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import click
 
 from edgerank.cli.common import friendly, progress
+from edgerank.errors import InvalidInput
 
 
 @click.command()
@@ -39,8 +41,8 @@ def pull(name, prebuilt_int8, revision, backend):
 
 
 @click.command("import")
-@click.argument("path", type=click.Path(file_okay=False))
-@click.option("--name", required=True, help="Name in the store.")
+@click.argument("path", type=click.Path())
+@click.option("--name", help="Name in the store (a directory needs one; an archive has its own).")
 @click.option(
     "--backend",
     type=click.Choice(["onnx", "gguf", "torch"]),
@@ -53,11 +55,24 @@ def pull(name, prebuilt_int8, revision, backend):
 def import_(path, name, backend):
     """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline;
     with --backend gguf, as GGUF files (or install the *.gguf files PATH holds); with
-    --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one)."""
+    --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one).
+    PATH may also be an archive from `edgerank export`: installed unchanged, checksums checked."""
     from edgerank.catalog.load import load_catalog
     from edgerank.store.entries import ModelStore
 
     store = ModelStore()
+    if Path(path).is_file():
+        from edgerank.store import archive
+
+        target = archive.import_archive(store, Path(path), name)
+        click.echo(
+            f"installed {target.parent.name} ({target.name}) in {target}, checksums verified"
+        )
+        return
+    if not Path(path).is_dir():
+        raise InvalidInput(f"{path}: no such file or directory")
+    if not name:
+        raise InvalidInput("importing a directory needs --name NAME")
     if backend == "gguf":
         target = store.import_gguf(name, Path(path), progress=progress)
     elif backend == "torch":
@@ -71,3 +86,22 @@ def import_(path, name, backend):
     fid = Manifest.read(target).fidelity
     against = {"gguf": "the most precise quant", "torch": "itself"}.get(backend, "fp32")
     click.echo(f"installed {name} in {target}; fidelity vs {against}: {json.dumps(fid)}")
+
+
+@click.command("export")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "gguf", "torch"]),
+    help="Which entry of NAME (needed only when several are installed).",
+)
+@friendly
+def export_(name, file, backend):
+    """Pack an installed model into one archive FILE (.tar, or .tar.gz) for `edgerank import`
+    on another box: the files and the manifest with their checksums, unchanged."""
+    from edgerank.store import archive
+    from edgerank.store.entries import ModelStore
+
+    out = archive.export(ModelStore(), name, backend, Path(file))
+    click.echo(f"wrote {out} ({out.stat().st_size / (1 << 20):.1f} MiB)")

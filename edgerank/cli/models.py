@@ -27,6 +27,7 @@ def models(as_json):
                 "kind": spec.kind,
                 "languages": list(spec.languages),
                 "params_m": spec.params_m,
+                "hidden": spec.hidden,
                 "memory_mib": spec.memory_mib,
                 "backends": list(spec.backends),
                 "quality": spec.quality,

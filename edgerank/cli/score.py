@@ -81,7 +81,11 @@ def _parse_jsonl(lines: list[str]) -> list[str] | None:
 @click.option("--direction", type=click.Choice(["right", "left"]), default="right")
 @click.option("--instruction", help="Task instruction for LLM rerankers.")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: probed).")
-@click.option("--server", help="Score on a running daemon (host:port or unix:/path).")
+@click.option(
+    "--server",
+    help="Score on running daemons: host:port (every address of the name), a comma list of "
+    "host:port, or unix:/path; balanced round robin, failing over to healthy replicas.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.option(
     "--allow-remote-code", is_flag=True, help="Run modelling code the checkpoint ships (torch)."

@@ -33,6 +33,7 @@ import numpy as np
 
 from edgerank.backends.padding import pad_batch
 from edgerank.convert.graph import MS_DOMAIN, Graph, fed_by, first_token_last_layer, quantizable
+from edgerank.errors import missing_extra
 from edgerank.quality.texts import calibration_pairs
 
 log = logging.getLogger("edgerank.convert")
@@ -69,6 +70,19 @@ CALIBRATION_MAX_LENGTH = 128
 # --------------------------------------------------------------------------- quantize
 
 
+def require_quantize() -> None:
+    """Fail in one line, before any download, where the `quantize` extra is absent: a
+    serving-only install runs INT8 models but cannot make them."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise missing_extra(
+            "onnx (needed to quantize)",
+            "quantize",
+            also="; or quantize elsewhere and `edgerank import` its `edgerank export` archive",
+        ) from exc
+
+
 def quantize_int8(
     fp32_onnx: Path | str,
     out_onnx: Path | str,
@@ -76,6 +90,7 @@ def quantize_int8(
     calibration: Sequence[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Write the INT8 model; return the recipe with what was actually applied."""
+    require_quantize()
     import onnx
 
     recipe = {**DEFAULT_RECIPE, **(recipe or {})}

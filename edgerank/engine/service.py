@@ -94,6 +94,7 @@ class Service:
         self.in_flight = 0  # requests past admission
         self.calls = 0  # RPCs inside a handler, streaming ones included
         self.completed = 0
+        self._last_knock = 0.0  # monotonic time of the drain, or of the last call it refused
         self._idle: asyncio.Event | None = None
         self._info: BackendInfo | None = None
         self._health_items: list[Encoded] = []
@@ -162,10 +163,12 @@ class Service:
         """Refuse new calls from now on; the ones already inside still finish."""
         if self.state in ("serving", "warming"):
             self.state = "draining"
+            self._last_knock = time.monotonic()
 
     def accepting(self) -> None:
         """Refuse (UNAVAILABLE) unless serving: checked before a request is even read."""
         if self.state == "draining":
+            self._last_knock = time.monotonic()
             raise Unavailable("the server is draining for shutdown; retry on another replica")
         self.require_ready()
 
@@ -204,6 +207,19 @@ class Service:
         cache, self.cache = self.cache, None
         if cache is not None:
             await cache.close()
+
+    async def wait_quiet(self, quiet_s: float, timeout: float) -> None:
+        """After drain(): linger while clients still send calls (each refused UNAVAILABLE,
+        which a balancing client retries on another replica) until none came for
+        `quiet_s`, at most `timeout`. Closing the listener sooner cancels the calls that
+        race the close; lingering gives health-checking clients time to see NOT_SERVING."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            left = self._last_knock + quiet_s - time.monotonic()
+            if left <= 0 or loop.time() >= end:
+                return
+            await asyncio.sleep(min(left, end - loop.time()))
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued work, stop the worker, release the model."""

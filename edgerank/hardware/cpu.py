@@ -101,19 +101,48 @@ def physical_cores(root: str | Path, cpus: Iterable[int]) -> int:
     return len(cpus)
 
 
-def read_isa(root: str | Path = "/") -> frozenset[str]:
-    """The ISA extensions edgerank cares about, present on every CPU.
+#: the /proc/cpuinfo key and the extensions of interest, per architecture
+_ISA_KEYS = {"x86_64": ("flags", X86_ISA), "aarch64": ("Features", ARM_ISA)}
+#: arm64 hwcaps (asm/hwcap.h): name -> (getauxval type, bit); AT_HWCAP = 16, AT_HWCAP2 = 26
+ARM_HWCAPS = {"asimddp": (16, 1 << 20), "sve": (16, 1 << 22), "i8mm": (26, 1 << 13),
+              "bf16": (26, 1 << 14)}  # fmt: skip
 
-    x86 lists them under "flags", arm64 under "Features"; the intersection across CPUs keeps
-    a hybrid part honest about what every core can run.
-    """
+
+def cpuinfo_isa(root: str | Path, arch: str | None) -> frozenset[str] | None:
+    """The extensions of interest under the architecture's /proc/cpuinfo key, intersected
+    across CPUs (a hybrid part is only as good as its weakest core); None when no block
+    carries that key. Without `arch`, whichever key a block has."""
+    keys = [_ISA_KEYS[arch]] if arch in _ISA_KEYS else list(_ISA_KEYS.values())
     found: set[str] | None = None
     for block in _cpuinfo_blocks(Path(root)):
-        if "flags" in block:
-            have = set(block["flags"].split()) & X86_ISA
-        elif "Features" in block:
-            have = set(block["Features"].split()) & ARM_ISA
-        else:
-            continue
-        found = have if found is None else found & have
-    return frozenset(found or ())
+        for key, known in keys:
+            if key in block:
+                have = set(block[key].split()) & known
+                found = have if found is None else found & have
+                break
+    return None if found is None else frozenset(found)
+
+
+def read_isa(root: str | Path = "/", arch: str | None = None) -> frozenset[str]:
+    """The ISA extensions edgerank cares about, present on every CPU.
+
+    x86 lists them under "flags", arm64 under "Features". Given `arch`, only that
+    architecture's key counts: an aarch64 process under qemu-user (< 8.1) reads the x86
+    host's /proc/cpuinfo, whose "flags" say nothing about the CPU it runs on.
+    """
+    return cpuinfo_isa(root, arch) or frozenset()
+
+
+def read_arm_hwcaps() -> frozenset[str] | None:
+    """The arm64 extensions the kernel (or qemu-user) hands this process in its auxiliary
+    vector: the ground truth where /proc/cpuinfo has no "Features" line. Call it on aarch64
+    only (the bits mean other things elsewhere); None where getauxval is missing."""
+    import ctypes
+
+    try:
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return None
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    words = {at: getauxval(at) for at in {at for at, _ in ARM_HWCAPS.values()}}
+    return frozenset(name for name, (at, bit) in ARM_HWCAPS.items() if words[at] & bit)

@@ -13,7 +13,13 @@ import platform
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from edgerank.hardware.cpu import logical_cpus, physical_cores, read_affinity, read_isa
+from edgerank.hardware.cpu import (
+    cpuinfo_isa,
+    logical_cpus,
+    physical_cores,
+    read_affinity,
+    read_arm_hwcaps,
+)
 from edgerank.hardware.facts import Gpu, Hardware
 from edgerank.hardware.gpu import detect_gpus
 from edgerank.hardware.memory import (
@@ -56,12 +62,15 @@ def probe(
     machine: str | None = None,
     affinity: Callable[[], Iterable[int]] | None = None,
     gpu_reader: Callable[[], tuple[Gpu, ...]] = detect_gpus,
+    hwcap_reader: Callable[[], frozenset[str] | None] | None = None,
 ) -> Hardware:
     """Assemble every fact into a Hardware record; missing facts become defaults, not errors.
 
     On the real root the process affinity comes from os.sched_getaffinity; under a fixture
     root it comes from the tree's /proc/self/status, so a test sees only its own tree.
     `store_path` None leaves disk_free_mib None (the caller knows where the store is).
+    On aarch64 with no "Features" in /proc/cpuinfo, the ISA comes from the auxiliary vector
+    (read_arm_hwcaps; on the real root, or from `hwcap_reader`).
     """
     root = Path(root)
     real = is_real_root(root)
@@ -91,6 +100,11 @@ def probe(
     if quota is not None:
         usable = min(usable, quota)
 
+    isa = cpuinfo_isa(root, arch)
+    if isa is None and arch == "aarch64":
+        reader = hwcap_reader or (read_arm_hwcaps if real else None)
+        isa = reader() if reader is not None else None
+
     return Hardware(
         arch=arch,
         ram_total_mib=mem[0],
@@ -100,7 +114,7 @@ def probe(
         logical_cpus=logical,
         usable_cpus=usable,
         physical_cores=physical_cores(root, cpus),
-        isa=read_isa(root),
+        isa=isa or frozenset(),
         gpus=gpu_reader(),
         disk_free_mib=None if store_path is None else disk_free_mib(store_path),
     )

@@ -26,7 +26,7 @@ def _graph(int8: bool, k: int, n: int, rng: np.random.Generator) -> bytes:
     try:
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as exc:
-        raise missing_extra("onnx", "convert") from exc
+        raise missing_extra("onnx", "quantize") from exc
 
     if int8:
         weight = rng.integers(-63, 64, (k, n), dtype=np.int8)

@@ -153,7 +153,7 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
             )
         await stopper
         deadline = loop.time() + settings.drain_timeout_s
-        await _drain(service, listening, http, deadline)
+        await _drain(service, listening, http, deadline, settings.drain_quiet_s)
         return 0
     except EdgerankError as exc:
         log.error("%s", exc)
@@ -169,7 +169,7 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
             left = settings.drain_timeout_s if deadline is None else deadline - loop.time()
             await asyncio.to_thread(service.close, max(0.0, left) + CLOSE_S)
         listening.release_socket()
-        log.info("stopped")
+        log.info("stopped after %d completed requests", service.completed)
 
 
 async def _start_http(
@@ -193,6 +193,7 @@ async def _drain(
     listening: grpc_server.Listening,
     http: HttpListening | None,
     deadline: float,
+    quiet_s: float,
 ) -> None:
     """Finish the accepted calls by `deadline`, then let their answers go out (FLUSH_S)."""
     loop = asyncio.get_running_loop()
@@ -202,6 +203,8 @@ async def _drain(
     log.info("SIGTERM: draining %d in-flight calls", service.calls)
     if not await service.wait_idle(max(0.0, deadline - loop.time())):
         log.warning("drain timeout: %d calls still running are cancelled", service.calls)
+    # keep refusing late calls until they stop coming: balancing clients retry elsewhere
+    await service.wait_quiet(quiet_s, max(0.0, deadline - loop.time()))
     await _close_listeners(listening, http, FLUSH_S)
 
 

@@ -61,6 +61,9 @@ class Settings:
     max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, how long in-flight requests may finish")
     read_timeout_s: float = _opt(30.0, "how long an HTTP client may take to send its body")
+    drain_quiet_s: float = _opt(
+        0.5, "on SIGTERM, keep refusing new calls (UNAVAILABLE) until none came for this long"
+    )
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
     tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
     tls_key: str = _opt("", "PEM private key for TLS on the TCP listeners (gRPC and HTTP)")
@@ -144,7 +147,7 @@ def _check(s: Settings) -> Settings:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0, got {getattr(s, name)}")
     non_negative = ("threads", "max_batch_pairs", "batch_wait_ms", "drain_timeout_s")
-    non_negative += ("cache_bytes", "cache_ttl_s", "cache_retry_s")
+    non_negative += ("drain_quiet_s", "cache_bytes", "cache_ttl_s", "cache_retry_s")
     for name in non_negative:
         if getattr(s, name) < 0:
             raise SettingsError(f"{name} must be >= 0, got {getattr(s, name)}")

@@ -42,6 +42,7 @@ class OnnxInstalls(StoreLayout):
         from edgerank.quality.fidelity import compare_onnx
 
         source_dir = checked_source(source_dir)
+        int8.require_quantize()
         target = self.path(name, "onnx")
         staging = self._staging(name)
         try:
@@ -146,6 +147,11 @@ class OnnxInstalls(StoreLayout):
                 "this edgerank pulls ONNX cross-encoders"
             )
         src = spec.onnx
+        fp32_route = getattr(src, "fp32_file", None) and not prebuilt_int8
+        if fp32_route or not src.int8_file:  # both quantize here
+            from edgerank.convert.int8 import require_quantize
+
+            require_quantize()  # before downloading anything
         with tempfile.TemporaryDirectory(dir=self._ensure_models_dir(), prefix=".pull-") as tmp:
             tmp_dir = Path(tmp)
             fp32 = getattr(src, "fp32_file", None)

@@ -346,6 +346,32 @@ def test_arm_probe_reports_arch_and_features(tmp_path: Path) -> None:
     assert hw.isa == frozenset({"asimddp"})
 
 
+def test_arm64_under_qemu_user_ignores_the_hosts_x86_flags(tmp_path: Path) -> None:
+    """qemu-user before 8.1 shows an aarch64 process the x86 host's /proc/cpuinfo: its
+    "flags" must not turn into aarch64 features; the auxiliary vector's hwcaps tell."""
+    make_tree(tmp_path, {"proc/cpuinfo": x86_cpuinfo(SAPPHIRE_RAPIDS_FLAGS, n=2)})
+    assert read_isa(tmp_path, "aarch64") == frozenset()
+    hw = probe(tmp_path, machine="aarch64", gpu_reader=no_gpus)
+    assert hw.arch == "aarch64" and hw.isa == frozenset()  # fixture root: no hwcaps read
+    hw = probe(
+        tmp_path, machine="aarch64", gpu_reader=no_gpus,
+        hwcap_reader=lambda: frozenset({"asimddp", "sve"}),
+    )  # fmt: skip
+    assert hw.isa == frozenset({"asimddp", "sve"})
+
+
+def test_arm64_cpuinfo_features_come_before_hwcaps(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"proc/cpuinfo": arm_cpuinfo(GRAVITON2_FEATURES, n=2)})
+
+    def never() -> frozenset[str]:
+        raise AssertionError("hwcaps read although /proc/cpuinfo has Features")
+
+    hw = probe(tmp_path, machine="aarch64", gpu_reader=no_gpus, hwcap_reader=never)
+    assert hw.isa == frozenset({"asimddp"})
+    # and an x86 box never reads an arm "Features" line as its own
+    assert read_isa(tmp_path, "x86_64") == frozenset()
+
+
 # --- GPUs ---------------------------------------------------------------------------------
 
 SMI_TWO_GPUS = """\
