@@ -1,13 +1,16 @@
-"""Accuracy-aware INT8: the fastest INT8 base, proved on natural text, backed off until faithful.
+"""Accuracy-aware INT8: quantize, prove it on natural text, back off until faithful.
 
-Why this recipe (bench/int8_frontier.py measures it on this AVX2 box): onnxruntime's own
-dynamic quantization (weights int8 per output channel, activations uint8 with one scale
-per tensor, computed at run time) runs on MLAS's fused DynamicQuantizeMatMul kernels and
-beats every in-graph W8A8 variant edgerank had (v2's per-token scales and SmoothQuant
-cost ~25% of the speed). Before quantizing, the FP32 graph gets onnxruntime's BERT fusions
-(LayerNorm, GELU, attention: what makes the peers fast) and, where the head reads only
-the first token, the last layer is computed for that row only after its keys and values
-(exact; convert/graph.first_token_last_layer).
+Two bases (bench/int8_frontier.py measures both): onnxruntime's own dynamic quantization
+(weights int8 per output channel, activations uint8 with ONE scale per tensor, computed at
+run time; MLAS's fused DynamicQuantizeMatMul) is the fastest INT8 here, but on real
+sentences it ranks far from FP32 (faq-head, 140 natural-text groups: Spearman 0.945, top-1
+kept 88%, all MatMuls INT8) and needed more than 24 of 32 MatMuls in FP32 before the
+floor, where it no longer paid. The per-token W8A8 base (convert/int8.py: uint8 scales per
+token, SmoothQuant on the LayerNorm-fed MatMuls) starts at 0.979 / 93% and reaches the
+floor with about a third of its MatMuls in FP32, so it is the default. Both run on the
+fused FP32 graph (onnxruntime's BERT fusions: LayerNorm, GELU, attention) with the last
+layer computed for the first token only where the head reads only that row (exact;
+convert/graph.first_token_last_layer).
 
 Speed alone is not the promise, so the file is measured before it is installed: INT8 vs
 the FP32 graph on a held-out natural-text probe (edgerank/quality/data/probe.jsonl, or
