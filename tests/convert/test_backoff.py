@@ -36,18 +36,29 @@ def fp32_dir(tiny_bert_hf, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def outlier_dir(fp32_dir, tmp_path_factory):
-    """The tiny model with one MatMul made hard to quantize: a few input rows of its weight
-    scaled 300x, so that per-channel int8 scales crush every other weight of that layer."""
+    """The tiny model with one MatMul made hard to quantize, same function: three input rows
+    of its weight scaled 1000x and its input scaled 1/1000 in those channels (a Mul before
+    it), so per-channel int8 weight scales crush every other row of that layer only."""
     import onnx
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     d = tmp_path_factory.mktemp("tiny-outlier")
     model = onnx.load(str(fp32_dir / "model.onnx"))
-    node = next(n for n in model.graph.node if n.name == TARGET)
+    nodes = list(model.graph.node)
+    node = next(n for n in nodes if n.name == TARGET)
     init = next(t for t in model.graph.initializer if t.name == node.input[1])
     w = numpy_helper.to_array(init).copy()
-    w[:3] *= 300.0
+    w[:3] *= 1000.0
     init.CopyFrom(numpy_helper.from_array(w.astype(np.float32), init.name))
+    scale = np.ones(w.shape[0], dtype=np.float32)
+    scale[:3] = 1.0 / 1000.0
+    model.graph.initializer.append(numpy_helper.from_array(scale, "er_test_scale"))
+    scaled = node.input[0] + "_er_scaled"
+    mul = helper.make_node("Mul", [node.input[0], "er_test_scale"], [scaled], name="er_mul")
+    node.input[0] = scaled
+    nodes.insert(nodes.index(node), mul)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     onnx.save(model, str(d / "model.onnx"))
     for f in ("tokenizer.json", "config.json"):
         (d / f).write_bytes((fp32_dir / f).read_bytes())
@@ -69,32 +80,42 @@ def test_shipped_sets_are_natural_disjoint_and_large_enough():
     assert cal_info["sha256"] != probe_info["sha256"]
 
 
-def test_backoff_keeps_exactly_the_sensitive_matmul(outlier_dir, tmp_path):
-    probe, cal = _probe(), sets.shipped(sets.CALIBRATION)[0]
+def test_measured_sensitivity_finds_the_outlier_matmul(outlier_dir, tmp_path):
+    """The switch pass (each MatMul alone in INT8, the rest FP32) ranks the outlier-scaled
+    MatMul first, by a wide margin: the order the back-off keeps MatMuls in FP32."""
+    cal = sets.shipped(sets.CALIBRATION)[0]
     tok = outlier_dir / "tokenizer.json"
-    # what INT8 with and without that one MatMul in FP32 measures, to set a floor between
     fused, prepared = ib.prepare_fp32(outlier_dir / "model.onnx", tmp_path / "pre")
-    base = ib.Base("token", fused, prepared, sets.pairs_of(cal, 2))
-    ref_s = ib.Scorer(prepared, tok, 1, 128)
-    enc = [ref_s.encode([(q, d) for d in docs]) for q, docs in probe]
-    ref = ref_s.score_groups(enc)
+    base = ib.Base("token", fused, prepared, sets.pairs_of(cal, 1))
+    path = base.build([], tmp_path / "k0.onnx")
+    names = ib.quantized_matmuls(fused, path)
+    assert TARGET in names and len(names) > 4
+    sens = ib.sensitivities(fused, path, names, tok, sets.pairs_of(cal, 1)[::4][:32], 1)
+    ranked = sorted(sens, key=sens.get, reverse=True)
+    assert ranked[0] == TARGET, sens
+    assert sens[TARGET] > 3 * sens[ranked[1]], sens
 
-    def measured(keep):
-        path = base.build(keep, tmp_path / f"k{len(keep)}.onnx")
-        return ib.agreement(ref, ib.Scorer(path, tok, 1, 128).score_groups(enc))
 
-    all_int8, one_kept = measured([]), measured([TARGET])
-    assert all_int8["spearman_mean"] < one_kept["spearman_mean"] - 0.02, (all_int8, one_kept)
-    floor = {"spearman_mean": one_kept["spearman_mean"] - 0.005}
-    got = ib.quantize_accurate(
-        outlier_dir / "model.onnx", tmp_path / "work", tok, probe=probe, calibration=cal,
-        policy=ib.Policy(floor=floor, min_speedup=0.0), threads=1, max_length=128,
+def test_backoff_stops_at_the_first_point_above_the_floor(fp32_dir, tmp_path):
+    """Keeping MatMuls FP32 in sensitivity order until the floor holds: with a floor set
+    just above what all-INT8 measures, the loop goes past 0 kept and records each point."""
+    probe, cal = _probe(140), sets.shipped(sets.CALIBRATION)[0]
+    tok = fp32_dir / "tokenizer.json"
+    first = ib.quantize_accurate(
+        fp32_dir / "model.onnx", tmp_path / "w0", tok, probe=probe, calibration=cal,
+        policy=ib.Policy(floor={"spearman_mean": 0.0}, min_speedup=0.0), threads=1, max_length=128,
     )  # fmt: skip
-    assert got["meets_floor"] and got["precision"] == "int8"
-    assert got["recipe"]["fp32_matmuls"] == [TARGET]
-    sens = got["recipe"]["sensitivity"]
-    assert max(sens, key=sens.get) == TARGET
-    assert [p["fp32_matmuls"] for p in got["frontier"]] == [0, 1]
+    assert [p["fp32_matmuls"] for p in first["frontier"]] == [0]
+    everything = ib.quantize_accurate(
+        fp32_dir / "model.onnx", tmp_path / "w1", tok, probe=probe, calibration=cal,
+        policy=ib.Policy(floor={"spearman_mean": 1.01}, min_speedup=0.0), threads=1, max_length=128,
+    )  # fmt: skip
+    counts = [p["fp32_matmuls"] for p in everything["frontier"]]
+    assert counts[:4] == [0, 1, 2, 3] and counts == sorted(counts)
+    assert not everything["meets_floor"]
+    order = sorted(everything["recipe"]["sensitivity"].items(), key=lambda kv: -kv[1])
+    best = max(everything["frontier"], key=lambda p: (p["spearman_mean"], p["top1_kept"]))
+    assert everything["recipe"]["fp32_matmuls"] == [n for n, _ in order[: best["fp32_matmuls"]]]
 
 
 def test_below_floor_is_refused_unless_allowed(fp32_dir, tmp_path):
