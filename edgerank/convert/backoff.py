@@ -296,10 +296,13 @@ def quantize_accurate(
     names: list[str] = []
     sens: dict[str, float] = {}
     chosen: dict[str, Any] | None = None
+    tried: set[int] = set()
     for count in SCHEDULE:
-        keep = order[:count]
-        if count and count > len(order):
+        count = min(count, len(order)) if count else 0  # the last point: every MatMul FP32
+        if count in tried:
             break
+        tried.add(count)
+        keep = order[:count]
         path = quant.build(keep, work / f"model.int8.keep{count}.onnx")
         names = names or quantized_matmuls(switch_src, path)
         cand = Scorer(path, tokenizer_json, threads, max_length)
