@@ -50,6 +50,11 @@ class BackendUnavailable(EdgerankError):
     """A backend whose runtime is not installed (names the pip extra) or cannot start."""
 
 
+class BelowFidelityFloor(EdgerankError):
+    """A quantized model that ranks unlike its FP32 original on the probe: not installed
+    unless the user opts in (--allow-below-floor)."""
+
+
 class BackendFailure(EdgerankError):
     """The runtime failed while scoring: a bug or a broken model, not the caller's fault."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import tiny_models
+from tests.support.install import any_int8
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +27,7 @@ def tiny_store(tmp_path_factory, tiny_bert_hf):
     from edgerank.store.entries import ModelStore
 
     store = ModelStore(tmp_path_factory.mktemp("edgerank-home"))
-    store.import_onnx("tiny-bert", tiny_bert_hf)
+    store.import_onnx("tiny-bert", tiny_bert_hf, policy=any_int8())
     return store
 
 

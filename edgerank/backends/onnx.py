@@ -133,7 +133,11 @@ class OnnxBackend:
             max_length=m.max_length,
             threads=self._threads,
             normalise=m.normalise,  # type: ignore[arg-type]
-            details={"model_file": m.model_file, "recipe": m.recipe.get("name", "")},
+            details={
+                "model_file": m.model_file,
+                "recipe": m.recipe.get("name", ""),
+                **({"fidelity_note": note} if (note := m.fidelity_note()) else {}),
+            },
             identity=m.identity(),
         )
 

@@ -12,10 +12,27 @@ from edgerank.cli.common import friendly, progress
 from edgerank.errors import InvalidInput
 
 
+def _int8_options(fn):
+    """The accuracy-aware INT8 install's options, shared by pull and import."""
+    fn = click.option(
+        "--keep-fp32", is_flag=True,
+        help="Keep the FP32 graph beside the INT8 file (the daemon's fidelity_sample needs it).",
+    )(fn)  # fmt: skip
+    fn = click.option(
+        "--allow-below-floor", is_flag=True,
+        help="Install the best INT8 found even when it ranks below the fidelity floor.",
+    )(fn)  # fmt: skip
+    return click.option(
+        "--calibration", type=click.Path(dir_okay=False, exists=True),
+        help='Your own calibration text: JSONL, one {"query": ..., "documents": [...]} a line.',
+    )(fn)  # fmt: skip
+
+
 @click.command()
 @click.argument("name")
 @click.option("--prebuilt-int8", is_flag=True, help="Take the hub's ready INT8 file as is.")
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
+@_int8_options
 @click.option(
     "--backend",
     type=click.Choice(["onnx", "gguf"]),
@@ -24,9 +41,10 @@ from edgerank.errors import InvalidInput
     help="gguf: the catalog's GGUF files, else the checkpoint converted with llama.cpp.",
 )
 @friendly
-def pull(name, prebuilt_int8, revision, backend):
+def pull(name, prebuilt_int8, revision, calibration, allow_below_floor, keep_fp32, backend):
     """Download a catalog model and install it (INT8 ONNX, or GGUF)."""
     from edgerank.catalog.load import load_catalog
+    from edgerank.convert.backoff import Policy
     from edgerank.store.entries import ModelStore
 
     spec = load_catalog().get(name)
@@ -36,6 +54,9 @@ def pull(name, prebuilt_int8, revision, backend):
         revision=revision,
         backend=backend,
         progress=progress,
+        calibration=calibration,
+        policy=Policy(allow_below_floor=allow_below_floor),
+        keep_reference=keep_fp32,
     )
     click.echo(f"installed {name} in {path}")
 
@@ -43,6 +64,7 @@ def pull(name, prebuilt_int8, revision, backend):
 @click.command("import")
 @click.argument("path", type=click.Path())
 @click.option("--name", help="Name in the store (a directory needs one; an archive has its own).")
+@_int8_options
 @click.option(
     "--backend",
     type=click.Choice(["onnx", "gguf", "torch"]),
@@ -52,12 +74,13 @@ def pull(name, prebuilt_int8, revision, backend):
     "already in PATH; torch: the checkpoint as it is (the cuda extra serves it).",
 )
 @friendly
-def import_(path, name, backend):
+def import_(path, name, calibration, allow_below_floor, keep_fp32, backend):
     """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline;
     with --backend gguf, as GGUF files (or install the *.gguf files PATH holds); with
     --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one).
     PATH may also be an archive from `edgerank export`: installed unchanged, checksums checked."""
     from edgerank.catalog.load import load_catalog
+    from edgerank.convert.backoff import Policy
     from edgerank.store.entries import ModelStore
 
     store = ModelStore()
@@ -73,6 +96,10 @@ def import_(path, name, backend):
         raise InvalidInput(f"{path}: no such file or directory")
     if not name:
         raise InvalidInput("importing a directory needs --name NAME")
+    if backend != "onnx" and (calibration or allow_below_floor or keep_fp32):
+        raise InvalidInput(
+            "--calibration, --allow-below-floor and --keep-fp32 apply to --backend onnx only"
+        )
     if backend == "gguf":
         target = store.import_gguf(name, Path(path), progress=progress)
     elif backend == "torch":
@@ -80,7 +107,10 @@ def import_(path, name, backend):
         spec = catalog.get(name) if name in catalog.names() else None
         target = store.import_torch(name, Path(path), spec=spec)
     else:
-        target = store.import_onnx(name, Path(path), progress=progress)
+        target = store.import_onnx(
+            name, Path(path), progress=progress, calibration=calibration,
+            policy=Policy(allow_below_floor=allow_below_floor), keep_reference=keep_fp32,
+        )  # fmt: skip
     from edgerank.models.manifest import Manifest
 
     fid = Manifest.read(target).fidelity

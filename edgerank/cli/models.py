@@ -18,7 +18,9 @@ def models(as_json):
     from edgerank.store.entries import ModelStore
 
     catalog = load_catalog()
-    installed = ModelStore().installed()
+    store = ModelStore()
+    installed = store.installed()
+    notes = fidelity_notes(store, installed)
     rows = []
     for spec in catalog:
         rows.append(
@@ -36,6 +38,7 @@ def models(as_json):
                 "installed": installed.get(
                     spec.name, ["embedded"] if spec.kind == "bi-encoder" else []
                 ),
+                "fidelity_note": notes.get(spec.name),
             }
         )
     if as_json:
@@ -55,3 +58,22 @@ def models(as_json):
             f"{r['name']:<36} {r['kind']:<14} {','.join(r['languages']):<10} {mem!s:>11}  "
             f"{qual:<18} {lic:<14} {','.join(r['installed']) or '-'}"
         )
+    for line in notes.values():  # custom imports too, not only catalog models
+        click.echo(f"warning: {line}")
+
+
+def fidelity_notes(store, installed: dict[str, list[str]]) -> dict[str, str]:
+    """name -> one line, for installed ONNX entries whose INT8 fidelity is not proved."""
+    from edgerank.errors import EdgerankError
+
+    out = {}
+    for name, backends in sorted(installed.items()):
+        if "onnx" not in backends:
+            continue
+        try:
+            note = store.manifest(name, "onnx").fidelity_note()
+        except EdgerankError:
+            continue
+        if note:
+            out[name] = note
+    return out

@@ -96,6 +96,13 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
     )
     if explain:
         click.echo(explain_choice(choice))
+        from edgerank.cli.models import fidelity_notes
+        from edgerank.store.entries import ModelStore
+
+        store = ModelStore()
+        name = choice.model.name
+        for line in fidelity_notes(store, {name: store.installed().get(name, [])}).values():
+            click.echo(f"warning: {line}")
     elif choice.measured:
         click.echo(f"measured here ({measurements.FILE}):")
         for m in choice.measured:

@@ -133,6 +133,8 @@ def _score_local(query, documents, options, model, backend, threads, top_n, allo
         click.echo(f"edgerank: note: {loaded.note}", err=True)
     try:
         info = loaded.backend.info()
+        if note := info.details.get("fidelity_note"):
+            click.echo(f"edgerank: warning: {note}", err=True)
         scored = score_documents(
             loaded.backend, query, documents, options, token_budget=loaded.token_budget
         )

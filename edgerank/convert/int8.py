@@ -88,8 +88,13 @@ def quantize_int8(
     out_onnx: Path | str,
     recipe: dict[str, Any] | None = None,
     calibration: Sequence[tuple[str, str]] | None = None,
+    ranges: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Write the INT8 model; return the recipe with what was actually applied."""
+    """Write the INT8 model; return the recipe with what was actually applied.
+
+    ``ranges``: a cache of calibrated activation ranges, filled on the first call and read
+    on later ones (the accuracy-aware loop, convert/backoff.py, quantizes one graph often).
+    """
     require_quantize()
     import onnx
 
@@ -122,8 +127,14 @@ def quantize_int8(
     alpha = recipe["smooth_alpha"]
     smooth: dict[str, np.ndarray] = {}
     if alpha is not None and groups:
-        amax = _calibrate(g, fp32_onnx.parent, list(groups), calibration)
-        smooth, applied["smoothed"] = _smooth(g, groups, amax, alpha)
+        amax = dict(ranges or {})
+        missing = [x for x in groups if x not in amax]
+        if missing:
+            amax.update(_calibrate(g, fp32_onnx.parent, missing, calibration))
+        if ranges is not None:
+            ranges.update(amax)
+        fold_v = recipe.get("fold_v", True)
+        smooth, applied["smoothed"] = _smooth(g, groups, amax, alpha, fold_v)
     for x, nodes in groups.items():
         _quantize_group(g, x, nodes, smooth.get(x), recipe)
     applied["matmuls_int8"] = len(targets)
@@ -212,7 +223,9 @@ def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, 
     return amax
 
 
-def _smooth(g: Graph, groups, amax, alpha: float) -> tuple[dict[str, np.ndarray], int]:
+def _smooth(
+    g: Graph, groups, amax, alpha: float, fold_v: bool = True
+) -> tuple[dict[str, np.ndarray], int]:
     """SmoothQuant factors per activation; folds those it can into the weights exactly.
 
     Returns {activation: 1/s} for the activations that need an explicit Mul, and how many
@@ -226,7 +239,8 @@ def _smooth(g: Graph, groups, amax, alpha: float) -> tuple[dict[str, np.ndarray]
         s = (np.maximum(amax[x], 1e-5) ** alpha) / (np.maximum(w_max, 1e-5) ** (1 - alpha))
         s = np.clip(s, 1e-2, 1e2).astype(np.float32)
         src = g.producer(x)
-        if src is not None and src.op_type == "MultiHeadAttention" and _fold_into_v(g, src, s):
+        mha = src is not None and src.op_type == "MultiHeadAttention"
+        if fold_v and mha and _fold_into_v(g, src, s):
             pass  # attention output = probs @ V: scaling V's columns scales these channels
         elif src is not None and "LayerNormalization" in src.op_type:
             explicit[x] = (1.0 / s).astype(np.float32)

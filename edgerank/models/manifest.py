@@ -103,6 +103,17 @@ class Manifest:
         text = json.dumps(facts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def fidelity_note(self) -> str | None:
+        """One line for score/serve/models/probe when an INT8 entry's fidelity is not
+        proved: installed below the floor (--allow-below-floor), or a publisher's file
+        that was never measured (--prebuilt-int8 without an FP32 original)."""
+        fid = self.fidelity or {}
+        if fid.get("meets_floor", True) is False:
+            return f"{self.name} was installed BELOW the fidelity floor: {floor_line(fid)}"
+        if self.recipe.get("name") == "hub-prebuilt" and fid.get("measured") is False:
+            return f"{self.name}: the publisher's INT8 file, fidelity unmeasured"
+        return None
+
     def verify(self, model_dir: Path) -> None:
         """Raise ModelCorrupt naming the first missing, truncated or altered file."""
         stamp = _read_stamp(model_dir)
@@ -125,6 +136,15 @@ class Manifest:
             fresh[rel] = key
         if fresh != stamp:
             _save_stamp(model_dir, fresh)
+
+
+def floor_line(fid: dict[str, Any]) -> str:
+    """Measured figures against the floor, e.g. for a refusal or a below-floor note."""
+    floor = fid.get("floor", {})
+    return (
+        f"Spearman {fid.get('spearman_mean', 0):.4f} (floor {floor.get('spearman_mean')}), "
+        f"top-1 kept {fid.get('top1_kept', 0):.1%} (floor {floor.get('top1_kept', 0):.0%})"
+    )
 
 
 def _read_stamp(model_dir: Path) -> dict[str, list[int]]:

@@ -145,6 +145,8 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         await listening.set_serving(True)
         line = f"serving {info.model} ({info.backend} {info.precision}, {info.threads} threads)"
         log.info("%s on %s", line, ", ".join(addresses))
+        if note := (info.details or {}).get("fidelity_note"):
+            log.warning("%s", note)
         systemd.ready(line)
         interval = systemd.watchdog_interval()
         if interval is not None:

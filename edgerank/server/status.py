@@ -43,6 +43,7 @@ TABLE: dict[type[BaseException], Mapping] = {
     errors.ModelCorrupt: Mapping(S.FAILED_PRECONDITION, 500, "model_corrupt"),
     errors.BackendUnavailable: Mapping(S.FAILED_PRECONDITION, 500, "backend_unavailable"),
     errors.BackendFailure: Mapping(S.INTERNAL, 500, "backend_failure"),
+    errors.BelowFidelityFloor: Mapping(S.FAILED_PRECONDITION, 422, "below_fidelity_floor"),
     Expired: Mapping(S.DEADLINE_EXCEEDED, 504, "deadline"),
     Cancelled: Mapping(S.CANCELLED, 499, "cancelled"),  # 499: nginx's "client closed"
     errors.EdgerankError: Mapping(S.INTERNAL, 500, "internal"),

@@ -1,5 +1,6 @@
 """Installing ONNX and torch entries: a local checkpoint or FP32 graph quantized to INT8 with
-edgerank's measured recipe, a checkpoint copied as a torch entry, and `pull` from the hub.
+the accuracy-aware recipe (proved against FP32 on natural text before it is installed), a
+checkpoint copied as a torch entry, and `pull` from the hub.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgerank.catalog.spec import ModelSpec
-from edgerank.errors import BackendUnavailable, InvalidInput
+from edgerank.convert.backoff import Policy
+from edgerank.errors import BackendUnavailable, BelowFidelityFloor, InvalidInput
 from edgerank.models.checkpoint import Checkpoint, max_length, read_config, stored_precision
-from edgerank.models.manifest import MANIFEST, Manifest
+from edgerank.models.manifest import MANIFEST, Manifest, floor_line
 from edgerank.store import hub
 from edgerank.store.layout import (
     TOKENIZER_FILES,
@@ -32,17 +34,30 @@ class OnnxInstalls(StoreLayout):
         spec: ModelSpec | None = None,
         source: dict | None = None,
         progress: Callable[[str], None] = lambda msg: None,
+        calibration: Path | str | None = None,
+        policy: Policy | None = None,
+        keep_reference: bool = False,
     ) -> Path:
-        """Turn a local directory into an INT8 ONNX store entry.
+        """Turn a local directory into an INT8 ONNX store entry, proved faithful first.
 
         Accepts a Hugging Face checkpoint (exported with the `convert` extra) or a directory
         that already holds an FP32 `model.onnx` + tokenizer.json (quantized without torch).
+        The accuracy-aware recipe (convert/backoff.py) measures INT8 against the FP32 graph
+        on the shipped natural-text probe; ``calibration`` (JSONL of {"query", "documents"})
+        replaces the shipped calibration text. Below the fidelity floor the install is
+        refused (BelowFidelityFloor) unless ``policy.allow_below_floor``; the manifest says
+        which. ``keep_reference`` keeps the FP32 graph beside the INT8 file (recipe
+        reference_file) for the daemon's fidelity watch.
         """
-        from edgerank.convert import int8, onnx_export
-        from edgerank.quality.fidelity import compare_onnx
+        from edgerank.convert import backoff, int8, onnx_export
+        from edgerank.quality import sets
 
         source_dir = checked_source(source_dir)
         int8.require_quantize()
+        cal_groups, cal_info = (
+            sets.from_file(calibration) if calibration else sets.shipped(sets.CALIBRATION)
+        )
+        probe_groups, probe_info = sets.shipped(sets.PROBE)
         target = self.path(name, "onnx")
         staging = self._staging(name)
         try:
@@ -52,25 +67,60 @@ class OnnxInstalls(StoreLayout):
                 fp32 = onnx_export.export_onnx(source_dir, staging / "fp32")
             for f in TOKENIZER_FILES:
                 shutil.copy2(source_dir / f, staging / f)
-            progress("quantizing to INT8")
-            recipe = int8.quantize_int8(fp32, staging / "model.int8.onnx")
-            progress("measuring fidelity against fp32")
-            max_length = _max_length(source_dir, spec)
-            fidelity = compare_onnx(staging, fp32.resolve(), "model.int8.onnx", max_length)
+            length = _max_length(source_dir, spec)
+            progress("quantizing to INT8 and measuring it against FP32 on the probe")
+            found = backoff.quantize_accurate(
+                fp32, staging / "work", staging / "tokenizer.json",
+                probe=probe_groups, calibration=cal_groups, progress=progress, policy=policy,
+                max_length=min(length, backoff.PROBE_MAX_LENGTH),
+            )  # fmt: skip
+            fidelity = {
+                "reference": "onnx fp32 (the same graph, fused)",
+                "probe": probe_info,
+                **found["fidelity"],
+                "floor": found["floor"],
+                "meets_floor": found["meets_floor"],
+            }
+            if not found["meets_floor"]:
+                figures = floor_line(fidelity)
+                if not (policy and policy.allow_below_floor):
+                    raise BelowFidelityFloor(
+                        f"{name}: the best INT8 found ranks below the fidelity floor "
+                        f"({figures}); not installed (--allow-below-floor installs it anyway)"
+                    )
+                fidelity["below_floor_allowed"] = True
+                progress(f"installing BELOW the fidelity floor ({figures}), as asked")
+            int8_file = found["precision"] == "int8"
+            model_file = "model.int8.onnx" if int8_file else "model.fp32.onnx"
+            shutil.move(str(found["file"]), staging / model_file)
+            files = [model_file, *TOKENIZER_FILES]
+            recipe = {
+                **found["recipe"],
+                "calibration": cal_info,
+                "frontier": found["frontier"],
+                "install_seconds": found["seconds"],
+                "session": int8.SESSION,
+            }
+            if "int8_rejected" in found:
+                recipe["int8_rejected"] = found["int8_rejected"]
+            if keep_reference and int8_file:
+                shutil.move(str(staging / "work" / "model.fp32.onnx"), staging / "model.fp32.onnx")
+                recipe["reference_file"] = "model.fp32.onnx"
+                files.append("model.fp32.onnx")
+            shutil.rmtree(staging / "work", ignore_errors=True)
             shutil.rmtree(staging / "fp32", ignore_errors=True)
-            manifest = Manifest(
+            Manifest(
                 name=name,
                 backend="onnx",
-                precision="int8",
-                model_file="model.int8.onnx",
-                max_length=max_length,
+                precision=found["precision"],
+                model_file=model_file,
+                max_length=length,
                 normalise="sigmoid",
-                files={f: {} for f in ("model.int8.onnx", *TOKENIZER_FILES)},
+                files={f: {} for f in files},
                 source=source or {"origin": f"local:{source_dir.resolve()}"},
                 recipe=recipe,
                 fidelity=fidelity,
-            )
-            manifest.write(staging)
+            ).write(staging)
             publish(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -126,13 +176,17 @@ class OnnxInstalls(StoreLayout):
         revision: str | None = None,
         backend: str = "onnx",
         progress: Callable[[str], None] = lambda msg: None,
+        calibration: Path | str | None = None,
+        policy: Policy | None = None,
+        keep_reference: bool = False,
     ) -> Path:
         """Download a catalog model and install it as INT8 ONNX (or GGUF: `pull_gguf`).
 
-        Order of preference: the hub's FP32 ONNX quantized here with edgerank's measured
-        recipe (no torch needed); the hub's ready INT8 file (`prebuilt_int8`, or when no FP32
-        file exists; those are naive dynamic quantizations, so fidelity is recorded as
-        unmeasured); else the checkpoint, exported with the `convert` extra.
+        The hub's FP32 ONNX quantized here with the accuracy-aware recipe (no torch needed;
+        `import_onnx`), else the checkpoint exported with the `convert` extra and then
+        quantized the same way. The publisher's ready INT8 file only when asked
+        (``prebuilt_int8``): measured against the FP32 file when the repo has one, else
+        recorded as unmeasured (`edgerank models` and `probe --explain` then say so).
         """
 
         if spec.kind == "bi-encoder":
@@ -147,6 +201,7 @@ class OnnxInstalls(StoreLayout):
                 "this edgerank pulls ONNX cross-encoders"
             )
         src = spec.onnx
+        install = {"calibration": calibration, "policy": policy, "keep_reference": keep_reference}
         fp32_route = getattr(src, "fp32_file", None) and not prebuilt_int8
         if fp32_route or not src.int8_file:  # both quantize here
             from edgerank.convert.int8 import require_quantize
@@ -155,26 +210,47 @@ class OnnxInstalls(StoreLayout):
         with tempfile.TemporaryDirectory(dir=self._ensure_models_dir(), prefix=".pull-") as tmp:
             tmp_dir = Path(tmp)
             fp32 = getattr(src, "fp32_file", None)
-            if fp32 and not prebuilt_int8:
+            if prebuilt_int8:
+                if not src.int8_file:
+                    raise InvalidInput(f"{spec.name}: its hub repo publishes no INT8 file")
+                progress(f"downloading {src.repo}/{src.int8_file}")
+                facts = hub.fetch(src.repo, [src.int8_file, *TOKENIZER_FILES], tmp_dir, revision)
+                ref = None
+                if fp32:  # measure the publisher's file against its FP32 original
+                    progress(f"downloading {src.repo}/{fp32} to measure it against")
+                    hub.fetch(src.repo, [fp32], tmp_dir / "ref", revision)
+                    ref = tmp_dir / "ref" / fp32
+                return self._install_prebuilt(spec, tmp_dir, src.int8_file, facts, ref)
+            if fp32:
                 progress(f"downloading {src.repo}/{fp32}")
                 facts = hub.fetch(src.repo, [fp32, *TOKENIZER_FILES], tmp_dir, revision)
                 (tmp_dir / fp32).rename(tmp_dir / "model.onnx")
                 return self.import_onnx(
-                    spec.name, tmp_dir, spec=spec, source=facts, progress=progress
+                    spec.name, tmp_dir, spec=spec, source=facts, progress=progress, **install
                 )
-            if src.int8_file:
-                progress(f"downloading {src.repo}/{src.int8_file}")
-                facts = hub.fetch(src.repo, [src.int8_file, *TOKENIZER_FILES], tmp_dir, revision)
-                return self._install_prebuilt(spec, tmp_dir, src.int8_file, facts)
             progress(f"downloading checkpoint {spec.hub_id}")
             facts = hub.fetch_checkpoint(spec.hub_id, tmp_dir / "hf", revision)
             return self.import_onnx(
-                spec.name, tmp_dir / "hf", spec=spec, source=facts, progress=progress
+                spec.name, tmp_dir / "hf", spec=spec, source=facts, progress=progress, **install
             )
 
     # -- gguf -------------------------------------------------------------------------------
 
-    def _install_prebuilt(self, spec: ModelSpec, tmp_dir: Path, rel: str, facts: dict) -> Path:
+    def _install_prebuilt(
+        self, spec: ModelSpec, tmp_dir: Path, rel: str, facts: dict, ref: Path | None = None
+    ) -> Path:
+        fidelity: dict = {
+            "measured": False,
+            "note": "the publisher's INT8 file, taken as is (--prebuilt-int8): fidelity unmeasured",
+        }
+        if ref is not None:
+            from edgerank.convert import backoff
+
+            fidelity = backoff.measure_pair(
+                ref, tmp_dir / rel, tmp_dir / "tokenizer.json",
+                min(spec.max_length, backoff.PROBE_MAX_LENGTH),
+            )  # fmt: skip
+            shutil.rmtree(tmp_dir / "ref", ignore_errors=True)
         manifest = Manifest(
             name=spec.name,
             backend="onnx",
@@ -184,7 +260,7 @@ class OnnxInstalls(StoreLayout):
             files={f: {} for f in (rel, *TOKENIZER_FILES)},
             source=facts,
             recipe={"name": "hub-prebuilt", "file": rel},
-            fidelity={"measured": False},
+            fidelity=fidelity,
         )
         manifest.write(tmp_dir)
         target = self.path(spec.name, "onnx")

@@ -22,6 +22,7 @@ from edgerank.errors import BackendUnavailable
 from edgerank.models.manifest import Manifest
 from tests.server.test_http import HttpServerThread, http_settings
 from tests.support import tiny_models
+from tests.support.install import any_int8
 
 
 class ByLength:
@@ -144,7 +145,7 @@ def entries(tmp_path_factory, tiny_onnx_dir, tiny_bert_hf):
     fp32 = export_onnx(tiny_bert_hf, tmp / "fp32")
     good = _with_reference(tiny_onnx_dir, fp32, tmp / "good")
     other = ModelStore(tmp / "home").import_onnx(
-        "other", tiny_models.build_tiny_bert(tmp / "other-hf", seed=5)
+        "other", tiny_models.build_tiny_bert(tmp / "other-hf", seed=5), policy=any_int8()
     )
     bad = _with_reference(tiny_onnx_dir, fp32, tmp / "bad")
     shutil.copy2(other / "model.int8.onnx", bad / "model.int8.onnx")

@@ -15,6 +15,7 @@ from edgerank.models.manifest import Manifest
 from edgerank.store.entries import ModelStore
 from edgerank.store.layout import home
 from tests.support.fake_hub import COMMIT, FakeHub
+from tests.support.install import any_int8
 from tests.support.tiny_models import torch_scores
 
 PAIRS = [("cat river", "cat dog river ocean"), ("cat river", "bread cheese apple"),
@@ -38,7 +39,7 @@ def test_imported_model_matches_torch_and_records_its_provenance(tiny_store, tin
     m = Manifest.read(d)
     assert m.precision == "int8" and m.recipe["name"]
     assert m.source["origin"].startswith("local:")
-    assert set(m.fidelity) >= {"spearman_mean", "top1_kept", "batch_gap"}
+    assert set(m.fidelity) >= {"spearman_mean", "top1_kept", "batch_gap", "floor", "probe"}
     assert tiny_store.installed() == {"tiny-bert": ["onnx"]}
     be = open_installed(tiny_store, "tiny-bert")
     ours = []
@@ -54,7 +55,7 @@ def test_import_of_an_onnx_dir_needs_no_export(tmp_path, tiny_bert_hf, monkeypat
     src = tmp_path / "onnx-src"
     onnx_export.export_onnx(tiny_bert_hf, src)
     monkeypatch.setattr(onnx_export, "export_onnx", _must_not_run)
-    target = ModelStore(tmp_path / "home").import_onnx("from-onnx", src)
+    target = ModelStore(tmp_path / "home").import_onnx("from-onnx", src, policy=any_int8())
     assert (target / "model.int8.onnx").is_file()
 
 
@@ -133,7 +134,7 @@ def _scores(d):
 
 
 def test_pull_quantizes_the_hubs_fp32_onnx(hub, spec, tmp_path):
-    d = ModelStore(tmp_path / "home").pull(spec)
+    d = ModelStore(tmp_path / "home").pull(spec, policy=any_int8())
     m = Manifest.read(d)
     assert m.source["revision"] == COMMIT and m.source["repo"] == "org/tiny"
     assert m.model_file == "model.int8.onnx" and m.fidelity["groups"] > 0
@@ -145,13 +146,15 @@ def test_pull_prebuilt_int8_keeps_the_hubs_file(hub, spec, tmp_path):
     d = ModelStore(tmp_path / "home").pull(spec, prebuilt_int8=True)
     m = Manifest.read(d)
     assert m.model_file == "onnx/model_qint8.onnx" and m.recipe["name"] == "hub-prebuilt"
-    assert m.fidelity == {"measured": False}
+    # the hub also has the FP32 file: the publisher's INT8 is measured against it
+    assert m.fidelity["reference"] == "onnx fp32 (the publisher's)"
+    assert m.fidelity["groups"] >= 100 and "meets_floor" in m.fidelity
     assert len(_scores(d)) == 2
 
 
 def test_pull_exports_a_checkpoint_when_the_hub_has_no_onnx(hub, spec, tmp_path):
     spec = dataclasses.replace(spec, onnx=OnnxSource(repo="org/tiny"))
-    d = ModelStore(tmp_path / "home").pull(spec)
+    d = ModelStore(tmp_path / "home").pull(spec, policy=any_int8())
     assert Manifest.read(d).source["revision"] == COMMIT
     assert any(r.endswith("model.safetensors") for r in hub.requests)
     assert len(_scores(d)) == 2
@@ -175,6 +178,29 @@ def test_interrupted_pull_leaves_nothing_installed(hub, spec, tmp_path, monkeypa
     monkeypatch.setattr(int8, "quantize_int8", boom)
     store = ModelStore(tmp_path / "home")
     with pytest.raises(KeyboardInterrupt):
-        store.pull(spec)
+        store.pull(spec, policy=any_int8())
     assert store.installed() == {}
     assert not store.path("tiny-pulled").exists()
+
+
+def test_pull_prebuilt_without_fp32_is_fidelity_unmeasured(hub, spec, tmp_path):
+    spec = dataclasses.replace(spec, onnx=dataclasses.replace(spec.onnx, fp32_file=None))
+    d = ModelStore(tmp_path / "home").pull(spec, prebuilt_int8=True)
+    m = Manifest.read(d)
+    assert m.fidelity["measured"] is False
+    assert m.fidelity_note() == "tiny-pulled: the publisher's INT8 file, fidelity unmeasured"
+
+
+def test_pull_without_prebuilt_never_takes_the_publishers_int8(hub, spec, tmp_path):
+    d = ModelStore(tmp_path / "home").pull(spec, policy=any_int8())
+    assert Manifest.read(d).recipe["name"] != "hub-prebuilt"
+    assert not any(r.endswith("model_qint8.onnx") for r in hub.requests)
+
+
+def test_pull_keeps_the_fp32_reference_when_asked(hub, spec, tmp_path):
+    d = ModelStore(tmp_path / "home").pull(spec, policy=any_int8(), keep_reference=True)
+    m = Manifest.read(d)
+    assert m.recipe["reference_file"] == "model.fp32.onnx" and "model.fp32.onnx" in m.files
+    from edgerank.backends.registry import open_reference
+
+    assert open_reference(d).info().precision == "fp32"

@@ -1,0 +1,228 @@
+"""Issue-14 acceptance: the installed INT8 file vs torch FP32, ONNX FP32 and the peers' INT8.
+
+    python bench/int8_acceptance.py [--models faq-head gloss-head admin-e2e] [--rounds 5]
+
+For each test reranker of tests/support/minilm_rerankers.py (three real-weight MiniLM-L6
+cross-encoders built offline, none tuned for the recipe):
+
+1. `edgerank import`'s code path (ModelStore.import_onnx, default policy), timed: wall and
+   this process's CPU seconds, the MatMuls it kept FP32 and its frontier;
+2. fidelity of every candidate against torch FP32 (512-token truncation) on the held-out
+   Debian FAQ groups (139 x 8; a document no calibration, probe or model training used),
+   scored through edgerank's own path (tokenizer, length buckets, score_documents);
+3. speed in one run, candidates interleaved over ``--rounds`` rounds (medians), at 1 and 2
+   threads, on s32 = 32 passages of ~128 tokens and s100 = 100 passages of 16-244 tokens:
+   torch FP32, ONNX FP32 (the plain export), the installed file, onnxruntime
+   quantize_dynamic per-channel QInt8 of the plain export, and sentence-transformers'
+   CrossEncoder ONNX backend with its dynamic INT8 export (its own tokenizer and batching).
+Ratios are against torch FP32 and ONNX FP32 of the same round set. The machine is shared:
+the spread (min/max over rounds, relative to the median) is printed beside each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edgerank.backends.onnx import OnnxBackend  # noqa: E402
+from edgerank.engine.rank import score_documents  # noqa: E402
+from edgerank.models.manifest import Manifest  # noqa: E402
+from edgerank.quality.fidelity import rank_agreement  # noqa: E402
+from edgerank.store.entries import ModelStore  # noqa: E402
+from tests.support import minilm_rerankers as mr  # noqa: E402
+
+
+def speed_sets(tok_json: Path) -> dict[str, tuple[str, list[str]]]:
+    """s32 and s100 from held-out prose: words added until the pair reaches its length."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_json))
+    words = " ".join(d for _, docs in mr.heldout_groups() for d in docs).split()
+    query = "How do I keep my Debian system up to date?"
+
+    def passage(start: int, tokens: int) -> str:
+        n = max(4, tokens // 2)
+        while len(tok.encode(query, " ".join(words[start : start + n])).ids) < tokens:
+            n += 4
+        while n > 4 and len(tok.encode(query, " ".join(words[start : start + n])).ids) > tokens:
+            n -= 1
+        return " ".join(words[start : start + n])
+
+    rng = random.Random(14)
+    s32 = [passage(rng.randrange(len(words) - 400), 128) for _ in range(32)]
+    lengths = [int(math.exp(rng.uniform(math.log(16), math.log(244)))) for _ in range(100)]
+    s100 = [passage(rng.randrange(len(words) - 400), n) for n in lengths]
+    return {"s32": (query, s32), "s100": (query, s100)}
+
+
+def st_int8(ckpt: Path, work: Path):
+    """sentence-transformers' CrossEncoder with its ONNX backend and dynamic INT8 export."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+
+    d = work / "st"
+    if not d.exists():
+        shutil.copytree(ckpt, d)
+        ce = CrossEncoder(str(d), backend="onnx")
+        ce.save_pretrained(str(d))
+        export_dynamic_quantized_onnx_model(ce, "avx512_vnni", str(d))
+    files = sorted((d / "onnx").glob("*qint8*.onnx"))
+    return d, files[0].relative_to(d)
+
+
+def open_st(d: Path, rel: Path, threads: int):
+    import onnxruntime as ort
+    from sentence_transformers import CrossEncoder
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    ce = CrossEncoder(
+        str(d), backend="onnx", max_length=512,
+        model_kwargs={"file_name": str(rel), "session_options": so},
+    )  # fmt: skip
+    return ce
+
+
+def candidates(ckpt: Path, installed: Path, work: Path, threads: int) -> dict:
+    """name -> (query, docs) -> raw scores, all at ``threads`` threads."""
+    import torch
+
+    from edgerank.backends.torch import TorchBackend
+
+    torch.set_num_threads(threads)
+    plain = work / "fp32" / "model.onnx"
+    dyn = work / "dyn" / "model.onnx"
+    out = {"torch-fp32": TorchBackend(ckpt, precision="fp32", threads=threads, max_length=512)}
+    out["onnx-fp32"] = OnnxBackend.from_file(plain, 512, threads=threads)
+    out["edgerank-installed"] = OnnxBackend.from_dir(installed, threads=threads)
+    out["ort-dynamic-int8"] = OnnxBackend.from_file(dyn, 512, threads=threads, precision="int8")
+    fns = {k: (lambda q, ds, b=b: score_documents(b, q, ds).raw) for k, b in out.items()}
+    d, rel = st_int8(ckpt, work)
+    ce = open_st(d, rel, threads)
+    fns["st-int8"] = lambda q, ds: np.asarray(
+        ce.predict([(q, x) for x in ds], batch_size=32, activation_fn=torch.nn.Identity())
+    )
+    return fns
+
+
+def prepare(ckpt: Path, work: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgerank.convert.onnx_export import export_onnx
+
+    if not (work / "fp32" / "model.onnx").exists():
+        export_onnx(ckpt, work / "fp32")
+    (work / "dyn").mkdir(parents=True, exist_ok=True)
+    for f in ("tokenizer.json", "config.json"):
+        shutil.copy2(work / "fp32" / f, work / "dyn" / f)
+    quantize_dynamic(
+        str(work / "fp32" / "model.onnx"), str(work / "dyn" / "model.onnx"),
+        weight_type=QuantType.QInt8, per_channel=True,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )  # fmt: skip
+
+
+def run_model(name: str, work: Path, rounds: int, threads: list[int]) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ckpt = mr.build(name, work / "ckpt")
+    built = time.perf_counter() - t0
+    store = ModelStore(work / "home")
+    t0, c0 = time.perf_counter(), time.process_time()
+    lines: list[str] = []
+    installed = store.import_onnx(name, ckpt, progress=lambda m: lines.append(m))
+    imp = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+    m = Manifest.read(installed)
+    prepare(ckpt, work)
+    groups = mr.heldout_groups()
+    fns = candidates(ckpt, installed, work, max(threads))
+    ref = [fns["torch-fp32"](q, ds) for q, ds in groups]
+    fidelity = {}
+    for k, fn in fns.items():
+        if k != "torch-fp32":
+            got = rank_agreement(ref, [fn(q, ds) for q, ds in groups])
+            fidelity[k] = {x: round(v, 4) for x, v in got.items()}
+    sets = speed_sets(ckpt / "tokenizer.json")
+    speed = {}
+    for t in threads:
+        fns = candidates(ckpt, installed, work, t)
+        for sname, (q, ds) in sets.items():
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            for fn in fns.values():
+                fn(q, ds)  # warm-up
+            names = list(fns)
+            for r in range(rounds):
+                for k in names[r % len(names) :] + names[: r % len(names)]:
+                    s = time.perf_counter()
+                    fns[k](q, ds)
+                    times[k].append(time.perf_counter() - s)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            speed[f"{sname}@{t}"] = {
+                k: {
+                    "ms": round(med[k] * 1000, 1),
+                    "x_torch": round(med["torch-fp32"] / med[k], 2),
+                    "x_onnx_fp32": round(med["onnx-fp32"] / med[k], 2),
+                    "spread": [round(min(v) / med[k], 2), round(max(v) / med[k], 2)],
+                }
+                for k, v in times.items()
+            }
+    return {
+        "model": name, "weights_sha256": mr.fingerprint(ckpt), "build_s": round(built, 1),
+        "import": {k: round(v, 1) for k, v in imp.items()}, "import_log": lines,
+        "precision": m.precision, "fp32_matmuls": m.recipe.get("fp32_matmuls"),
+        "frontier": m.recipe.get("frontier"), "probe_fidelity": m.fidelity,
+        "heldout_fidelity_vs_torch_fp32": fidelity, "speed": speed,
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(mr.RECIPES))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgerank-int8-acceptance"))
+    ap.add_argument("--out", type=Path, help="also write the JSON report here")
+    args = ap.parse_args()
+    reports = []
+    for name in args.models:
+        rep = run_model(name, args.workdir / name, args.rounds, args.threads)
+        reports.append(rep)
+        print(json.dumps(rep), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(reports, indent=1))
+    print("\n| model | MatMuls FP32 | import wall/CPU s | Spearman mean/min | top-1 kept |")
+    print("|---|---|---|---|---|")
+    for r in reports:
+        f = r["heldout_fidelity_vs_torch_fp32"]["edgerank-installed"]
+        print(
+            f"| {r['model']} ({r['precision']}) | {len(r['fp32_matmuls'] or [])} | "
+            f"{r['import']['wall_s']}/{r['import']['cpu_s']} | "
+            f"{f['spearman_mean']}/{f['spearman_min']} | {f['top1_kept']:.1%} |"
+        )
+    print("\n| model | set@threads | candidate | ms | x torch fp32 | x onnx fp32 | spread |")
+    print("|---|---|---|---|---|---|---|")
+    for r in reports:
+        for key, row in r["speed"].items():
+            for k, v in row.items():
+                print(
+                    f"| {r['model']} | {key} | {k} | {v['ms']} | {v['x_torch']} | "
+                    f"{v['x_onnx_fp32']} | {v['spread']} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
