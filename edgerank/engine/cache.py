@@ -38,7 +38,7 @@ from edgerank.errors import Expired
 if TYPE_CHECKING:
     from edgerank.engine.cache_redis import RedisTier
     from edgerank.engine.metrics import Metrics
-    from edgerank.engine.service import Group
+    from edgerank.engine.requests import Group
     from edgerank.server.settings import Settings
 
 log = logging.getLogger(__name__)

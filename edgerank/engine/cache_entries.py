@@ -21,7 +21,7 @@ from edgerank.backends.base import BackendInfo, Encoded, ScoreOptions
 from edgerank.engine.rank import merge_max
 
 if TYPE_CHECKING:
-    from edgerank.engine.service import Group
+    from edgerank.engine.requests import Group
 
 #: bump when the key or value layout changes: old entries then simply stop matching
 SCHEMA = b"edgerank-pair-score-v1"

@@ -41,7 +41,7 @@ import edgerank
 from edgerank.backends.base import Backend, BackendInfo, Encoded
 
 if TYPE_CHECKING:
-    from edgerank.engine.service import Outcome
+    from edgerank.engine.requests import Outcome
 
 #: seconds; a rerank call on a CPU spans ~1 ms (one short pair) to tens of seconds
 LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

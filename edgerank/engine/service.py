@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,8 @@ from edgerank.engine.batcher import Batcher, run_job
 from edgerank.engine.cache import ScoreCache, open_cache
 from edgerank.engine.cache_entries import Scores
 from edgerank.engine.metrics import Metrics
-from edgerank.engine.rank import Ranked, rank
+from edgerank.engine.rank import rank
+from edgerank.engine.requests import Group, Outcome, Reranked, group_pairs
 from edgerank.engine.watch import FidelityWatch
 from edgerank.errors import (
     EdgerankError,
@@ -41,40 +41,6 @@ log = logging.getLogger(__name__)
 
 WARMUP_QUERY = "warm up"
 WARMUP_PASSAGES = ("a short passage", "a somewhat longer passage that is here to warm up the model")
-
-
-@dataclass(frozen=True)
-class Group:
-    """Passages sharing one query and one set of options (one backend.encode call)."""
-
-    query: str
-    passages: Sequence[str]
-    options: ScoreOptions = ScoreOptions()
-    #: where each passage's score goes in the answer; None = 0..len-1
-    positions: Sequence[int] | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    raw: np.ndarray  # one raw score per position
-    windows: np.ndarray  # model inputs per position (> 1 where chunking split a passage)
-    tokens: int
-    items: int
-    chars: int
-    tokenization_ns: int
-    queue_ns: int
-    inference_ns: int
-    total_ns: int
-    #: positions answered from the score cache (memory or Redis), not by the model
-    cached: int = 0
-    #: (pairs, inputs, tokens) the model ran for this call; None = all of the above
-    scored: tuple[int, int, int] | None = None
-
-
-@dataclass(frozen=True)
-class Reranked:
-    ranked: list[Ranked]
-    outcome: Outcome
 
 
 class Service:
@@ -433,13 +399,3 @@ class Service:
             "dropped_inputs": stats.dropped if stats else 0,
             "batches": stats.batches if stats else 0,
         }
-
-
-def group_pairs(triples: Sequence[tuple[str, str, ScoreOptions]]) -> list[Group]:
-    """Group (query, passage, options) by query and options, remembering each position."""
-    by_key: dict[tuple[str, ScoreOptions], tuple[list[str], list[int]]] = {}
-    for pos, (query, passage, options) in enumerate(triples):
-        passages, positions = by_key.setdefault((query, options), ([], []))
-        passages.append(passage)
-        positions.append(pos)
-    return [Group(q, ps, o, pos) for (q, o), (ps, pos) in by_key.items()]

@@ -29,7 +29,7 @@ from edgerank.engine.rank import score_documents
 from edgerank.quality.fidelity import spearman
 
 if TYPE_CHECKING:
-    from edgerank.engine.service import Group
+    from edgerank.engine.requests import Group
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,8 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from edgerank.backends.base import ScoreOptions
-from edgerank.engine.service import Reranked, Service
+from edgerank.engine.requests import Reranked
+from edgerank.engine.service import Service
 from edgerank.errors import EdgerankError, InvalidInput, ReadTimeout, TooLarge
 from edgerank.server import transport
 from edgerank.server.http_fields import (

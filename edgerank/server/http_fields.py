@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import edgerank
-from edgerank.engine.service import Reranked, Service
+from edgerank.engine.requests import Reranked
+from edgerank.engine.service import Service
 from edgerank.errors import InvalidInput
 
 JSON_TYPES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}

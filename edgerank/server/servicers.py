@@ -16,7 +16,8 @@ import grpc
 import edgerank
 from edgerank.backends.base import BackendInfo, ScoreOptions
 from edgerank.engine.rank import Ranked, normalise, rank
-from edgerank.engine.service import Group, Outcome, Service, group_pairs
+from edgerank.engine.requests import Group, Outcome, group_pairs
+from edgerank.engine.service import Service
 from edgerank.errors import InvalidInput, TooLarge
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc

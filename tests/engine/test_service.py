@@ -10,7 +10,8 @@ import pytest
 
 from edgerank.backends.base import ScoreOptions
 from edgerank.engine.rank import score_documents
-from edgerank.engine.service import Service, group_pairs
+from edgerank.engine.requests import group_pairs
+from edgerank.engine.service import Service
 from edgerank.errors import InvalidInput, ModelNotFound, TooLarge, Unavailable
 from edgerank.server.settings import Settings
 from tests.engine.test_batcher import FakeBackend, docs

@@ -18,11 +18,11 @@ import grpc
 import pytest
 
 from edgerank.backends.onnx import OnnxBackend
-from edgerank.errors import EdgerankError, InvalidInput
+from edgerank.errors import EdgerankError, InvalidInput, SettingsError
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.server import transport
-from edgerank.server.settings import Settings, SettingsError, load
+from edgerank.server.settings import Settings, load
 from tests.server.test_daemon import Notifications, clean_env, stop
 from tests.server.test_http import HttpServerThread, http_settings
 from tests.server.test_server import ServerThread, settings_for
