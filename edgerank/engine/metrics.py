@@ -99,27 +99,22 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-        self.requests = Counter(
+        self.requests = self._counter(
             "edgerank_requests",
             "Calls answered, by transport, endpoint and status code",
             ("transport", "endpoint", "code"),
-            registry=r,
         )
-        self.rejections = Counter(
+        self.rejections = self._counter(
             "edgerank_rejections",
             "Calls answered without a result, by reason (overloaded, too_large, unavailable...)",
             ("reason",),
-            registry=r,
         )
-        self.pairs = Counter("edgerank_pairs_scored", "(query, document) pairs scored", registry=r)
-        self.inputs = Counter(
+        self.pairs = self._counter("edgerank_pairs_scored", "(query, document) pairs scored")
+        self.inputs = self._counter(
             "edgerank_inputs_scored",
             "Model inputs scored; more than pairs when long documents are chunked",
-            registry=r,
         )
-        self.tokens = Counter(
-            "edgerank_tokens_scored", "Tokens scored, padding excluded", registry=r
-        )
+        self.tokens = self._counter("edgerank_tokens_scored", "Tokens scored, padding excluded")
         self.total = Histogram(
             "edgerank_request_seconds",
             "Answered calls, from the transport's handler entry to the answer",
@@ -147,6 +142,9 @@ class Metrics:
         self._cache_metrics(r)
         self.add_gauges(readers or {})
 
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
     def add_gauges(self, readers: dict[str, Callable[[], float]]) -> None:
         """Gauges read at scrape time (GAUGES names them): a fidelity watch's, the cache's."""
         for key, read in readers.items():
@@ -154,30 +152,26 @@ class Metrics:
             Gauge(name, doc, registry=self.registry).set_function(read)
 
     def _cache_metrics(self, r: CollectorRegistry) -> None:
-        self.cache_hits = Counter(
+        self.cache_hits = self._counter(
             "edgerank_cache_hits",
             "Pairs answered from the score cache, by tier (memory, redis)",
             ("tier",),
-            registry=r,
         )
-        self.cache_misses = Counter(
-            "edgerank_cache_misses", "Pairs no tier held, scored for the request", registry=r
+        self.cache_misses = self._counter(
+            "edgerank_cache_misses", "Pairs no tier held, scored for the request"
         )
-        self.cache_coalesced = Counter(
+        self.cache_coalesced = self._counter(
             "edgerank_cache_coalesced",
             "Pairs answered by an identical request that was scoring them at the time",
-            registry=r,
         )
-        self.cache_evictions = Counter(
+        self.cache_evictions = self._counter(
             "edgerank_cache_evictions",
             "Entries the in-process cache dropped to stay within cache_bytes",
-            registry=r,
         )
-        self.cache_redis_errors = Counter(
+        self.cache_redis_errors = self._counter(
             "edgerank_cache_redis_errors",
             "Redis calls that failed or timed out (the request went on without the cache)",
             ("op",),
-            registry=r,
         )
         self.cache_seconds = Histogram(
             "edgerank_cache_request_seconds",

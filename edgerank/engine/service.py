@@ -1,8 +1,8 @@
 """The daemon's transport-free core: validate, admit, tokenize, batch, merge, rank.
 
-Servicers (gRPC) and the HTTP handlers convert their messages into these calls and the
-results back; the scoring path is rank.merge_max + rank.rank over the batcher's scores, the
-same functions rank.score_documents uses, so a daemon answer equals a direct one.
+The transports convert their messages into these calls and back; scoring is rank.merge_max +
+rank.rank over the batcher's scores, as in rank.score_documents: a daemon answer equals a
+direct one.
 """
 
 from __future__ import annotations

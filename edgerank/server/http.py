@@ -19,9 +19,8 @@ raw_scores=true, then the model's raw logit. Clients must not apply a sigmoid ag
 are best first, cut to top_n (0 or absent = all), and always carry the document's index in
 the request. max_tokens_per_doc caps each model input below the model's own maximum.
 
-Long documents: Cohere's rule, chunks scored with the max kept, on /v2/rerank; truncation
-on /v1/rerank; on /rerank TEI's rule: refused (413) unless truncate=true, which truncates
-on the side truncation_direction names.
+Long documents: chunked, max kept (Cohere) on /v2/rerank; truncated on /v1/rerank; on /rerank
+refused (413) unless truncate=true, cut on the side truncation_direction names (TEI).
 
 Errors come from status.py's one table (400 invalid input, 408 body not sent within
 read_timeout_s, 413 too many or too large, 429 overloaded with Retry-After, 503 loading or

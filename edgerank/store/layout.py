@@ -6,9 +6,11 @@ so an interrupted pull never looks installed (the install pipelines live beside 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgerank.errors import InvalidInput, ModelNotFound
@@ -66,6 +68,17 @@ class StoreLayout:
                 f"run `edgerank pull {name}`"
             )
         return Manifest.read(d)
+
+    @contextlib.contextmanager
+    def staged(self, name: str, backend: str) -> Iterator[Path]:
+        """A staging directory, published as <name>/<backend> when the block completes and
+        removed whatever happens: an interrupted install never looks installed."""
+        staging = self._staging(name)
+        try:
+            yield staging
+            publish(staging, self.path(name, backend))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _staging(self, name: str) -> Path:
         """A fresh directory beside the entries, so publishing is a rename, never a copy."""

@@ -58,9 +58,7 @@ class OnnxInstalls(StoreLayout):
             sets.from_file(calibration) if calibration else sets.shipped(sets.CALIBRATION)
         )
         probe_groups, probe_info = sets.shipped(sets.PROBE)
-        target = self.path(name, "onnx")
-        staging = self._staging(name)
-        try:
+        with self.staged(name, "onnx") as staging:
             fp32 = _find_fp32_onnx(source_dir)
             if fp32 is None:
                 progress("exporting to ONNX (fp32) with torch.onnx")
@@ -121,10 +119,7 @@ class OnnxInstalls(StoreLayout):
                 recipe=recipe,
                 fidelity=fidelity,
             ).write(staging)
-            publish(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return self.path(name, "onnx")
 
     def import_torch(
         self, name: str, source_dir: Path, *, spec: ModelSpec | None = None,
@@ -147,9 +142,7 @@ class OnnxInstalls(StoreLayout):
         weights = [f for f in files if f.endswith((".safetensors", ".bin"))]
         if not weights:
             raise InvalidInput(f"{source_dir} has no weights (*.safetensors or pytorch_model*.bin)")
-        staging = self._staging(name)
-        target = self.path(name, "torch")
-        try:
+        with self.staged(name, "torch") as staging:
             for f in files:
                 shutil.copy2(source_dir / f, staging / f)
             Manifest(
@@ -163,10 +156,7 @@ class OnnxInstalls(StoreLayout):
                 recipe=model.to_recipe(),
                 fidelity={"measured": False, "note": "the checkpoint is the fp32 reference"},
             ).write(staging)
-            publish(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return self.path(name, "torch")
 
     def pull(
         self,
