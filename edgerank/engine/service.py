@@ -81,8 +81,6 @@ class Service:
             }
         )
 
-    # -- lifecycle --------------------------------------------------------------------
-
     async def start(self, backend: Backend, aliases: Sequence[str] = ()) -> None:
         """Take a loaded backend, start its worker, warm it up end to end, then serve."""
         s = self.settings
@@ -213,8 +211,6 @@ class Service:
     def _rate(self) -> float:
         return self.batcher.stats.rate if self.batcher else 0.0
 
-    # -- checks -----------------------------------------------------------------------
-
     def require_ready(self) -> None:
         if self.state in ("loading", "warming"):
             raise Unavailable("the model is still loading; retry shortly")
@@ -257,8 +253,6 @@ class Service:
             self.check_text("instruction", options.instruction)
         if options.max_tokens_per_doc is not None and options.max_tokens_per_doc < 1:
             raise InvalidInput(f"max_tokens_per_doc must be >= 1, got {options.max_tokens_per_doc}")
-
-    # -- scoring ----------------------------------------------------------------------
 
     async def rerank(
         self,
@@ -368,8 +362,6 @@ class Service:
             ticket.release()
         ns = dict(queue_ns=int(job.queue_s * 1e9), inference_ns=int(job.inference_s * 1e9))
         return Scores.of(items, job.scores, n, tokenization_ns=tokenized - start, **ns)
-
-    # -- health -----------------------------------------------------------------------
 
     async def healthy(self, stall_s: float = 60.0, timeout_s: float = 10.0) -> bool:
         """Has the worker shown it works? Busy and moving, or idle and scoring a probe."""
