@@ -18,7 +18,7 @@ from edgerank.quality import calibrate as cal
 from edgerank.quality import measurements as meas
 from edgerank.quality.measurements import CalibrationCache, Measured
 from edgerank.store.entries import ModelStore
-from tests.support.hardware import pretend_avx2
+from tests.support.hardware import avx2_machine, pretend_avx2
 
 CATALOG = load_catalog()
 MODEL = "ms-marco-minilm-l6"
@@ -27,20 +27,7 @@ BOTH = {MODEL: ["onnx", "torch"]}
 
 
 def hw(**changes) -> Hardware:
-    base = Hardware(
-        arch="x86_64",
-        ram_total_mib=24000,
-        ram_available_mib=20000,
-        cgroup_limit_mib=None,
-        cgroup_usage_mib=None,
-        logical_cpus=2,
-        usable_cpus=2.0,
-        physical_cores=2,
-        isa=frozenset({"avx2"}),
-        gpus=(),
-        disk_free_mib=None,
-    )
-    return dataclasses.replace(base, **changes)
+    return avx2_machine(**changes)
 
 
 def measured(backend, precision, speeds, fidelity=None, reference=None, entry="") -> Measured:
