@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,22 +26,14 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+# the daemon's own CPU time, and a free port: the helpers the HTTP bench measures with
+from http_speed import cpu_s, free_port  # noqa: E402  (bench/ is this script's sys.path[0])
+
 from edgerank.convert.backoff import Policy  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
 from edgerank.models.manifest import Manifest  # noqa: E402
 from edgerank.store.entries import ModelStore  # noqa: E402
 from tests.support import minilm_ce  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric(text: str, name: str) -> float:
@@ -69,7 +60,7 @@ def run(entry: Path, sample: float, groups, threads: int) -> dict[str, float]:
                 except httpx.TransportError:
                     pass
                 time.sleep(0.2)
-            start = cpu_seconds(proc.pid)
+            start = cpu_s(proc.pid)
             t0 = time.perf_counter()
             for query, docs in groups:
                 assert c.post("/v2/rerank", json={"query": query, "documents": docs}).is_success
@@ -80,7 +71,7 @@ def run(entry: Path, sample: float, groups, threads: int) -> dict[str, float]:
             ):
                 time.sleep(0.2)  # seeded sampling: about sample x requests
             text = c.get("/metrics").text
-            cpu = cpu_seconds(proc.pid) - start
+            cpu = cpu_s(proc.pid) - start
     finally:
         proc.terminate()
         proc.wait(60)

@@ -22,6 +22,8 @@ import random
 import shutil
 from pathlib import Path
 
+from tests.support.minilm_ce import _batch, _last_layer_inputs
+
 DATA = Path(__file__).resolve().parent / "data"
 MAX_LENGTH = 128
 TOKENIZER_FILES = (
@@ -123,21 +125,6 @@ def _pairs(groups: list[dict]) -> tuple[list[tuple[str, str]], list[float]]:
     return pairs, labels
 
 
-def _batch(tok, pairs):
-    import torch
-
-    encs = tok.encode_batch(list(pairs))
-    width = max(len(e.ids) for e in encs)
-    ids = torch.zeros((len(encs), width), dtype=torch.long)
-    mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
-    for row, e in enumerate(encs):
-        n = len(e.ids)
-        ids[row, :n] = torch.tensor(e.ids)
-        mask[row, :n] = 1
-        types[row, :n] = torch.tensor(e.type_ids)
-    return ids, mask, types
-
-
 def _loss(pred, target):
     """Regression keeps a reranker-like logit scale; the pairwise term makes order the aim."""
     import torch
@@ -190,15 +177,8 @@ def _fit_cls_path(model, tok, pairs, labels, recipe, chunk: int = 64) -> None:
     bert = model.bert
     layer = bert.encoder.layer[-1]
     att = layer.attention.self
-    cached = []
     model.eval()
-    with torch.no_grad():
-        for i in range(0, len(pairs), chunk):
-            ids, mask, types = _batch(tok, pairs[i : i + chunk])
-            hidden = bert(
-                input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True
-            ).hidden_states[-2]
-            cached.append((hidden[:, :1].clone(), att.key(hidden), att.value(hidden), mask.bool()))
+    cached = _last_layer_inputs(model, tok, pairs, chunk)
     frozen = {id(p) for p in (*att.key.parameters(), *att.value.parameters())}
     params = [
         p
