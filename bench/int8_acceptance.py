@@ -29,6 +29,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,7 @@ def run_model(name: str, work: Path, rounds: int, threads: list[int]) -> dict:
         "model": name, "weights_sha256": mr.fingerprint(ckpt), "build_s": round(built, 1),
         "import": {k: round(v, 1) for k, v in imp.items()}, "import_log": lines,
         "precision": m.precision, "fp32_matmuls": m.recipe.get("fp32_matmuls"),
+        "matmul_kinds": dict(Counter(m.recipe.get("matmul_kinds", {}).values())),
         "frontier": m.recipe.get("frontier"), "probe_fidelity": m.fidelity,
         "heldout_fidelity_vs_torch_fp32": fidelity, "speed": speed,
     }  # fmt: skip

@@ -1,12 +1,12 @@
 """The back-off frontier of each INT8 base on one test reranker, measured in one process.
 
-    python bench/int8_frontier.py [--model faq-head] [--bases token dynamic]
+    python bench/int8_frontier.py [--model faq-head] [--bases mixed block dynamic-mixed]
 
-For each base of convert/backoff.py (token = per-token W8A8 + SmoothQuant; dynamic =
-onnxruntime quantize_dynamic, per-tensor activations), the accuracy-aware loop runs on the
-shipped probe with timing not allowed to stop it, and prints every point: MatMuls kept
-FP32, mean/min Spearman and top-1 kept against the FP32 graph, speed vs that graph (16
-probe pairs, interleaved rounds; the machine is shared, so read the speeds as rough).
+For each base of convert/backoff.py (its ladder of MatMul kinds, convert/int8_files.py),
+the accuracy-aware loop runs on the shipped probe with timing not allowed to stop it, and
+prints every point: MatMuls moved up to each kind, mean/min Spearman and top-1 kept against
+the FP32 graph, speed vs that graph (16 probe pairs, interleaved rounds; the machine is
+shared, so read the speeds as rough).
 """
 
 from __future__ import annotations

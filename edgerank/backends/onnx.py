@@ -136,10 +136,16 @@ class OnnxBackend:
             details={
                 "model_file": m.model_file,
                 "recipe": m.recipe.get("name", ""),
-                **({"fidelity_note": note} if (note := m.fidelity_note()) else {}),
+                **({"fidelity_note": note} if (note := m.fidelity_note(_kernel())) else {}),
             },
             identity=m.identity(),
         )
 
     def close(self) -> None:
         self._session = None
+
+
+def _kernel() -> str:
+    from edgerank.hardware.probe import int8_kernel_here
+
+    return int8_kernel_here()

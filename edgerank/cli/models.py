@@ -65,13 +65,15 @@ def models(as_json):
 def fidelity_notes(store, installed: dict[str, list[str]]) -> dict[str, str]:
     """name -> one line, for installed ONNX entries whose INT8 fidelity is not proved."""
     from edgerank.errors import EdgerankError
+    from edgerank.hardware.probe import int8_kernel_here
 
+    here = int8_kernel_here()
     out = {}
     for name, backends in sorted(installed.items()):
         if "onnx" not in backends:
             continue
         try:
-            note = store.manifest(name, "onnx").fidelity_note()
+            note = store.manifest(name, "onnx").fidelity_note(here)
         except EdgerankError:
             continue
         if note:

@@ -1,27 +1,18 @@
-"""Accuracy-aware INT8: quantize, prove it on natural text, back off until faithful.
+"""Accuracy-aware INT8: quantize, prove it on natural text, move up until faithful.
 
-Two bases (bench/int8_frontier.py measures both): onnxruntime's own dynamic quantization
-(weights int8 per output channel, activations uint8 with ONE scale per tensor, computed at
-run time; MLAS's fused DynamicQuantizeMatMul) is the fastest INT8 here, but on real
-sentences it ranks far from FP32 (faq-head, 140 natural-text groups: Spearman 0.945, top-1
-kept 88%, all MatMuls INT8) and needed more than 24 of 32 MatMuls in FP32 before the
-floor, where it no longer paid. The per-token W8A8 base (convert/int8.py: uint8 scales per
-token, SmoothQuant on the LayerNorm-fed MatMuls) starts at 0.979 / 93% and passes 0.99
-Spearman with 8-12 of 32 MatMuls in FP32, so it is the default; its top-1 on the probe
-stayed at 95-96.4% up to 12 kept (faq-head, gloss-head), and by then it no longer paid
-1.1x on a loaded 2-vCPU box, so those installs ended in FP32. Both run on the
-fused FP32 graph (onnxruntime's BERT fusions: LayerNorm, GELU, attention) with the last
-layer computed for the first token only where the head reads only that row (exact;
-convert/graph.first_token_last_layer).
-
-Speed alone is not the promise, so the file is measured before it is installed: INT8 vs
-the FP32 graph on a held-out natural-text probe (edgerank/quality/data/probe.jsonl, or
-more). Below the floor, the MatMuls whose quantization measurably hurts most stay FP32:
-one pass over the calibration text, with a switch per MatMul between its FP32 and INT8
-outputs, measures each MatMul's own damage to the logits; the loop then keeps the worst
-ones in FP32 (1, 2, 3, 4, 6, 8, ... of them) and re-measures on the probe until the floor
-holds. Every point is kept as the frontier. If INT8 stops paying (under MIN_SPEEDUP x the
-FP32 graph) before the floor holds, the FP32 graph is what gets installed.
+Every MatMul starts at its base's fastest kind (convert/int8_files.py: ``dynamic``, the
+peers' per-tensor recipe, ~2x FP32 and far from it on real sentences). The file is measured
+before it is installed: INT8 vs the FP32 graph on a held-out natural-text probe
+(edgerank/quality/data/probe.jsonl, or more). Below the floor, the MatMuls whose
+quantization measurably hurts most move one kind up (``block``: int8 per token and block
+of 32, faithful but slower; then ``fp32``): one pass over the calibration text, with a
+switch per MatMul between its FP32 and quantized outputs, measures each MatMul's own damage
+to the logits; the loop then moves the worst 2, 4, 8, ... of them up and re-measures on
+the probe until the floor holds. Every point is kept as the frontier. If INT8 stops paying
+(under MIN_SPEEDUP x the FP32 graph) before the floor holds, the FP32 graph is what gets
+installed. All kinds run on the fused FP32 graph (onnxruntime's BERT fusions: LayerNorm,
+GELU, attention) with the last layer computed for the first token only where the head
+reads only that row (exact; convert/graph.first_token_last_layer).
 """
 
 from __future__ import annotations
@@ -35,16 +26,28 @@ from typing import Any
 
 import numpy as np
 
+from edgerank.convert import int8, int8_files
 from edgerank.quality.scoring import Scorer
 
 #: mean Spearman per group and share of groups whose FP32 top-1 stays top-1
 FLOOR = {"spearman_mean": 0.99, "top1_kept": 0.97}
 #: INT8 must be at least this much faster than the FP32 graph to be worth its noise
 MIN_SPEEDUP = 1.1
-#: how many MatMuls the loop keeps FP32 at each step (worst first)
-SCHEDULE = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 36, 48, 72)
+#: how many MatMuls (worst first) move one kind up at each step; then all of them
+SCHEDULE = (2, 4, 8, 16)
+#: the kinds each base climbs through; the first base is the default
+LADDERS = {
+    "mixed": ("token", "block", "fp32"),
+    "dynamic-mixed": ("dynamic", "block", "fp32"),
+    "token": ("token", "fp32"),
+    "block": ("block", "fp32"),
+    "dynamic": ("dynamic", "fp32"),
+}
+BASES = tuple(LADDERS)
+#: SmoothQuant migration strength in front of the ``token`` kind (the paper's default)
+SMOOTH_ALPHA = 0.5
 RECIPE = {
-    "name": "w8-dynamic-backoff-v3",
+    "name": "int8-ladder-v4",
     "fuse": "onnxruntime.transformers bert (MultiHeadAttention, SkipLayerNorm, BiasGelu)",
     "first_token_last_layer": True,
     "quantized_ops": ["MatMul"],
@@ -62,135 +65,14 @@ class Policy:
     allow_below_floor: bool = False
 
 
-#: 7-bit weights (vpmaddubsw saturation on AVX2) measured no better here: full 8-bit
-REDUCE_RANGE = False
 Progress = Callable[[str], None]
 
 
 def meets(fid: dict[str, float], floor: dict[str, float] = FLOOR) -> bool:
+    """Whether the probe's figures clear the floor, as measured (no margin: one standard
+    error on top-1, i.e. at most 2 misses in 140, was tried on three models and moved
+    them to all-``block`` for 20% of their speed, with the same held-out top-1)."""
     return all(fid.get(k, -1.0) >= v for k, v in floor.items())
-
-
-# --------------------------------------------------------------------------- graphs
-
-
-def prepare_fp32(fp32_onnx: Path, work: Path) -> tuple[Path, Path]:
-    """The fused FP32 graph, and the same with the first-token last layer where it applies
-    (the FP32 reference and the FP32 candidate; the token base rewrites the fused one)."""
-    import onnx
-
-    from edgerank.convert.graph import Graph, first_token_last_layer
-    from edgerank.convert.int8 import _fused, _save
-
-    model, _why = _fused(fp32_onnx)
-    fused = work / "model.fused.onnx"
-    _save(model, fused)
-    g = Graph(onnx.load(str(fused)))
-    first_token_last_layer(g)
-    g.finish()
-    out = work / "model.fp32.onnx"
-    _save(g.model, out)
-    return fused, out
-
-
-def quantized_matmuls(prepared: Path, quantized: Path) -> list[str]:
-    """The MatMuls of ``prepared`` that ``quantized`` no longer computes in FP32."""
-    import onnx
-
-    plain = {n.output[0] for n in onnx.load(str(quantized)).graph.node if n.op_type == "MatMul"}
-    model = onnx.load(str(prepared))
-    inits = {t.name for t in model.graph.initializer}
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "MatMul" and n.input[1] in inits and n.output[0] not in plain
-    ]
-
-
-class Base:
-    """One way to quantize: ``build(keep_fp32, out)`` writes the INT8 file."""
-
-    def __init__(self, name: str, fused: Path, prepared: Path, calibration_pairs):
-        self.name, self.fused, self.prepared = name, fused, prepared
-        self.pairs = calibration_pairs
-        self.ranges: dict[str, np.ndarray] = {}  # activation ranges: calibrated once
-
-    def build(self, keep: Sequence[str], out: Path) -> Path:
-        if self.name == "dynamic":
-            return quantize(self.prepared, out, keep)
-        from edgerank.convert import int8
-
-        recipe = {**TOKEN_BASE, "fp32_matmuls": list(keep)}
-        int8.quantize_int8(self.fused, out, recipe, calibration=self.pairs, ranges=self.ranges)
-        return out
-
-
-#: per-token W8A8 (convert/int8.py) with SmoothQuant on the LayerNorm-fed MatMuls; the V fold
-#: is off so that every INT8 MatMul still reads its FP32 input (the sensitivity switch
-#: needs that) and v2's structural FFN-down rule is replaced by measured back-off
-TOKEN_BASE = {"fuse": False, "ffn_down_fp32": False, "fold_v": False}
-#: bases in the order tried; bench/int8_frontier.py has both frontiers on three models
-BASES = ("token", "dynamic")
-
-
-def quantize(
-    prepared: Path, out: Path, keep_fp32: Sequence[str] = (), reduce_range: bool = REDUCE_RANGE
-) -> Path:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True,
-        op_types_to_quantize=["MatMul"], nodes_to_exclude=list(keep_fp32),
-        reduce_range=reduce_range,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )  # fmt: skip
-    return out
-
-
-def switch_graph(prepared: Path, quantized: Path, names: list[str]):
-    """The INT8 graph with an input ``er_fp32`` (one float per MatMul): 1 = use that MatMul's
-    FP32 output, 0 = its INT8 output. One session then measures any mix."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    fp = onnx.load(str(prepared))
-    q = onnx.load(str(quantized))
-    fp_nodes = {n.name: n for n in fp.graph.node}
-    fp_inits = {t.name: t for t in fp.graph.initializer}
-    have = {t.name for t in q.graph.initializer}
-    new_nodes, new_inits = [], []
-    for k, name in enumerate(names):
-        node = fp_nodes[name]
-        y = node.output[0]
-        producer = next(n for n in q.graph.node if y in n.output)
-        producer.output[list(producer.output).index(y)] = y + "__q"
-        w = node.input[1]
-        if w not in have:
-            new_inits.append(fp_inits[w])
-            have.add(w)
-        idx = numpy_helper.from_array(np.array(k, dtype=np.int64), f"er_k{k}")
-        new_inits.append(idx)
-        new_nodes += [
-            helper.make_node("MatMul", [node.input[0], w], [y + "__f"]),
-            helper.make_node("Gather", ["er_fp32", f"er_k{k}"], [y + "__a"], axis=0),
-            helper.make_node("Sub", [y + "__f", y + "__q"], [y + "__d"]),
-            helper.make_node("Mul", [y + "__d", y + "__a"], [y + "__m"]),
-            helper.make_node("Add", [y + "__q", y + "__m"], [y]),
-        ]
-    q.graph.node.extend(new_nodes)
-    q.graph.initializer.extend(new_inits)
-    q.graph.input.append(helper.make_tensor_value_info("er_fp32", TensorProto.FLOAT, [len(names)]))
-    from edgerank.convert.graph import _toposort
-
-    ready = {i.name for i in q.graph.input} | {t.name for t in q.graph.initializer}
-    nodes = _toposort(list(q.graph.node), ready)
-    del q.graph.node[:]
-    q.graph.node.extend(nodes)
-    return q
-
-
-# -------------------------------------------------------------------------- scoring
 
 
 # ---------------------------------------------------------------------- measurements
@@ -201,7 +83,7 @@ def sensitivities(
     pairs: Sequence[tuple[str, str]], threads: int,
 ) -> dict[str, float]:  # fmt: skip
     """Each MatMul's own damage: RMS logit change when it alone runs INT8 (all else FP32)."""
-    sw = Scorer(switch_graph(prepared, quantized, names), tokenizer_json, threads, 128)
+    sw = Scorer(int8_files.switch_graph(prepared, quantized, names), tokenizer_json, threads, 128)
     if not names:
         return {}
     rows = sw.encode(pairs)
@@ -258,8 +140,11 @@ def measure_pair(
     enc = [ref_s.encode([(q, d) for d in docs]) for q, docs in probe]
     ref = ref_s.score_groups(enc)
     fid = agreement(ref, Scorer(int8, tokenizer_json, threads, max_length).score_groups(enc))
+    from edgerank.hardware.probe import int8_kernel_here
+
     return {
-        "reference": "onnx fp32 (the publisher's)", "probe": info, **_rounded(fid),
+        "reference": "onnx fp32 (the publisher's)", "int8_kernel": int8_kernel_here(),
+        "probe": info, **_rounded(fid),
         "floor": dict(FLOOR), "meets_floor": meets(fid),
     }  # fmt: skip
 
@@ -282,68 +167,95 @@ def quantize_accurate(
     policy = policy or Policy()
     floor = dict(FLOOR if policy.floor is None else policy.floor)
     min_speedup = MIN_SPEEDUP if policy.min_speedup is None else policy.min_speedup
+    ladder = LADDERS[base]
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    fused, prepared = prepare_fp32(fp32_onnx, work)
+    prepared, row_mms = int8_files.prepare_fp32(fp32_onnx, work)
+    fixed = dict.fromkeys(row_mms, "fp32")
     ref_s = Scorer(prepared, tokenizer_json, threads, max_length)
     enc = [ref_s.encode([(q, d) for d in docs]) for q, docs in probe]
     ref = ref_s.score_groups(enc)
     speed_rows = [row for g in enc[:: max(1, len(enc) // 16)] for row in g[:1]][:16]
     cal_pairs = [(q, d) for q, docs in calibration for d in docs[:1]]
-    quant = Base(base, fused, prepared, cal_pairs)
-    switch_src = fused if base == "token" else prepared
+    sens_pairs = cal_pairs[:: max(1, len(cal_pairs) // sensitivity_pairs)][:sensitivity_pairs]
+    names = [n for n in int8_files.matmul_names(prepared) if n not in fixed]
+    source, smoothing = prepared, None
+    if "token" in ladder:  # per-token scales still share one step across a token's channels
+        source = work / "model.smooth.fp32.onnx"
+        smoothing = int8.smoothed_fp32(
+            prepared, source, tokenizer_json.parent, cal_pairs, SMOOTH_ALPHA
+        )
 
     frontier: list[dict[str, Any]] = []
-    order: list[str] = []
-    names: list[str] = []
-    sens: dict[str, float] = {}
-    chosen: dict[str, Any] | None = None
-    tried: set[int] = set()
-    for count in SCHEDULE:
-        count = min(count, len(order)) if count else 0  # the last point: every MatMul FP32
-        if count in tried:
-            break
-        tried.add(count)
-        keep = order[:count]
-        path = quant.build(keep, work / f"model.int8.keep{count}.onnx")
-        names = names or quantized_matmuls(switch_src, path)
+    sens: dict[str, dict[str, float]] = {}
+
+    def point(kinds: dict[str, str]) -> dict[str, Any]:
+        moved = {k: sorted(n for n, v in kinds.items() if v == k) for k in ladder[1:]}
+        tag = "-".join(f"{k}{len(v)}" for k, v in moved.items())
+        out = work / f"model.int8.{tag}.onnx"
+        path = int8_files.build(source, out, {**fixed, **kinds}, ladder[0])
         cand = Scorer(path, tokenizer_json, threads, max_length)
         fid = agreement(ref, cand.score_groups(enc))
         ratio = speed_ratio(ref_s, {"c": cand}, speed_rows)["c"]
-        point = {"fp32_matmuls": count, **_rounded(fid), "speed_vs_onnx_fp32": round(ratio, 3)}
-        frontier.append({**point, "file": path.name, "kept": keep})
+        counts = {f"{k}_matmuls": len(v) for k, v in moved.items()}
         progress(
-            f"INT8 ({base}) with {count} MatMul(s) in FP32: Spearman {fid['spearman_mean']:.4f}, "
-            f"top-1 kept {fid['top1_kept']:.1%}, {ratio:.2f}x ONNX FP32"
-        )
-        if meets(fid, floor) and ratio >= min_speedup:
-            chosen = frontier[-1]
+            f"INT8 ({ladder[0]}; " + ", ".join(f"{len(v)} {k}" for k, v in moved.items())
+            + f"): Spearman {fid['spearman_mean']:.4f}, top-1 kept {fid['top1_kept']:.1%}, "
+            f"{ratio:.2f}x ONNX FP32"
+        )  # fmt: skip
+        p = {**counts, **_rounded(fid), "speed_vs_onnx_fp32": round(ratio, 3)}
+        frontier.append({**p, "file": path.name, "kinds": dict(kinds)})
+        return frontier[-1]
+
+    kinds: dict[str, str] = {}
+    chosen = None
+    last = point(kinds)
+    for rung in ladder[1:]:
+        if meets(last, floor) and last["speed_vs_onnx_fp32"] >= min_speedup:
+            chosen = last
             break
-        if ratio < min_speedup:
+        if last["speed_vs_onnx_fp32"] < min_speedup:
             break  # INT8 no longer pays: FP32 is the faithful choice
-        if not order:
-            progress("measuring each MatMul's sensitivity on the calibration text")
-            cal = cal_pairs[:: max(1, len(cal_pairs) // sensitivity_pairs)][:sensitivity_pairs]
-            sens = sensitivities(switch_src, path, names, tokenizer_json, cal, threads)
-            order = sorted(names, key=lambda n: -sens[n])
+        progress(f"measuring each MatMul's sensitivity before moving the worst to {rung}")
+        current = [n for n in names if kinds.get(n, ladder[0]) != rung]
+        sens[rung] = sensitivities(
+            source, work / last["file"], current, tokenizer_json, sens_pairs, threads
+        )
+        order = sorted(current, key=lambda n: -sens[rung][n])
+        for count in (*[c for c in SCHEDULE if c < len(order)], len(order)):
+            last = point({**kinds, **dict.fromkeys(order[:count], rung)})
+            if meets(last, floor) or last["speed_vs_onnx_fp32"] < min_speedup:
+                break
+        kinds = dict(last["kinds"])
+    else:
+        if meets(last, floor) and last["speed_vs_onnx_fp32"] >= min_speedup:
+            chosen = last
     best_int8 = max(frontier, key=lambda p: (p["spearman_mean"], p["top1_kept"]))
+    pick = chosen or best_int8
     result: dict[str, Any] = {
         "recipe": {
             **RECIPE,
-            "base": BASE_DOC[base],
-            "fp32_matmuls": (chosen or best_int8)["kept"],
-            "matmuls_int8": len(names) - len((chosen or best_int8)["kept"]),
-            "sensitivity": {k: round(v, 5) for k, v in sorted(sens.items(), key=lambda x: -x[1])},
+            "base": {k: int8_files.KIND_DOC[k] for k in ladder},
+            "smoothing": smoothing,
+            "matmul_kinds": pick["kinds"],
+            "fp32_matmuls": sorted(n for n, k in pick["kinds"].items() if k == "fp32"),
+            "first_token_fp32": sorted(fixed),
+            "matmuls": len(names),
+            "matmuls_int8": len(names) - sum(k == "fp32" for k in pick["kinds"].values()),
+            "sensitivity": {
+                rung: {k: round(v, 5) for k, v in sorted(s.items(), key=lambda x: -x[1])}
+                for rung, s in sens.items()
+            },
         },
-        "frontier": [{k: v for k, v in p.items() if k not in ("kept", "file")} for p in frontier],
+        "frontier": [{k: v for k, v in p.items() if k not in ("kinds", "file")} for p in frontier],
         "floor": dict(floor),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
 
-    def installed(point: dict[str, Any], meets_floor: bool) -> dict[str, Any]:
-        path = work / point["file"]
+    def installed(p: dict[str, Any], meets_floor: bool) -> dict[str, Any]:
+        path = work / p["file"]
         gap = batch_gap(Scorer(path, tokenizer_json, threads, max_length), enc)
-        fid = {**{k: point[k] for k in _FIG if k in point}, "batch_gap": gap}
+        fid = {**{k: p[k] for k in _FIG if k in p}, "batch_gap": gap}
         return {**result, "file": path, "precision": "int8", "meets_floor": meets_floor,
                 "fidelity": fid}  # fmt: skip
 
@@ -357,12 +269,6 @@ def quantize_accurate(
     return installed(best_int8, False)
 
 
-BASE_DOC = {
-    "token": "W8A8 per-token uint8 activations in-graph, int8 per-channel 7-bit weights, "
-    "SmoothQuant 0.5 on LayerNorm-fed MatMuls (convert/int8.quantize_int8)",
-    "dynamic": "onnxruntime quantize_dynamic: QInt8 weights per channel, uint8 activations "
-    "per tensor at run time",
-}
 _FIG = (
     "groups", "spearman_mean", "spearman_min", "top1_kept", "max_abs_diff", "speed_vs_onnx_fp32",
 )  # fmt: skip

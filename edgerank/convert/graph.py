@@ -23,9 +23,11 @@ class Graph:
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17
         )
         self._n = 0
+        self._taken: set[str] | None = None
         self._new_nodes: list = []
         self._new_inits: list = []
         self._dropped: set[int] = set()
+        self._held: list = []
 
     def nodes_of(self, op: str) -> list:
         return [n for n in self.model.graph.node if n.op_type == op]
@@ -61,8 +63,18 @@ class Graph:
         return name
 
     def fresh(self, stem: str) -> str:
-        self._n += 1
-        return f"er_{stem}_{self._n}"
+        """A name no tensor of the graph has: a graph rewritten before (the first-token
+        rewrite, then SmoothQuant) already holds er_* names from its first pass."""
+        if self._taken is None:
+            g = self.model.graph
+            self._taken = {o for n in g.node for o in n.output} | set(self.inits)
+            self._taken |= {i.name for i in g.input}
+        while True:
+            self._n += 1
+            name = f"er_{stem}_{self._n}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
 
     def add(self, op: str, inputs: list[str], out: str | None = None, domain: str = "", **attrs):
         from onnx import helper
@@ -72,6 +84,9 @@ class Graph:
         return out
 
     def drop(self, node) -> None:
+        # protobuf hands out node wrappers by value; holding this one keeps its id from
+        # being reused by another node's wrapper before the rewrite is applied
+        self._held.append(node)
         self._dropped.add(id(node))
 
     def snapshot(self):
@@ -134,11 +149,6 @@ def quantizable(g: Graph, node) -> bool:
         return False
     w = g.array(node.input[1])
     return w is not None and w.ndim == 2 and w.dtype == np.float32
-
-
-def fed_by(g: Graph, node, ops: frozenset[str]) -> bool:
-    producer = g.producer(node.input[0])
-    return producer is not None and producer.op_type in ops
 
 
 def first_token_last_layer(g: Graph) -> set[str]:

@@ -1,58 +1,33 @@
-"""Export a Hugging Face cross-encoder to ONNX and quantize it to INT8, fast *and* faithful.
-
-Export needs the `convert` extra (torch, transformers), imported inside the function.
-Quantization is torch-free (onnx + onnxruntime), so `edgerank pull` can run it on the box.
-
-The shipped recipe (measured in bench/int8_recipes.py, on an AVX2-only 2-vCPU Zen3) is W8A8
-with *per-token* activation scales computed inside the graph:
+"""What the INT8 kinds (convert/int8_files.py) start from: onnxruntime's BERT fusions, the
+activation ranges of real sentences, and SmoothQuant. Torch-free (onnx + onnxruntime), so
+`edgerank pull` can quantize on the box; only `require_quantize` is needed to say so.
 
 - fuse first (onnxruntime.transformers, model_type bert, MultiHeadAttention kept apart from
   the Q/K/V MatMuls so that those stay quantizable); LayerNorm, GELU and softmax run fused;
-- every MatMul with a constant weight becomes MatMulIntegerToFloat: weights int8 symmetric per
-  output channel in a 7-bit range (AVX2's u8 x s8 kernel, vpmaddubsw, saturates int16 with
-  full 8-bit weights), activations uint8 asymmetric with one scale and zero point per token.
-  Per-token scales make a pair's score independent of its batch neighbours (per-tensor
-  dynamic scales span the whole padded batch) and follow each token's own range;
-- SmoothQuant (alpha 0.5) moves the activation outlier channels into the weights: folded
-  exactly into the V projection for the attention-output MatMul, an explicit per-channel
-  Mul for the LayerNorm-fed Q/K/V and FFN-in MatMuls (the LayerNorm output is also the
-  residual, so it cannot be folded there);
-- the head reads only the first token, so the last layer is computed for that row only
-  after its keys and values (exact), and that small remainder stays in FP32.
+- SmoothQuant (alpha 0.5, calibrated on natural text) moves the activation outlier
+  channels into the weights: folded exactly into the V projection for the attention-output
+  MatMul, an explicit per-channel Mul for the LayerNorm-fed Q/K/V and FFN-in MatMuls (the
+  LayerNorm output is also the residual, so it cannot be folded there) and the GELU-fed
+  FFN-out MatMuls.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgerank.backends.padding import pad_batch
-from edgerank.convert.graph import MS_DOMAIN, Graph, fed_by, first_token_last_layer, quantizable
+from edgerank.convert.graph import MS_DOMAIN, Graph, quantizable
 from edgerank.errors import missing_extra
 from edgerank.quality.texts import calibration_pairs
 
 log = logging.getLogger("edgerank.convert")
 
-#: The shipped recipe; the dict goes into the model manifest as is.
-DEFAULT_RECIPE: dict[str, Any] = {
-    "name": "w8a8-token-smooth-v2",
-    "fuse": True,  # onnxruntime.transformers bert fusions, MultiHeadAttention
-    "weight_bits": 7,  # int8 storage, |q| <= 63: exact on AVX2's saturating u8s8 kernel
-    "activations": "asymmetric",  # uint8 per token; "symmetric" = zero point 128
-    "smooth_alpha": 0.5,  # None = no SmoothQuant
-    "first_token_last_layer": True,  # last layer after K/V only for the head's token
-    "last_layer_fp32": True,  # ... and that remainder in FP32
-    "fp32_matmuls": [],  # substrings of MatMul node names to leave in FP32
-    # v2: the FFN down-projections (fed by GELU, whose outputs carry the outliers) stay
-    # FP32: +0.003-0.006 Spearman on MiniLM for ~11% of the INT8 speed (bench/int8_recipes)
-    "ffn_down_fp32": True,
-}
-#: activations whose consumers `ffn_down_fp32` keeps in FP32 (plain and fused GELUs)
+#: the GELUs (plain and fused) whose outputs SmoothQuant rescales before the FFN-out MatMul
 GELU_OPS = frozenset({"Gelu", "FastGelu", "BiasGelu", "QuickGelu"})
 #: Session settings the quantized file was measured with (the ONNX backend must match).
 SESSION = {
@@ -81,66 +56,6 @@ def require_quantize() -> None:
             "quantize",
             also="; or quantize elsewhere and `edgerank import` its `edgerank export` archive",
         ) from exc
-
-
-def quantize_int8(
-    fp32_onnx: Path | str,
-    out_onnx: Path | str,
-    recipe: dict[str, Any] | None = None,
-    calibration: Sequence[tuple[str, str]] | None = None,
-    ranges: dict[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Write the INT8 model; return the recipe with what was actually applied.
-
-    ``ranges``: a cache of calibrated activation ranges, filled on the first call and read
-    on later ones (the accuracy-aware loop, convert/backoff.py, quantizes one graph often).
-    """
-    require_quantize()
-    import onnx
-
-    recipe = {**DEFAULT_RECIPE, **(recipe or {})}
-    fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
-    model, unfused = _fused(fp32_onnx) if recipe["fuse"] else (onnx.load(str(fp32_onnx)), None)
-    g = Graph(model)
-    applied: dict[str, Any] = {"fused_attention": len(g.nodes_of("MultiHeadAttention"))}
-    if unfused:
-        applied["unfused"] = unfused
-
-    row_only: set[str] = set()
-    if recipe["first_token_last_layer"]:
-        row_only = first_token_last_layer(g)
-    applied["first_token_last_layer"] = bool(row_only)
-
-    targets = [n for n in g.model.graph.node if quantizable(g, n)]
-    if recipe["last_layer_fp32"]:
-        targets = [n for n in targets if n.input[0] not in row_only]
-    keep = recipe.get("fp32_matmuls") or ()
-    targets = [n for n in targets if not any(k in n.name for k in keep)]
-    if recipe.get("ffn_down_fp32"):
-        ffn_down = [n for n in targets if fed_by(g, n, GELU_OPS)]
-        applied["ffn_down_fp32"] = len(ffn_down)
-        targets = [n for n in targets if n not in ffn_down]
-    groups: dict[str, list] = {}
-    for node in targets:
-        groups.setdefault(node.input[0], []).append(node)
-
-    alpha = recipe["smooth_alpha"]
-    smooth: dict[str, np.ndarray] = {}
-    if alpha is not None and groups:
-        amax = dict(ranges or {})
-        missing = [x for x in groups if x not in amax]
-        if missing:
-            amax.update(_calibrate(g, fp32_onnx.parent, missing, calibration))
-        if ranges is not None:
-            ranges.update(amax)
-        fold_v = recipe.get("fold_v", True)
-        smooth, applied["smoothed"] = _smooth(g, groups, amax, alpha, fold_v)
-    for x, nodes in groups.items():
-        _quantize_group(g, x, nodes, smooth.get(x), recipe)
-    applied["matmuls_int8"] = len(targets)
-    g.finish()
-    _save(g.model, out_onnx)
-    return {**recipe, "applied": applied, "session": SESSION}
 
 
 def _fused(path: Path):
@@ -223,8 +138,38 @@ def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, 
     return amax
 
 
+def smoothed_fp32(
+    prepared: Path, out: Path, model_dir: Path, pairs, alpha: float = 0.5
+) -> dict[str, Any]:
+    """The FP32 graph with SmoothQuant applied: still FP32 and (up to rounding) the same
+    function, with the activation outlier channels moved into the weights' rows.
+
+    A per-token activation scale (convert/int8_files.py's ``token`` kind) still gives every
+    channel of a token the same step, so a few outlier channels (LayerNorm's gamma, GELU's
+    tail) leave the others a handful of levels; the weights are quantized per output
+    channel and take the range better. Folded into V for the attention output; an explicit
+    Mul for LayerNorm-fed (the LayerNorm output is also the residual) and GELU-fed MatMuls.
+    """
+    import onnx
+
+    g = Graph(onnx.load(str(prepared)))
+    groups: dict[str, list] = {}
+    for node in g.model.graph.node:
+        if quantizable(g, node):
+            groups.setdefault(node.input[0], []).append(node)
+    amax = _calibrate(g, model_dir, list(groups), pairs)
+    explicit, count = _smooth(g, groups, amax, alpha, fold_v=True, gelu=True)
+    for x, inv in explicit.items():
+        scaled = g.add("Mul", [x, g.const(inv)])
+        for node in groups[x]:
+            node.input[0] = scaled
+    g.finish()
+    _save(g.model, out)
+    return {"smooth_alpha": alpha, "smoothed": count, "explicit_mul": len(explicit)}
+
+
 def _smooth(
-    g: Graph, groups, amax, alpha: float, fold_v: bool = True
+    g: Graph, groups, amax, alpha: float, fold_v: bool = True, gelu: bool = False
 ) -> tuple[dict[str, np.ndarray], int]:
     """SmoothQuant factors per activation; folds those it can into the weights exactly.
 
@@ -242,7 +187,9 @@ def _smooth(
         mha = src is not None and src.op_type == "MultiHeadAttention"
         if fold_v and mha and _fold_into_v(g, src, s):
             pass  # attention output = probs @ V: scaling V's columns scales these channels
-        elif src is not None and "LayerNormalization" in src.op_type:
+        elif src is not None and (
+            "LayerNormalization" in src.op_type or (gelu and src.op_type in GELU_OPS)
+        ):
             explicit[x] = (1.0 / s).astype(np.float32)
         else:
             continue
@@ -267,61 +214,6 @@ def _fold_into_v(g: Graph, mha, s: np.ndarray) -> bool:
     bias[2 * d :] /= s
     g.set_array(mha.input[3], bias.astype(np.float32))
     return True
-
-
-def _reduce(g: Graph, op: str, x: str) -> str:
-    if g.opset >= 18:
-        return g.add(op, [x, g.const([1], dtype=np.int64)], keepdims=1)
-    return g.add(op, [x], axes=[1], keepdims=1)
-
-
-def _quantize_group(g: Graph, x: str, nodes: list, inv_smooth, recipe: dict) -> None:
-    """One per-token uint8 quantization of ``x`` shared by every MatMul that reads it."""
-    k = g.array(nodes[0].input[1]).shape[0]
-    flat = g.add("Reshape", [x, g.const([-1, k], dtype=np.int64)])
-    if inv_smooth is not None:
-        flat = g.add("Mul", [flat, g.const(inv_smooth)])
-    zero = g.const(0.0)
-    hi = g.add("Max", [_reduce(g, "ReduceMax", flat), zero])
-    lo = g.add("Min", [_reduce(g, "ReduceMin", flat), zero])
-    asym = recipe["activations"] == "asymmetric"
-    if asym:  # uint8 over [lo, hi], zero point per token
-        span = g.add("Sub", [hi, lo])
-        levels = 2 ** recipe.get("activation_bits", 8) - 1
-        scale = g.add("Max", [g.add("Mul", [span, g.const(1 / levels)]), g.const(1e-12)])
-        zp_f = g.add("Round", [g.add("Div", [g.add("Neg", [lo]), scale])])
-        zp_u8 = g.add("Cast", [zp_f], to=2)  # UINT8
-    else:  # uint8 with zero point 128, scale from the larger side
-        peak = g.add("Max", [hi, g.add("Neg", [lo])])
-        scale = g.add("Max", [g.add("Mul", [peak, g.const(1 / 127)]), g.const(1e-12)])
-        zp_u8 = g.add("Cast", [g.add("Mul", [scale, zero])], to=2)
-        zp_u8 = g.add("Add", [zp_u8, g.const(128, dtype=np.uint8)])
-    flat_shape = g.const([-1], dtype=np.int64)
-    q = g.add(
-        "QuantizeLinear",
-        [flat, g.add("Reshape", [scale, flat_shape]), g.add("Reshape", [zp_u8, flat_shape])],
-        axis=0,
-    )
-    lead = g.add("Slice", [g.add("Shape", [x]), g.const([0], np.int64), g.const([-1], np.int64)])
-    one = g.const(1.0)
-    qmax = 2 ** (recipe["weight_bits"] - 1) - 1
-    for node in nodes:
-        w = g.array(node.input[1])
-        w_scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / qmax
-        wq = np.clip(np.round(w / w_scale), -qmax, qmax).astype(np.int8)
-        wq_name = g.const(wq, dtype=np.int8)
-        mm = g.add("MatMulIntegerToFloat", [q, wq_name, one, g.const(w_scale)], domain=MS_DOMAIN)
-        if asym:  # sum_k (q - z) w = sum_k q w - z * colsum(w)
-            colsum = wq.astype(np.float32).sum(axis=0) * w_scale
-            mm = g.add("Sub", [mm, g.add("Mul", [zp_f, g.const(colsum)])])
-        else:
-            # constant zero point 128 folded the same way, no per-token term needed
-            colsum = wq.astype(np.float32).sum(axis=0) * w_scale * 128
-            mm = g.add("Sub", [mm, g.const(colsum)])
-        y = g.add("Mul", [mm, scale])
-        shape = g.add("Concat", [lead, g.const([w.shape[1]], np.int64)], axis=0)
-        g.add("Reshape", [y, shape], out=node.output[0])
-        g.drop(node)
 
 
 def _save(model, out: Path) -> None:

@@ -25,6 +25,29 @@ X86_ISA = frozenset(
 
 
 ARM_ISA = frozenset({"asimddp", "i8mm", "bf16", "sve"})
+#: int8 kernels that add pairs of u8 x s8 products into int16 (vpmaddubsw) and can saturate
+SATURATING_INT8 = frozenset({"avx2", "avx512"})
+
+
+def int8_kernel(isa: frozenset[str]) -> str:
+    """The integer dot-product path onnxruntime's MLAS takes on this ISA: what an INT8
+    file's fidelity and speed are measured with. AVX2's (and AVX-512 without VNNI) u8 x s8
+    path can saturate with full 8-bit weights; VNNI, AMX and Arm's dot products accumulate
+    in int32 and cannot, so a fidelity measured on one of them does not carry over to a
+    saturating box (Manifest.fidelity_note says so there)."""
+    if "amx_int8" in isa and "amx_tile" in isa:
+        return "amx"
+    if "avx512_vnni" in isa or "avx_vnni" in isa:
+        return "vnni"
+    if "avx512f" in isa:
+        return "avx512"
+    if "avx2" in isa:
+        return "avx2"
+    if "i8mm" in isa:
+        return "arm-i8mm"
+    if "asimddp" in isa:
+        return "arm-dot"
+    return "baseline"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from edgerank.hardware.cpu import (
     read_affinity,
     read_arm_hwcaps,
 )
-from edgerank.hardware.facts import Gpu, Hardware
+from edgerank.hardware.facts import Gpu, Hardware, int8_kernel
 from edgerank.hardware.gpu import detect_gpus
 from edgerank.hardware.memory import (
     cgroup_cpu_quota,
@@ -118,3 +118,14 @@ def probe(
         gpus=gpu_reader(),
         disk_free_mib=None if store_path is None else disk_free_mib(store_path),
     )
+
+
+def int8_kernel_here() -> str:
+    """This CPU's int8 kernel (facts.int8_kernel), without the rest of the probe: the
+    fidelity notes compare it with the kernel an INT8 file was measured with."""
+    arch = platform.machine().lower()
+    arch = _ARCH_ALIASES.get(arch, arch)
+    isa = cpuinfo_isa("/", arch)
+    if isa is None and arch == "aarch64":
+        isa = read_arm_hwcaps()
+    return int8_kernel(isa or frozenset())

@@ -103,15 +103,28 @@ class Manifest:
         text = json.dumps(facts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def fidelity_note(self) -> str | None:
+    def fidelity_note(self, int8_kernel: str | None = None) -> str | None:
         """One line for score/serve/models/probe when an INT8 entry's fidelity is not
-        proved: installed below the floor (--allow-below-floor), or a publisher's file
-        that was never measured (--prebuilt-int8 without an FP32 original)."""
+        proved: installed below the floor (--allow-below-floor), a publisher's file that
+        was never measured (--prebuilt-int8 without an FP32 original), or measured with a
+        non-saturating int8 kernel and now on a CPU (``int8_kernel``, hardware.facts) whose
+        kernel can saturate."""
+        from edgerank.hardware.facts import SATURATING_INT8
+
         fid = self.fidelity or {}
         if fid.get("meets_floor", True) is False:
             return f"{self.name} was installed BELOW the fidelity floor: {floor_line(fid)}"
         if self.recipe.get("name") == "hub-prebuilt" and fid.get("measured") is False:
             return f"{self.name}: the publisher's INT8 file, fidelity unmeasured"
+        measured = fid.get("int8_kernel")
+        if (
+            self.precision == "int8" and measured and int8_kernel in SATURATING_INT8
+            and measured not in SATURATING_INT8
+        ):  # fmt: skip
+            return (
+                f"{self.name}: fidelity measured with the {measured} int8 kernel; this CPU's "
+                f"{int8_kernel} kernel can saturate: re-import here to measure it"
+            )
         return None
 
     def verify(self, model_dir: Path) -> None:

@@ -50,6 +50,7 @@ class OnnxInstalls(StoreLayout):
         reference_file) for the daemon's fidelity watch.
         """
         from edgerank.convert import backoff, int8, onnx_export
+        from edgerank.hardware.probe import int8_kernel_here
         from edgerank.quality import sets
 
         source_dir = checked_source(source_dir)
@@ -74,6 +75,7 @@ class OnnxInstalls(StoreLayout):
             )  # fmt: skip
             fidelity = {
                 "reference": "onnx fp32 (the same graph, fused)",
+                "int8_kernel": int8_kernel_here(),
                 "probe": probe_info,
                 **found["fidelity"],
                 "floor": found["floor"],

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgerank.convert import backoff as ib
+from edgerank.convert import int8_files
 from edgerank.errors import BelowFidelityFloor, InvalidInput
 from edgerank.models.manifest import Manifest
 from edgerank.quality import sets
@@ -23,6 +24,7 @@ from edgerank.store.entries import ModelStore
 #: installs whatever the loop finds, whatever the machine's load
 ANY = ib.Policy(min_speedup=0.0, allow_below_floor=True)
 TARGET = "/bert/encoder/layer.0/output/dense/MatMul"
+MINILM_TARGET = "/bert/encoder/layer.2/output/dense/MatMul"
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +38,30 @@ def fp32_dir(tiny_bert_hf, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def outlier_dir(fp32_dir, tmp_path_factory):
-    """The tiny model with one MatMul made hard to quantize, same function: three input rows
+    return _with_outlier(fp32_dir, tmp_path_factory.mktemp("tiny-outlier"), TARGET)
+
+
+@pytest.fixture(scope="module")
+def minilm_outlier_dir(minilm_ce_ckpt, tmp_path_factory):
+    """The real-weight MiniLM-L6 cross-encoder (a random tiny model ranks by noise, so
+    no floor can tell one MatMul's damage there) with one MatMul made hard to quantize."""
+    from edgerank.convert.onnx_export import export_onnx
+
+    fp32 = tmp_path_factory.mktemp("minilm-fp32")
+    export_onnx(minilm_ce_ckpt, fp32)
+    return _with_outlier(fp32, tmp_path_factory.mktemp("minilm-outlier"), MINILM_TARGET)
+
+
+def _with_outlier(src, d, target: str):
+    """The model with one MatMul made hard to quantize, same function: three input rows
     of its weight scaled 1000x and its input scaled 1/1000 in those channels (a Mul before
     it), so per-channel int8 weight scales crush every other row of that layer only."""
     import onnx
     from onnx import helper, numpy_helper
 
-    d = tmp_path_factory.mktemp("tiny-outlier")
-    model = onnx.load(str(fp32_dir / "model.onnx"))
+    model = onnx.load(str(src / "model.onnx"))
     nodes = list(model.graph.node)
-    node = next(n for n in nodes if n.name == TARGET)
+    node = next(n for n in nodes if n.name == target)
     init = next(t for t in model.graph.initializer if t.name == node.input[1])
     w = numpy_helper.to_array(init).copy()
     w[:3] *= 1000.0
@@ -61,7 +77,7 @@ def outlier_dir(fp32_dir, tmp_path_factory):
     model.graph.node.extend(nodes)
     onnx.save(model, str(d / "model.onnx"))
     for f in ("tokenizer.json", "config.json"):
-        (d / f).write_bytes((fp32_dir / f).read_bytes())
+        (d / f).write_bytes((src / f).read_bytes())
     return d
 
 
@@ -80,42 +96,73 @@ def test_shipped_sets_are_natural_disjoint_and_large_enough():
     assert cal_info["sha256"] != probe_info["sha256"]
 
 
-def test_measured_sensitivity_finds_the_outlier_matmul(outlier_dir, tmp_path):
-    """The switch pass (each MatMul alone in INT8, the rest FP32) ranks the outlier-scaled
-    MatMul first, by a wide margin: the order the back-off keeps MatMuls in FP32."""
+@pytest.mark.parametrize("kind", ["dynamic", "token"])
+def test_measured_sensitivity_finds_the_outlier_matmul(outlier_dir, tmp_path, kind):
+    """The switch pass (each MatMul alone quantized, the rest FP32) ranks the outlier-scaled
+    MatMul first, by a wide margin: the order the loop moves MatMuls up in."""
     cal = sets.shipped(sets.CALIBRATION)[0]
     tok = outlier_dir / "tokenizer.json"
-    fused, prepared = ib.prepare_fp32(outlier_dir / "model.onnx", tmp_path / "pre")
-    base = ib.Base("token", fused, prepared, sets.pairs_of(cal, 1))
-    path = base.build([], tmp_path / "k0.onnx")
-    names = ib.quantized_matmuls(fused, path)
+    (tmp_path / "pre").mkdir()
+    prepared, _rows = int8_files.prepare_fp32(outlier_dir / "model.onnx", tmp_path / "pre")
+    path = int8_files.build(prepared, tmp_path / "all.onnx", {}, kind)
+    names = int8_files.matmul_names(prepared)
     assert TARGET in names and len(names) > 4
-    sens = ib.sensitivities(fused, path, names, tok, sets.pairs_of(cal, 1)[::4][:32], 1)
+    sens = ib.sensitivities(prepared, path, names, tok, sets.pairs_of(cal, 1)[::4][:32], 1)
     ranked = sorted(sens, key=sens.get, reverse=True)
     assert ranked[0] == TARGET, sens
     assert sens[TARGET] > 3 * sens[ranked[1]], sens
 
 
+def test_backoff_keeps_exactly_the_outlier_layer_fp32(minilm_outlier_dir, tmp_path, monkeypatch):
+    """With one MatMul made deliberately hard to quantize, the loop (per-token INT8, then
+    FP32 for the worst) keeps that MatMul, and only it, in FP32 once the floor lies
+    between all-INT8 and one-kept: measured sensitivity, not a guess by name."""
+    monkeypatch.setattr(ib, "SCHEDULE", (1,))
+    d = minilm_outlier_dir
+    kw = dict(probe=_probe(100), calibration=sets.shipped(sets.CALIBRATION)[0], threads=2,
+              max_length=128, base="token")  # fmt: skip
+    never = ib.Policy(floor={"spearman_mean": 1.01}, min_speedup=0.0)
+    seen = ib.quantize_accurate(d / "model.onnx", tmp_path / "w0", d / "tokenizer.json",
+                                policy=never, **kw)  # fmt: skip
+    points = seen["frontier"]
+    assert [p["fp32_matmuls"] for p in points] == [0, 1, seen["recipe"]["matmuls"]]
+    assert next(iter(seen["recipe"]["sensitivity"]["fp32"])) == MINILM_TARGET
+    gain = points[1]["spearman_mean"] - points[0]["spearman_mean"]
+    assert gain > 0.01, points[:2]  # keeping that one MatMul FP32 is what fixes the model
+    between = {"spearman_mean": points[0]["spearman_mean"] + gain / 2}
+    got = ib.quantize_accurate(
+        d / "model.onnx", tmp_path / "w1", d / "tokenizer.json",
+        policy=ib.Policy(floor=between, min_speedup=0.0), **kw,
+    )  # fmt: skip
+    assert got["meets_floor"] and got["precision"] == "int8"
+    assert got["recipe"]["fp32_matmuls"] == [MINILM_TARGET]
+    assert [p["fp32_matmuls"] for p in got["frontier"]] == [0, 1]
+
+
 def test_backoff_stops_at_the_first_point_above_the_floor(fp32_dir, tmp_path):
-    """Keeping MatMuls FP32 in sensitivity order until the floor holds: with a floor set
-    just above what all-INT8 measures, the loop goes past 0 kept and records each point."""
+    """Moving MatMuls up the ladder in sensitivity order until the floor holds: with a
+    floor set above anything INT8 measures, the loop climbs every rung (token, block, fp32)
+    and records each point; with a floor of zero it stops at the first."""
     probe, cal = _probe(140), sets.shipped(sets.CALIBRATION)[0]
     tok = fp32_dir / "tokenizer.json"
     first = ib.quantize_accurate(
         fp32_dir / "model.onnx", tmp_path / "w0", tok, probe=probe, calibration=cal,
         policy=ib.Policy(floor={"spearman_mean": 0.0}, min_speedup=0.0), threads=1, max_length=128,
     )  # fmt: skip
-    assert [p["fp32_matmuls"] for p in first["frontier"]] == [0]
+    assert [(p["block_matmuls"], p["fp32_matmuls"]) for p in first["frontier"]] == [(0, 0)]
     everything = ib.quantize_accurate(
         fp32_dir / "model.onnx", tmp_path / "w1", tok, probe=probe, calibration=cal,
         policy=ib.Policy(floor={"spearman_mean": 1.01}, min_speedup=0.0), threads=1, max_length=128,
     )  # fmt: skip
-    counts = [p["fp32_matmuls"] for p in everything["frontier"]]
-    assert counts[:4] == [0, 1, 2, 3] and counts == sorted(counts)
+    points = [(p["block_matmuls"], p["fp32_matmuls"]) for p in everything["frontier"]]
+    n = everything["recipe"]["matmuls"]
+    assert points[:3] == [(0, 0), (2, 0), (4, 0)] and (n, 0) in points
+    assert points[-1] == (0, n)  # every MatMul moved to the top rung
     assert not everything["meets_floor"]
-    order = sorted(everything["recipe"]["sensitivity"].items(), key=lambda kv: -kv[1])
     best = max(everything["frontier"], key=lambda p: (p["spearman_mean"], p["top1_kept"]))
-    assert everything["recipe"]["fp32_matmuls"] == [n for n, _ in order[: best["fp32_matmuls"]]]
+    kinds = everything["recipe"]["matmul_kinds"]
+    assert sum(k == "block" for k in kinds.values()) == best["block_matmuls"]
+    assert sum(k == "fp32" for k in kinds.values()) == best["fp32_matmuls"]
 
 
 def test_below_floor_is_refused_unless_allowed(fp32_dir, tmp_path):

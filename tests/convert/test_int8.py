@@ -1,12 +1,13 @@
-"""Export and the shipped INT8 recipe on a real-weights cross-encoder (MiniLM-L6).
+"""Export, the FP32 preparation and the INT8 kinds on a real-weights cross-encoder (MiniLM-L6).
 
-What the recipe builds (inputs, ops, int8 weights) and that the FP32 export matches torch;
-the fidelity acceptance test of the recipe, through the shipped store and backend path,
-is tests/quality/test_fidelity_minilm.py.
+What each kind builds (ops, int8 weights), that the FP32 export matches torch and that
+SmoothQuant keeps the function; the fidelity acceptance test of the installed file, through
+the shipped store and backend path, is tests/quality/test_fidelity_minilm.py.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import onnx  # noqa: E402
 
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.convert import int8 as convert  # noqa: E402
+from edgerank.convert import int8_files  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
 from edgerank.quality.fidelity import backend_scorer  # noqa: E402
 from tests.support import minilm_ce  # noqa: E402
@@ -31,10 +33,12 @@ def fp32(minilm_ce_ckpt, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def int8(fp32) -> tuple[Path, dict]:
-    out = fp32.parent / "model.int8.onnx"
-    recipe = convert.quantize_int8(fp32, out)
-    return out, recipe
+def prepared(fp32) -> tuple[Path, list[str]]:
+    work = fp32.parent / "work"
+    work.mkdir()
+    for f in ("tokenizer.json", "config.json"):  # the backend reads them beside the graph
+        shutil.copy2(fp32.parent / f, work / f)
+    return int8_files.prepare_fp32(fp32, work)
 
 
 @pytest.fixture(scope="module")
@@ -62,40 +66,59 @@ def test_export_matches_torch_fp32(fp32, reference, groups):
         np.testing.assert_allclose(scorer(pairs), reference(pairs), atol=1e-4, rtol=0)
 
 
-def test_int8_file_holds_int8_weights(fp32, int8):
-    path, _ = int8
-    # 91 MB -> 72 MB: the 47 MB word-embedding table (a Gather) and the FFN down-projections
-    # stay FP32; the other matmul weights shrink 4x
-    assert path.stat().st_size < 0.82 * fp32.stat().st_size
-    model = onnx.load(str(path))
-    ops = [n.op_type for n in model.graph.node]
-    # 5 layers x (Q K V attention-out FFN-up) + the last layer's K V: the FFN down-projections
-    # and the last layer's CLS-row remainder stay FP32
-    assert ops.count("MatMulIntegerToFloat") == 27
-    int8_params = sum(
-        int(np.prod(t.dims))
-        for t in model.graph.initializer
-        if t.data_type == onnx.TensorProto.INT8
-    )
-    # 10.6M encoder matmul weights, less 5 x 0.59M FFN down and the last layer's 1.5M
-    assert 6_000_000 < int8_params < 7_000_000
+def test_the_first_token_rows_are_the_last_layers_remainder(prepared):
+    """The head reads the first token only, so after the last layer's K/V the remaining
+    four MatMuls (Q, attention out, FFN in, FFN out) run on one row per sequence."""
+    _, rows = prepared
+    assert len(rows) == 4 and all("/layer.5/" in n for n in rows), rows
+    assert not any("/key/" in n or "/value/" in n for n in rows)
 
 
-def test_quantize_reports_what_it_applied(int8):
-    _, recipe = int8
-    assert recipe["name"] == convert.DEFAULT_RECIPE["name"]
-    applied = recipe["applied"]
-    assert applied["fused_attention"] == 6
-    assert applied["first_token_last_layer"] is True
-    assert applied["smoothed"] > 0
-    assert applied["ffn_down_fp32"] == 5  # the sixth runs in the last layer's FP32 remainder
-    assert applied["matmuls_int8"] == 27
+@pytest.mark.parametrize(
+    "kind, op, shrink",
+    [("dynamic", "MatMulInteger", 0.82), ("token", "MatMulIntegerToFloat", 0.82),
+     ("block", "MatMulNBits", 0.85)],
+)  # fmt: skip
+def test_each_kind_writes_the_ops_it_names(prepared, kind, op, shrink, tmp_path):
+    path, rows = prepared
+    out = int8_files.build(path, tmp_path / f"{kind}.onnx", dict.fromkeys(rows, "fp32"), kind)
+    # the 47 MB word-embedding table (a Gather) stays FP32; 32 matmul weights shrink ~4x
+    assert out.stat().st_size < shrink * path.stat().st_size
+    nodes = onnx.load(str(out)).graph.node
+    ops = [n.op_type for n in nodes]
+    assert ops.count(op) == 32
+    plain = {n.name for n in nodes if n.op_type == "MatMul"}
+    # the rows stay FP32; quantize_dynamic splits the head's Gemms into MatMul + Add
+    assert set(rows) <= plain and all("Gemm" in n for n in plain - set(rows)), plain
+    if kind == "token":  # one row normalisation per distinct input, shared by Q/K/V
+        assert ops.count("Div") == 6 * 4 - 3
 
 
-def test_batch_gap_is_measured_inside_mixed_lengths(int8, groups):
-    """The gap check above means something only if batches really pad mixed lengths."""
-    path, _ = int8
-    tok = minilm_ce.load_tokenizer(path.parent)
+def test_an_unknown_kind_is_refused(prepared, tmp_path):
+    path, _ = prepared
+    with pytest.raises(ValueError, match="unknown MatMul kind"):
+        int8_files.build(path, tmp_path / "x.onnx", {}, "int4")
+
+
+def test_smoothing_keeps_the_function(prepared, minilm_ce_ckpt, groups, tmp_path):
+    """SmoothQuant moves range between activations and weights; in FP32 the graph must
+    still compute the same scores, or the loop would measure a different model."""
+    path, _ = prepared
+    pairs = [(q, p) for q, ps in groups[:4] for p in ps[:2]]
+    smoothed = path.with_name("model.smooth.onnx")
+    got = convert.smoothed_fp32(path, smoothed, minilm_ce_ckpt, pairs)
+    assert got["smoothed"] > 12 and got["explicit_mul"] > 6
+    a = backend_scorer(OnnxBackend.from_file(path, minilm_ce.MAX_LENGTH))
+    b = backend_scorer(OnnxBackend.from_file(smoothed, minilm_ce.MAX_LENGTH))
+    for query, passages in groups[:4]:
+        pp = [(query, p) for p in passages]
+        np.testing.assert_allclose(a(pp), b(pp), atol=1e-3, rtol=0)
+
+
+def test_batch_gap_is_measured_inside_mixed_lengths(minilm_ce_ckpt, groups):
+    """tests/quality/test_fidelity_minilm.py's batch-gap check means something only if
+    its batches really pad mixed lengths."""
+    tok = minilm_ce.load_tokenizer(minilm_ce_ckpt)
     query, passages = groups[0]
     lengths = {len(e.ids) for e in tok.encode_batch([(query, p) for p in passages])}
     assert len(lengths) > 3

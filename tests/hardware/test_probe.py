@@ -583,3 +583,29 @@ def test_probe_real_machine_smoke(tmp_path: Path) -> None:
     assert hw.disk_free_mib is not None and hw.disk_free_mib >= 0
     assert all(g.vram_total_mib > 0 for g in hw.gpus)
     json.dumps(hw.to_dict())
+
+
+@pytest.mark.parametrize(
+    "isa, kernel",
+    [({"avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_tile"}, "amx"),
+     ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "vnni"),  # this project's Zen 4 VMs
+     ({"avx2", "avx_vnni"}, "vnni"),  # Alder Lake and later client cores
+     ({"avx2", "avx512f"}, "avx512"),  # Skylake-SP: no VNNI
+     ({"avx2"}, "avx2"),
+     ({"asimddp", "i8mm", "bf16", "sve"}, "arm-i8mm"),  # Graviton 3
+     ({"asimddp"}, "arm-dot"),  # Raspberry Pi 5
+     (set(), "baseline"),
+     ({"amx_int8"}, "baseline")],  # no tiles: not a usable AMX
+)  # fmt: skip
+def test_int8_kernel_is_chosen_from_the_isa(isa, kernel):
+    from edgerank.hardware.facts import SATURATING_INT8, int8_kernel
+
+    assert int8_kernel(frozenset(isa)) == kernel
+    assert (kernel in SATURATING_INT8) == (kernel in ("avx2", "avx512"))
+
+
+def test_int8_kernel_here_reads_this_cpu():
+    from edgerank.hardware.facts import int8_kernel
+    from edgerank.hardware.probe import int8_kernel_here, probe
+
+    assert int8_kernel_here() == int8_kernel(probe().isa)

@@ -93,3 +93,21 @@ def test_a_manifest_of_wrong_types_is_one_line(model_dir, field, bad, what):
     with pytest.raises(ModelCorrupt, match="unreadable") as err:
         Manifest.read(model_dir).verify(model_dir)
     assert what in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "measured, here, warned",
+    [("vnni", "avx2", True), ("amx", "avx512", True), ("vnni", "vnni", False),
+     ("avx2", "avx2", False), ("avx2", "vnni", False), (None, "avx2", False)],
+)  # fmt: skip
+def test_fidelity_measured_on_a_non_saturating_kernel_is_flagged_on_avx2(measured, here, warned):
+    """VNNI/AMX accumulate in int32; AVX2's u8 x s8 path can saturate, so a fidelity
+    measured on the former is not proved on the latter, and the note says so."""
+    fid = {"meets_floor": True, **({"int8_kernel": measured} if measured else {})}
+    m = Manifest("m", "onnx", "int8", "model.int8.onnx", 512, fidelity=fid)
+    note = m.fidelity_note(here)
+    assert (note is not None) == warned, note
+    if warned:
+        assert measured in note and here in note and "re-import" in note
+    fp32 = Manifest("m", "onnx", "fp32", "model.onnx", 512, fidelity=fid)
+    assert fp32.fidelity_note(here) is None

@@ -92,14 +92,15 @@ def test_open_detects_corruption(tmp_path, tiny_onnx_dir):
 @pytest.fixture
 def hub_repo(tmp_path, tiny_bert_hf):
     """org/tiny: an HF checkpoint plus onnx/model.onnx (fp32) and onnx/model_qint8.onnx."""
-    from edgerank.convert import int8, onnx_export
+    from edgerank.convert import int8_files, onnx_export
 
     repo = tmp_path / "hub" / "org" / "tiny"
     shutil.copytree(tiny_bert_hf, repo)
     fp32 = onnx_export.export_onnx(tiny_bert_hf, tmp_path / "export")
     (repo / "onnx").mkdir()
     shutil.copy2(fp32, repo / "onnx" / "model.onnx")
-    int8.quantize_int8(fp32, repo / "onnx" / "model_qint8.onnx")
+    # what publishers ship: onnxruntime's dynamic INT8 of the plain export
+    int8_files.build(fp32, repo / "onnx" / "model_qint8.onnx", {}, "dynamic")
     return tmp_path / "hub"
 
 
@@ -170,12 +171,12 @@ def test_pull_refuses_what_it_cannot_serve(tmp_path):
 
 
 def test_interrupted_pull_leaves_nothing_installed(hub, spec, tmp_path, monkeypatch):
-    from edgerank.convert import int8
+    from edgerank.convert import int8_files
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(int8, "quantize_int8", boom)
+    monkeypatch.setattr(int8_files, "build", boom)
     store = ModelStore(tmp_path / "home")
     with pytest.raises(KeyboardInterrupt):
         store.pull(spec, policy=any_int8())

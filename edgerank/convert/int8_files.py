@@ -1,0 +1,233 @@
+"""The INT8 files the accuracy-aware loop (convert/backoff.py) chooses between.
+
+Each MatMul with a constant weight runs as one of four kinds, fastest first; the loop
+starts every MatMul at its base's fastest kind and moves the ones that measurably hurt
+most up the ladder. Figures: three real-weight MiniLM-L6 cross-encoders, 140 natural-text
+probe groups, all MatMuls of one kind, vs ONNX FP32 (bench/int8_frontier.py):
+
+- ``dynamic``: onnxruntime quantize_dynamic (MLAS DynamicQuantizeMatMul): int8 weights per
+  output channel, uint8 activations with ONE scale per tensor, taken at run time over the
+  whole padded batch. The peers' recipe and the fastest (1.8-2.2x), but a few outlier
+  tokens squeeze every other token's range, and a score moves with its batch neighbours:
+  Spearman 0.945-0.964, top-1 kept 81-88%. SmoothQuant does not rescue it (0.921-0.962).
+- ``token``: SmoothQuant in front (convert/int8.smoothed_fp32), each row divided by its
+  own |max| and quantized with a fixed scale, MLAS's u8 x s8 kernel
+  (MatMulIntegerToFloat), the row multiplied back: one scale per token, none taken from
+  the batch. 0.98-0.99 / 91-99% at 1.7-2.0x.
+- ``block``: MatMulNBits, 8-bit symmetric weights in blocks of 32 along K, accuracy level 4:
+  MLAS quantizes the activations to int8 per row and per block of 32. 0.992-0.995 /
+  96-99% at 1.0-1.4x.
+- ``fp32``: the MatMul as exported.
+
+Weight rounding alone (per-channel int8, FP32 activations) already costs these models
+0.992 Spearman; GPTQ-style rounding gave 0.995, but not with per-tensor activations
+(0.949).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+#: fastest first; a base's ladder is the kinds from its own up
+KINDS = ("dynamic", "token", "block", "fp32")
+#: MatMulNBits settings of the ``block`` kind
+BLOCK = {"bits": 8, "block_size": 32, "is_symmetric": True, "accuracy_level": 4}
+#: 7-bit weights (vpmaddubsw saturation on AVX2) measured no better here: full 8-bit
+REDUCE_RANGE = False
+KIND_DOC = {
+    "dynamic": "onnxruntime quantize_dynamic: QInt8 weights per output channel, uint8 "
+    "activations per tensor at run time",
+    "token": "rows divided by their |max|, uint8 with a fixed scale, MatMulIntegerToFloat "
+    "(int8 weights per output channel), rows multiplied back: one scale per token",
+    "block": "MatMulNBits: 8-bit symmetric weights in blocks of 32, int8 activations per "
+    "row and block (accuracy_level 4)",
+    "fp32": "kept FP32",
+}
+
+
+def prepare_fp32(fp32_onnx: Path, work: Path) -> tuple[Path, list[str]]:
+    """The fused FP32 graph with the first-token last layer where it applies (what every
+    kind starts from, and the FP32 reference the probe measures against), and the MatMuls
+    that now read one row per sequence.
+
+    Those stay FP32 whatever the loop decides: they cost a few rows of compute, and a
+    one-row-per-sequence tensor is where a per-tensor scale (``dynamic``, and ``token``'s
+    [-1, 1] span) would make a passage's score depend on its batch neighbours.
+    """
+    import onnx
+
+    from edgerank.convert.graph import Graph, first_token_last_layer, quantizable
+    from edgerank.convert.int8 import _fused, _save
+
+    model, _why = _fused(fp32_onnx)
+    g = Graph(model)
+    rows = first_token_last_layer(g)
+    g.finish()
+    out = work / "model.fp32.onnx"
+    _save(g.model, out)
+    g = Graph(onnx.load(str(out)))
+    row_mms = [n.name for n in g.model.graph.node if quantizable(g, n) and n.input[0] in rows]
+    return out, row_mms
+
+
+def matmul_names(prepared: Path) -> list[str]:
+    """The MatMuls with a constant 2-D FP32 weight: the ones a kind can be chosen for."""
+    import onnx
+
+    from edgerank.convert.graph import Graph, quantizable
+
+    g = Graph(onnx.load(str(prepared)))
+    return [n.name for n in g.model.graph.node if quantizable(g, n)]
+
+
+def build(prepared: Path, out: Path, kinds: Mapping[str, str], default: str) -> Path:
+    """Write ``prepared`` with each MatMul as ``kinds[name]`` (else ``default``)."""
+    import onnx
+
+    names = matmul_names(prepared)
+    pick = {n: kinds.get(n, default) for n in names}
+    unknown = set(pick.values()) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown MatMul kind(s) {sorted(unknown)}")
+    model = onnx.load(str(prepared))
+    block = [n for n, k in pick.items() if k == "block"]
+    if block:
+        model = _block(model, [n for n in names if n not in block])
+    token = [n for n, k in pick.items() if k == "token"]
+    if token:
+        model = _per_token(model, token)
+    dynamic = [n for n, k in pick.items() if k == "dynamic"]
+    if dynamic:
+        _dynamic(model, out, dynamic)
+    else:
+        from edgerank.convert.int8 import _save
+
+        _save(model, out)
+    return out
+
+
+def _block(model, exclude: list[str]):
+    """MatMulNBits for every MatMul but ``exclude`` (its nodes_to_include only adds to the
+    op types it quantizes anyway, so exclusion is the way to choose)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    cfg = DefaultWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",), **BLOCK)
+    q = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=cfg)
+    q.process()
+    return q.model.model
+
+
+def _per_token(model, names: list[str]):
+    """Divide each row of the MatMul's input by its own |max|, quantize it with a fixed
+    scale (1/127, zero point 128: the row now spans [-1, 1]), run MLAS's u8 x s8 kernel
+    (MatMulIntegerToFloat, int8 weights per output channel) and multiply the row back.
+    One scale per token, and none that depends on the rest of the batch."""
+    import onnx
+
+    from edgerank.convert.graph import MS_DOMAIN, Graph
+
+    g = Graph(model)
+    wanted = set(names)
+    quantized: dict[str, tuple[str, str]] = {}
+    a_scale, a_zero = g.const(1.0 / 127), g.const(128, dtype=np.uint8)
+    for node in list(g.model.graph.node):
+        if node.name not in wanted:
+            continue
+        x = node.input[0]
+        if x not in quantized:
+            peak = _row_peak(g, x)
+            xn = g.add("Div", [x, peak])
+            quantized[x] = (g.add("QuantizeLinear", [xn, a_scale, a_zero]), peak)
+        q, peak = quantized[x]
+        w = g.array(node.input[1])
+        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 127).astype(np.float32)
+        wq = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        y = g.add(
+            "MatMulIntegerToFloat",
+            [q, g.const(wq, dtype=np.int8), a_scale, g.const(w_scale), a_zero],
+            domain=MS_DOMAIN,
+        )
+        g.add("Mul", [y, peak], out=node.output[0])
+        g.drop(node)
+    g.finish()
+    return onnx.ModelProto.FromString(g.model.SerializeToString())
+
+
+def _row_peak(g, x: str) -> str:
+    if g.opset >= 18:
+        peak = g.add("ReduceMax", [g.add("Abs", [x]), g.const([-1], dtype=np.int64)], keepdims=1)
+    else:
+        peak = g.add("ReduceMax", [g.add("Abs", [x])], axes=[-1], keepdims=1)
+    return g.add("Max", [peak, g.const(1e-6)])
+
+
+def _dynamic(model, out: Path, names: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    root.addFilter(_no_preprocess_advice)
+    try:
+        quantize_dynamic(
+            model, str(out), weight_type=QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=["MatMul"], nodes_to_quantize=names,
+            reduce_range=REDUCE_RANGE,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )  # fmt: skip
+    finally:
+        root.removeFilter(_no_preprocess_advice)
+
+
+def _no_preprocess_advice(record: logging.LogRecord) -> bool:
+    """onnxruntime's quantizer advises its shape-inference pre-pass on the root logger at
+    every call; the fused graph does not need it, and a user importing a model should not
+    read it a dozen times."""
+    return not str(record.msg).startswith("Please consider to run pre-processing")
+
+
+def switch_graph(prepared: Path, quantized: Path, names: list[str]):
+    """The quantized graph with an input ``er_fp32`` (one float per MatMul): 1 = use that
+    MatMul's FP32 output, 0 = its quantized output. One session then measures any mix."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgerank.convert.graph import _toposort
+
+    fp = onnx.load(str(prepared))
+    q = onnx.load(str(quantized))
+    fp_nodes = {n.name: n for n in fp.graph.node}
+    fp_inits = {t.name: t for t in fp.graph.initializer}
+    have = {t.name for t in q.graph.initializer}
+    new_nodes, new_inits = [], []
+    for k, name in enumerate(names):
+        node = fp_nodes[name]
+        y = node.output[0]
+        producer = next(n for n in q.graph.node if y in n.output)
+        producer.output[list(producer.output).index(y)] = y + "__q"
+        w = node.input[1]
+        if w not in have:
+            new_inits.append(fp_inits[w])
+            have.add(w)
+        new_inits.append(numpy_helper.from_array(np.array(k, dtype=np.int64), f"er_k{k}"))
+        new_nodes += [
+            helper.make_node("MatMul", [node.input[0], w], [y + "__f"]),
+            helper.make_node("Gather", ["er_fp32", f"er_k{k}"], [y + "__a"], axis=0),
+            helper.make_node("Sub", [y + "__f", y + "__q"], [y + "__d"]),
+            helper.make_node("Mul", [y + "__d", y + "__a"], [y + "__m"]),
+            helper.make_node("Add", [y + "__q", y + "__m"], [y]),
+        ]
+    q.graph.node.extend(new_nodes)
+    q.graph.initializer.extend(new_inits)
+    q.graph.input.append(helper.make_tensor_value_info("er_fp32", TensorProto.FLOAT, [len(names)]))
+    ready = {i.name for i in q.graph.input} | {t.name for t in q.graph.initializer}
+    nodes = _toposort(list(q.graph.node), ready)
+    del q.graph.node[:]
+    q.graph.node.extend(nodes)
+    return q
