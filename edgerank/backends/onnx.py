@@ -124,7 +124,10 @@ class OnnxBackend:
         return np.asarray(logits, dtype=np.float32).reshape(len(batch), -1)[:, 0]
 
     def info(self) -> BackendInfo:
+        from edgerank.hardware.probe import int8_kernel_here
+
         m = self._manifest
+        kernel = int8_kernel_here()  # the note compares it with the measured one
         return BackendInfo(
             backend="onnx",
             model=m.name,
@@ -136,16 +139,10 @@ class OnnxBackend:
             details={
                 "model_file": m.model_file,
                 "recipe": m.recipe.get("name", ""),
-                **({"fidelity_note": note} if (note := m.fidelity_note(_kernel())) else {}),
+                **({"fidelity_note": note} if (note := m.fidelity_note(kernel)) else {}),
             },
             identity=m.identity(),
         )
 
     def close(self) -> None:
         self._session = None
-
-
-def _kernel() -> str:
-    from edgerank.hardware.probe import int8_kernel_here
-
-    return int8_kernel_here()

@@ -1,18 +1,19 @@
 """Accuracy-aware INT8: quantize, prove it on natural text, move up until faithful.
 
-Every MatMul starts at its base's fastest kind (convert/int8_files.py: ``dynamic``, the
-peers' per-tensor recipe, ~2x FP32 and far from it on real sentences). The file is measured
+Every MatMul starts at its base's fastest kind (convert/int8_files.py; the default base
+starts at ``token``: per-token int8 behind SmoothQuant, ~1.7-2x FP32). The file is measured
 before it is installed: INT8 vs the FP32 graph on a held-out natural-text probe
 (edgerank/quality/data/probe.jsonl, or more). Below the floor, the MatMuls whose
-quantization measurably hurts most move one kind up (``block``: int8 per token and block
-of 32, faithful but slower; then ``fp32``): one pass over the calibration text, with a
-switch per MatMul between its FP32 and quantized outputs, measures each MatMul's own damage
-to the logits; the loop then moves the worst 2, 4, 8, ... of them up and re-measures on
-the probe until the floor holds. Every point is kept as the frontier. If INT8 stops paying
-(under MIN_SPEEDUP x the FP32 graph) before the floor holds, the FP32 graph is what gets
+quantization measurably hurts most move one kind up (``block``: int8 per row and block of
+32, faithful but slower; then ``fp32``): one pass over the calibration text, with a switch
+per MatMul between its FP32 and quantized outputs, measures each MatMul's own damage to the
+logits; the loop then moves the worst 2, 4, 8, ... of them up and re-measures on the probe
+until the floor holds. Every point is kept as the frontier. If INT8 stops paying (under
+MIN_SPEEDUP x the FP32 graph) before the floor holds, the FP32 graph is what gets
 installed. All kinds run on the fused FP32 graph (onnxruntime's BERT fusions: LayerNorm,
 GELU, attention) with the last layer computed for the first token only where the head
-reads only that row (exact; convert/graph.first_token_last_layer).
+reads only that row (exact; convert/graph.first_token_last_layer); that remainder of a few
+rows stays FP32.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the INT8 kinds (convert/int8_files.py) start from: onnxruntime's BERT fusions, the
 activation ranges of real sentences, and SmoothQuant. Torch-free (onnx + onnxruntime), so
-`edgerank pull` can quantize on the box; only `require_quantize` is needed to say so.
+`edgerank pull` can quantize on the box (`require_quantize` says when onnx is missing).
 
 - fuse first (onnxruntime.transformers, model_type bert, MultiHeadAttention kept apart from
   the Q/K/V MatMuls so that those stay quantizable); LayerNorm, GELU and softmax run fused;
@@ -158,7 +158,7 @@ def smoothed_fp32(
         if quantizable(g, node):
             groups.setdefault(node.input[0], []).append(node)
     amax = _calibrate(g, model_dir, list(groups), pairs)
-    explicit, count = _smooth(g, groups, amax, alpha, fold_v=True, gelu=True)
+    explicit, count = _smooth(g, groups, amax, alpha)
     for x, inv in explicit.items():
         scaled = g.add("Mul", [x, g.const(inv)])
         for node in groups[x]:
@@ -168,9 +168,7 @@ def smoothed_fp32(
     return {"smooth_alpha": alpha, "smoothed": count, "explicit_mul": len(explicit)}
 
 
-def _smooth(
-    g: Graph, groups, amax, alpha: float, fold_v: bool = True, gelu: bool = False
-) -> tuple[dict[str, np.ndarray], int]:
+def _smooth(g: Graph, groups, amax, alpha: float) -> tuple[dict[str, np.ndarray], int]:
     """SmoothQuant factors per activation; folds those it can into the weights exactly.
 
     Returns {activation: 1/s} for the activations that need an explicit Mul, and how many
@@ -185,11 +183,9 @@ def _smooth(
         s = np.clip(s, 1e-2, 1e2).astype(np.float32)
         src = g.producer(x)
         mha = src is not None and src.op_type == "MultiHeadAttention"
-        if fold_v and mha and _fold_into_v(g, src, s):
+        if mha and _fold_into_v(g, src, s):
             pass  # attention output = probs @ V: scaling V's columns scales these channels
-        elif src is not None and (
-            "LayerNormalization" in src.op_type or (gelu and src.op_type in GELU_OPS)
-        ):
+        elif src is not None and ("LayerNormalization" in src.op_type or src.op_type in GELU_OPS):
             explicit[x] = (1.0 / s).astype(np.float32)
         else:
             continue

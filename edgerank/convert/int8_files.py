@@ -74,13 +74,15 @@ def prepare_fp32(fp32_onnx: Path, work: Path) -> tuple[Path, list[str]]:
     return out, row_mms
 
 
-def matmul_names(prepared: Path) -> list[str]:
-    """The MatMuls with a constant 2-D FP32 weight: the ones a kind can be chosen for."""
+def matmul_names(prepared) -> list[str]:
+    """The MatMuls with a constant 2-D FP32 weight: the ones a kind can be chosen for
+    (``prepared``: a path, or a loaded model)."""
     import onnx
 
     from edgerank.convert.graph import Graph, quantizable
 
-    g = Graph(onnx.load(str(prepared)))
+    model = prepared if isinstance(prepared, onnx.ModelProto) else onnx.load(str(prepared))
+    g = Graph(model)
     return [n.name for n in g.model.graph.node if quantizable(g, n)]
 
 
@@ -88,12 +90,12 @@ def build(prepared: Path, out: Path, kinds: Mapping[str, str], default: str) -> 
     """Write ``prepared`` with each MatMul as ``kinds[name]`` (else ``default``)."""
     import onnx
 
-    names = matmul_names(prepared)
+    model = onnx.load(str(prepared))
+    names = matmul_names(model)
     pick = {n: kinds.get(n, default) for n in names}
     unknown = set(pick.values()) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown MatMul kind(s) {sorted(unknown)}")
-    model = onnx.load(str(prepared))
     block = [n for n, k in pick.items() if k == "block"]
     if block:
         model = _block(model, [n for n in names if n not in block])
