@@ -20,14 +20,15 @@ from edgerank.cli.common import friendly
 @click.option(
     "--calibrate",
     is_flag=True,
-    help="Time every installed backend of the chosen model here (a few seconds each), "
-    "measure its fidelity, and keep the figures for later choices.",
+    help="Time every installed backend of the chosen model here (a few seconds each) at "
+    "each thread count and batch shape, measure its fidelity, and keep the figures for "
+    "later choices.",
 )
 @click.option(
     "--seconds",
     default=4.0,
     show_default=True,
-    help="With --calibrate: timing budget per thread count.",
+    help="With --calibrate: timing budget per thread count, and per backend for batch shapes.",
 )
 @friendly
 def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commercial,
@@ -38,6 +39,7 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
     from edgerank.hardware.probe import probe
     from edgerank.planning.candidates import Wishes
     from edgerank.planning.choice import choose
+    from edgerank.planning.explain import batch_shape
     from edgerank.planning.explain import explain as explain_choice
     from edgerank.quality import calibrate as calibration
     from edgerank.quality import measurements
@@ -81,6 +83,8 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
                 "device": choice.device,
                 "threads": choice.threads,
                 "batch_token_budget": choice.batch_token_budget,
+                "batch_max_pairs": choice.batch_max_pairs,
+                "batch_shape": "measured" if choice.batch_measured else "memory",
             },
             "calibration": [m.to_dict() for m in choice.measured],
         }
@@ -89,10 +93,10 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(hw.summary())
+    shape = batch_shape(choice.batch_token_budget, choice.batch_max_pairs)
     click.echo(
         f"would run: {choice.model.name} on {choice.backend} {choice.precision} "
-        f"({choice.device}, {choice.threads} threads, batch budget {choice.batch_token_budget} "
-        "tokens)"
+        f"({choice.device}, {choice.threads} threads, batches of {shape})"
     )
     if explain:
         click.echo(explain_choice(choice))

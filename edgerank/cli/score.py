@@ -136,7 +136,7 @@ def _score_local(query, documents, options, model, backend, threads, top_n, allo
         if note := info.details.get("fidelity_note"):
             click.echo(f"edgerank: warning: {note}", err=True)
         scored = score_documents(
-            loaded.backend, query, documents, options, token_budget=loaded.token_budget
+            loaded.backend, query, documents, options, loaded.token_budget, loaded.max_pairs
         )
         ranked = rank(scored.raw, info.normalise, top_n)
     finally:

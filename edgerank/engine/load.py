@@ -14,12 +14,13 @@ from edgerank.backends import available_backends, biencoder
 from edgerank.backends.base import Backend
 from edgerank.backends.registry import open_entry, open_installed
 from edgerank.catalog.load import load_catalog
-from edgerank.errors import ModelNotFound
+from edgerank.errors import EdgerankError, ModelNotFound
 from edgerank.hardware import probe as hw_probe
 from edgerank.hardware.facts import Hardware, recommended_threads
 from edgerank.models.manifest import MANIFEST, Manifest
 from edgerank.planning.candidates import Wishes, torch_placement
 from edgerank.planning.choice import choose
+from edgerank.planning.memory import CPU_TOKEN_BUDGETS
 from edgerank.quality.measurements import lookup
 from edgerank.store.entries import ModelStore
 
@@ -34,8 +35,11 @@ class Loaded:
     hardware: Hardware
     #: a line for stderr when the user should know something (fallback in use)
     note: str | None = None
-    #: padded tokens per batch the memory allows (from the choice; a default otherwise)
-    token_budget: int = 8192
+    #: the batch shape: padded tokens per batch and pairs per batch at most (None = no cap),
+    #: the choice's for a catalog model (memory, and calibration when measured); a default
+    #: for a directory or a custom import, which the planner knows nothing of
+    token_budget: int = CPU_TOKEN_BUDGETS[0]
+    max_pairs: int | None = None
 
 
 def load(
@@ -66,8 +70,11 @@ def load(
     if model:
         if model in installed:
             name_backend = backend or installed[model][0]
+            shape = _planned_shape(store, installed, opener, model, name_backend, languages)
             return opener.loaded(
-                lambda **kw: open_installed(store, model, name_backend, **kw), name_backend
+                lambda **kw: open_installed(store, model, name_backend, **kw),
+                name_backend,
+                **shape,
             )
         _raise_unknown(model)
     return _auto(store, installed, opener, languages)
@@ -102,6 +109,28 @@ class _Opener:
         return Loaded(be, self.hardware, note=note, **loaded)
 
 
+def _planned_shape(store: ModelStore, installed, opener: _Opener, name, backend, languages):
+    """The choice's batch shape for a model named by the user, as if the planner had picked
+    it; the defaults when the catalog does not know it or the planner would refuse it."""
+    catalog = load_catalog()
+    if name not in catalog:
+        return {}
+    wishes = Wishes(languages=languages, model=name, backend=backend, allow_non_commercial=True,
+                    allow_remote_code=opener.allow_remote_code)  # fmt: skip
+    try:
+        choice = choose(
+            catalog,
+            opener.hardware,
+            wishes,
+            installed_backends=available_backends() & OPENABLE,
+            installed_models=installed,
+            calibration=lookup(store, opener.hardware),
+        )
+    except EdgerankError:
+        return {}
+    return {"token_budget": choice.batch_token_budget, "max_pairs": choice.batch_max_pairs}
+
+
 def _auto(store: ModelStore, installed, opener: _Opener, languages) -> Loaded:
     """The choice function over what is installed; custom imports beat the fallback."""
     catalog = load_catalog()
@@ -122,18 +151,21 @@ def _auto(store: ModelStore, installed, opener: _Opener, languages) -> Loaded:
             "torch",
             (choice.device, choice.precision, cpu_precision),
             token_budget=choice.batch_token_budget,
+            max_pairs=choice.batch_max_pairs,
         )
     if choice.backend == "gguf":  # the chosen quant (q8_0, or q4_k_m when RAM is tight)
         return opener.loaded(
             lambda **kw: open_installed(store, name, "gguf", precision=choice.precision, **kw),
             "gguf",
             token_budget=choice.batch_token_budget,
+            max_pairs=choice.batch_max_pairs,
         )
     if choice.backend != "biencoder":
         return opener.loaded(
             lambda **kw: open_installed(store, name, choice.backend, **kw),
             choice.backend,
             token_budget=choice.batch_token_budget,
+            max_pairs=choice.batch_max_pairs,
         )
     custom = sorted(n for n in installed if n not in catalog)
     if custom:

@@ -35,12 +35,17 @@ from edgerank.errors import (
     TooLarge,
     Unavailable,
 )
+from edgerank.planning.memory import CPU_TOKEN_BUDGETS
 from edgerank.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 WARMUP_QUERY = "warm up"
 WARMUP_PASSAGES = ("a short passage", "a somewhat longer passage that is here to warm up the model")
+#: (padded tokens, pairs or None = no cap) per batch; a model the planner knows nothing of
+#: gets the memory model's CPU budget, uncapped
+Shape = tuple[int, int | None]
+PLAIN: Shape = (CPU_TOKEN_BUDGETS[0], None)
 
 
 class Service:
@@ -55,6 +60,7 @@ class Service:
             settings.max_queue_pairs, settings.max_queue_tokens, drain_rate=self._rate
         )
         self.model_names: frozenset[str] = frozenset()
+        self.batch_shape: Shape = PLAIN  # what the batcher runs with (Info reports it)
         #: the hardware summary Info reports (proto field `probe`)
         self.hardware: dict[str, str] = {}
         self.in_flight = 0  # requests past admission
@@ -81,19 +87,18 @@ class Service:
             }
         )
 
-    async def start(self, backend: Backend, aliases: Sequence[str] = ()) -> None:
-        """Take a loaded backend, start its worker, warm it up end to end, then serve."""
+    async def start(self, backend: Backend, aliases: Sequence[str] = (), shape=PLAIN) -> None:
+        """Take a loaded backend, start its worker, warm it up end to end, then serve.
+        ``shape``: the planner's batch shape for it, which settings left at 0 (auto) take."""
         s = self.settings
         self.backend = backend
         self._info = backend.info()
         served = (self._info.model, *aliases, *s.served_names())
         self.model_names = frozenset(a for a in served if a)
         self.metrics.describe(self._info)
+        self.batch_shape = s.batch_shape(shape)
         self.batcher = Batcher(
-            self.metrics.metered(backend),
-            s.max_batch_tokens,
-            s.max_batch_pairs or None,
-            s.batch_wait_ms / 1000,
+            self.metrics.metered(backend), *self.batch_shape, s.batch_wait_ms / 1000
         ).start()
         self.state = "warming"
         await self._run([Group(WARMUP_QUERY, WARMUP_PASSAGES)], len(WARMUP_PASSAGES), None)

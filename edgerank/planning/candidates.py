@@ -88,6 +88,7 @@ class Choice:
     precision: str
     device: str  # "cpu" | "cuda:0"
     threads: int
+    #: padded tokens per batch: the memory budget's, or a smaller measured-faster one
     batch_token_budget: int
     #: estimated need and the budget it was checked against (host RAM, or free VRAM on cuda)
     memory_need_mib: int
@@ -104,6 +105,12 @@ class Choice:
     suggestion: str | None = None
     #: calibration figures of the chosen model's candidates on this machine, best first
     measured: tuple[Measured, ...] = ()
+    #: pairs per batch at most (None = no cap), from the same shape as batch_token_budget
+    batch_max_pairs: int | None = None
+    #: the shape is the fastest calibration measured within the memory budget (else the
+    #: memory budget itself, without a cap), and the words that say so
+    batch_measured: bool = False
+    batch_reason: str = ""
 
     @property
     def candidate(self) -> Candidate:

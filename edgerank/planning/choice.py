@@ -31,7 +31,9 @@ How a choice is made
    order with measurements on this machine: candidates of a model whose fidelity measured
    poorly against fp32 come after the faithful ones, then the faster measured pairs/s
    first; unmeasured candidates sit between the two and keep the catalog order. A measured
-   choice runs at the thread count that measured fastest.
+   choice runs at the thread count that measured fastest, and with the batch shape (token
+   budget, pair cap) that measured fastest there within the memory's token budget (never
+   above it); unmeasured, the memory's budget without a cap.
    When the GPU's best candidate is at least as good as the best CPU encoder, LLM
    rerankers stay off the CPU, so a 4B LLM on the CPU never displaces a 0.6B one on the
    GPU. This is the one place where more memory (VRAM, with gguf installed and plentiful
@@ -61,7 +63,7 @@ from edgerank.planning.candidates import (
     extra_hint,
     quality_group,
 )
-from edgerank.planning.explain import accept_reason, nothing_fits, why_not
+from edgerank.planning.explain import accept_reason, batch_reason, nothing_fits, why_not
 from edgerank.planning.ranking import backend_order, gpu_policy, quality_key, rank
 
 
@@ -156,15 +158,21 @@ def choose(
         key=lambda e: (e is not best, backend_order(e)),
     )
     threads = recommended_threads(hardware)
+    shape = None
     if best.measured is not None:
         threads = best.measured.best_threads
+        shape = best.measured.fastest_shape(best.tokens)
+    tokens, max_pairs = shape or (best.tokens, None)
     return Choice(
         model=best.spec,
         backend=best.cand.backend,
         precision=best.cand.precision,
         device=best.cand.device,
         threads=threads,
-        batch_token_budget=best.tokens,
+        batch_token_budget=tokens,
+        batch_max_pairs=max_pairs,
+        batch_measured=shape is not None,
+        batch_reason=batch_reason(best, shape),
         memory_need_mib=best.need_mib,
         memory_budget_mib=best.budget_mib,
         quality=best.quality,

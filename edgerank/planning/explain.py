@@ -60,6 +60,30 @@ def accept_reason(e: Evaluation, w: Wishes, group: str) -> str:
     return line
 
 
+def batch_shape(tokens: int, max_pairs: int | None) -> str:
+    cap = f"at most {max_pairs} pairs" if max_pairs else "no pair cap"
+    return f"{tokens} tokens, {cap}"
+
+
+def batch_reason(e: Evaluation, shape: tuple[int, int | None] | None) -> str:
+    """Where the batch shape came from: calibration, or the memory budget (``e.tokens``)."""
+    from edgerank.quality.measurements import SHAPE_SLACK, shape_key
+
+    m = e.measured
+    if shape is None:
+        if m is None:
+            return "the memory budget (batch shapes not measured: edgerank probe --calibrate)"
+        return "the memory budget (no batch shape measured within it)"
+    assert m is not None  # a shape comes from calibration figures
+    t = m.best_threads
+    at = f"{m.shapes[shape_key(*shape)]:.0f} pairs/s at {t} thread{'s' if t > 1 else ''}"
+    if shape == (e.tokens, None):
+        return f"measured: the memory budget, no shape beat it by over {SHAPE_SLACK:.0%} ({at})"
+    default = m.shapes.get(shape_key(e.tokens, None))
+    versus = f" vs {default:.0f} without a cap" if default else ""
+    return f"measured fastest within the memory budget of {e.tokens} tokens ({at}{versus})"
+
+
 def nothing_fits(evals: list[Evaluation], ctx: Context) -> str:
     forced, backend = ctx.forced, ctx.wishes.backend
     if forced is not None or backend is not None:
@@ -82,7 +106,8 @@ def explain(choice: Choice) -> str:
     """The text of `edgerank probe --explain`: the choice, then every rejection and why."""
     lines = [
         f"chosen: {choice.candidate}: {choice.reasons[0].reason}",
-        f"  threads {choice.threads}, batch token budget {choice.batch_token_budget}",
+        f"  threads {choice.threads}, batch "
+        f"{batch_shape(choice.batch_token_budget, choice.batch_max_pairs)}: {choice.batch_reason}",
     ]
     lines += [f"  warning: {w}" for w in choice.warnings]
     if choice.suggestion:

@@ -5,7 +5,10 @@ ONNX, torch BF16 on AMX, FP16 on a GPU) and at how many threads is an empirical 
 and a fast backend that ranks unlike fp32 is no win. So each installed backend of the chosen
 model runs for a few seconds: pairs/s at 1..n threads on a fixed batch (interleaved rounds,
 medians) and fidelity against torch fp32 when the model has a torch entry (its checkpoint is
-the reference), else the ONNX entry's fidelity measured at import against ONNX fp32.
+the reference), else the ONNX entry's fidelity measured at import against ONNX fp32. Then each
+CPU backend times batch shapes (token budget x pair cap, quality/shapes.py) at its fastest
+thread count, on a mixed-length request of natural text: the planner runs the fastest shape
+that fits the memory budget.
 
 The figures are cached per machine and model in <home>/calibration.json. A machine is a
 hash of the probe facts that set speed (arch, ISA, cores, CPU quota, RAM size, GPUs) and
@@ -32,6 +35,7 @@ from edgerank.quality.measurements import (
     Key,
     Measured,
     entry_fingerprint,
+    fastest_threads,
 )
 from edgerank.store.layout import StoreLayout
 
@@ -146,8 +150,8 @@ def calibrate(
 ) -> list[Measured]:
     """Measure every installed backend of ``model`` here and cache the figures.
 
-    ``seconds``: timing budget per thread count (all backends share it); ``threads``:
-    counts to try, default 1..recommended_threads(hw).
+    ``seconds``: timing budget per thread count (all backends share it), and per CPU backend
+    for its batch shapes; ``threads``: counts to try, default 1..recommended_threads(hw).
     """
     from edgerank.errors import BackendUnavailable
     from edgerank.quality.fidelity import compare
@@ -179,6 +183,7 @@ def calibrate(
             for be in opened.values():
                 be.close()
 
+    shapes = _shapes(targets, speeds, actual, seconds, _limit(hw, model), progress)
     fidelity = _fidelity(targets, speeds, max(counts), compare, probe_groups, progress)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results: dict[Key, Measured] = {}
@@ -198,11 +203,56 @@ def calibrate(
             ref,
             entry=entry_fingerprint(store, model, tg.backend),
             measured_at=stamp,
+            shapes=shapes.get(name, {}),
         )
         results.setdefault(m.key, m)  # a fallback duplicate keeps the first (real) one
     measured = sorted(results.values(), key=lambda m: -m.best_pairs_per_s)
     CalibrationCache.for_store(store).put(hw, model, measured)
     return measured
+
+
+def _limit(hw: Hardware, model: str) -> Callable[[str, str], int]:
+    """(backend, precision) -> the padded tokens per batch the memory model allows now: a
+    shape the planner could never run is not worth the time, nor the memory."""
+    from edgerank.catalog.load import load_catalog
+    from edgerank.errors import EdgerankError
+    from edgerank.planning.memory import CPU_TOKEN_BUDGETS, memory_need
+
+    try:
+        spec = load_catalog().get(model)
+    except EdgerankError:
+        spec = None
+
+    def limit(backend: str, precision: str) -> int:
+        try:
+            return memory_need(spec, backend, precision, False, hw.memory_budget_mib)[1]
+        except (AttributeError, KeyError):  # not in the catalog, or no figure at precision
+            return CPU_TOKEN_BUDGETS[0]
+
+    return limit
+
+
+def _shapes(targets, speeds, actual, seconds, limit, progress) -> dict[str, dict[str, float]]:
+    """name -> shape_key -> pairs/s for every measured CPU target, at its best thread count.
+    A GPU keeps the memory budget: the grid is sized for a CPU's caches."""
+    from edgerank.quality import shapes
+
+    out: dict[str, dict[str, float]] = {}
+    seen = set()
+    for tg in targets:
+        name = f"{tg.backend}/{tg.precision}/{tg.device}"
+        ran = (tg.backend, *actual.get(name, ("", "")))
+        if name not in speeds or ran[2] != "cpu" or ran in seen:
+            continue  # a CUDA target that fell back to the CPU duplicates a CPU one
+        seen.add(ran)
+        t = fastest_threads(speeds[name])
+        progress(f"timing batch shapes of {name} at {t} thread(s)")
+        be = tg.open(t)
+        try:
+            out[name] = shapes.measure(be, seconds, speeds[name][t], limit(*ran[:2]))
+        finally:
+            be.close()
+    return out
 
 
 def _fidelity(targets, speeds, t, compare, probe_groups, progress) -> dict[str, tuple]:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ PAIRS, TOKENS = 16, 128
 FIDELITY_FLOOR = 0.99
 #: runtimes whose version is part of the machine
 RUNTIMES = ("onnxruntime", "torch", "transformers", "llama_cpp_python")
+#: a batch shape within this share of the memory default's speed loses to it: two shapes
+#: that differ by noise should not flip the choice from one calibration to the next
+SHAPE_SLACK = 0.03
 
 Key = tuple[str, str, str, str]
 
@@ -51,6 +54,9 @@ class Measured:
     #: fingerprint of the store entry that ran (a replaced entry invalidates the figure)
     entry: str = ""
     measured_at: str = ""
+    #: batch shape (shape_key: token budget x pair cap) -> pairs per second on a mixed-length
+    #: request, at best_threads (quality/shapes.py); empty = not measured (rows from before)
+    shapes: dict[str, float] = field(default_factory=dict)
 
     @property
     def key(self) -> Key:
@@ -58,12 +64,24 @@ class Measured:
 
     @property
     def best_threads(self) -> int:
-        """The fastest thread count; the fewer threads when two measured alike."""
-        return max(self.pairs_per_s, key=lambda t: (self.pairs_per_s[t], -t))
+        return fastest_threads(self.pairs_per_s)
 
     @property
     def best_pairs_per_s(self) -> float:
         return self.pairs_per_s[self.best_threads] if self.pairs_per_s else 0.0
+
+    def fastest_shape(self, limit: int) -> tuple[int, int | None] | None:
+        """(token budget, pair cap or None) that scored fastest within ``limit`` padded
+        tokens; the memory default (``limit``, no cap) unless another beat it by more than
+        SHAPE_SLACK. None when no measured shape fits."""
+        fits = {k: v for k, v in self.shapes.items() if parse_shape(k)[0] <= limit}
+        if not fits:
+            return None
+        best = max(fits, key=lambda k: (fits[k], parse_shape(k)[0], -(parse_shape(k)[1] or 0)))
+        default = shape_key(limit, None)
+        if default in fits and fits[best] <= fits[default] * (1 + SHAPE_SLACK):
+            best = default
+        return parse_shape(best)
 
     @property
     def fidelity_ok(self) -> bool:
@@ -95,7 +113,30 @@ class Measured:
     def from_dict(cls, data: dict[str, Any]) -> Measured:
         data = dict(data)
         data["pairs_per_s"] = {int(t): float(v) for t, v in data["pairs_per_s"].items()}
+        shapes = data.get("shapes") or {}
+        if not isinstance(shapes, dict):
+            raise TypeError("shapes must be a mapping")
+        data["shapes"] = {shape_key(*parse_shape(k)): float(v) for k, v in shapes.items()}
         return cls(**data)
+
+
+def fastest_threads(pairs_per_s: dict[int, float]) -> int:
+    """The fastest thread count; the fewer threads when two measured alike."""
+    return max(pairs_per_s, key=lambda t: (pairs_per_s[t], -t))
+
+
+def shape_key(tokens: int, max_pairs: int | None) -> str:
+    """'8192x0': padded tokens per batch x pairs per batch at most (0 = no cap)."""
+    return f"{tokens}x{max_pairs or 0}"
+
+
+def parse_shape(key: str) -> tuple[int, int | None]:
+    """shape_key's inverse; ValueError for anything else."""
+    tokens, _, pairs = key.partition("x")
+    t, p = int(tokens), int(pairs)
+    if t <= 0 or p < 0:
+        raise ValueError(f"not a batch shape: {key!r}")
+    return t, p or None
 
 
 def _versions() -> dict[str, str]:

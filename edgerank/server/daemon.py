@@ -15,10 +15,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edgerank.backends.base import Backend
-from edgerank.engine.service import Service
+from edgerank.engine.service import PLAIN, Service, Shape
 from edgerank.errors import EdgerankError
 from edgerank.server import grpc as grpc_server
 from edgerank.server import systemd
@@ -35,12 +35,27 @@ CLOSE_S = 0.4
 #: so SIGTERM -> exit takes at most drain_timeout_s + FLUSH_S + CLOSE_S (< drain + 1 s);
 #: FLUSH_S (transport.py) is both transports' grace for answers being written
 
-#: settings -> (backend, aliases the model may be asked for by, hardware summary)
-BackendFactory = Callable[[Settings], tuple[Backend, list[str], dict[str, str]]]
+
+class Opened(NamedTuple):
+    """A BackendFactory's answer; a plain (backend, aliases, hardware) tuple, as test doubles
+    return, leaves the shape at the default."""
+
+    backend: Backend
+    #: names the model may be asked for by
+    aliases: list[str]
+    #: the hardware summary Info reports
+    hardware: dict[str, str]
+    #: the planner's batch shape for the model, which settings left at 0 (auto) take
+    shape: Shape = PLAIN
 
 
-def load_backend(settings: Settings) -> tuple[Backend, list[str], dict[str, str]]:
-    """Open the configured model the way `edgerank score` does (engine/load.py)."""
+#: settings -> (backend, aliases, hardware summary[, batch shape]): an Opened, or a tuple
+BackendFactory = Callable[[Settings], tuple]
+
+
+def load_backend(settings: Settings) -> Opened:
+    """Open the configured model the way `edgerank score` does (engine/load.py), with the
+    batch shape the planner gives it."""
     from pathlib import Path
 
     from edgerank.engine import load as loader
@@ -57,7 +72,8 @@ def load_backend(settings: Settings) -> tuple[Backend, list[str], dict[str, str]
     if loaded.note:
         log.warning("%s", loaded.note)
     summary = {k: _text(v) for k, v in loaded.hardware.to_dict().items()}
-    return loaded.backend, [settings.model], summary
+    shape = (loaded.token_budget, loaded.max_pairs)
+    return Opened(loaded.backend, [settings.model], summary, shape)
 
 
 def _text(value: Any) -> str:
@@ -133,8 +149,9 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
             log.info("stopped while loading")
             systemd.stopping("stopped while loading")
             return 0
-        backend, aliases, service.hardware = loading.result()
-        await service.start(backend, aliases)
+        opened = Opened(*loading.result())
+        service.hardware = opened.hardware
+        await service.start(opened.backend, opened.aliases, opened.shape)
         info = service.info
         if settings.fidelity_sample > 0:
             reference = await _in_thread(lambda: load_reference(settings, info.model))
@@ -143,7 +160,11 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
                 "fidelity watch on: %g of requests vs the FP32 reference", settings.fidelity_sample
             )
         await listening.set_serving(True)
-        line = f"serving {info.model} ({info.backend} {info.precision}, {info.threads} threads)"
+        tokens, pairs = service.batch_shape
+        line = (
+            f"serving {info.model} ({info.backend} {info.precision}, {info.threads} threads, "
+            f"batches of {tokens} tokens{f' x {pairs} pairs' if pairs else ''})"
+        )
         log.info("%s on %s", line, ", ".join(addresses))
         if note := (info.details or {}).get("fidelity_note"):
             log.warning("%s", note)

@@ -110,6 +110,7 @@ def result_items(reranked: Reranked, documents: Sequence[str], with_docs: bool) 
 def tei_info(service: Service) -> dict[str, Any]:
     """TEI's /info body for this daemon (a single-label reranker), plus the served names."""
     info, s = service.info, service.settings
+    tokens, pairs = service.batch_shape  # what the batcher runs with, not 0 = auto
     labels = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
     return {
         "model_id": service.served_name(None),
@@ -118,8 +119,8 @@ def tei_info(service: Service) -> dict[str, Any]:
         "model_type": {"reranker": labels},
         "max_concurrent_requests": s.max_queue_pairs,
         "max_input_length": info.max_length,
-        "max_batch_tokens": s.max_batch_tokens,
-        "max_batch_requests": s.max_batch_pairs or None,
+        "max_batch_tokens": tokens,
+        "max_batch_requests": pairs,
         "max_client_batch_size": s.max_documents,
         "auto_truncate": False,
         "tokenization_workers": 2,

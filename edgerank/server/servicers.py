@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 import edgerank
-from edgerank.backends.base import BackendInfo, ScoreOptions
+from edgerank.backends.base import ScoreOptions
 from edgerank.engine.rank import Ranked, normalise, rank
 from edgerank.engine.requests import Group, Outcome, group_pairs
 from edgerank.engine.service import Service
@@ -24,7 +24,6 @@ from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
 from edgerank.server.decoding import Undecodable, decoded
-from edgerank.server.settings import Settings
 from edgerank.server.status import mapped
 from edgerank.server.transport import bearer_ok
 
@@ -99,12 +98,11 @@ def tei_metadata_to(outcome: Outcome) -> tei.Metadata:
 
 #: BackendInfo fields that edgerank.v1's Info reports, under the same names
 SERVED = ("model", "backend", "precision", "device", "max_length", "threads", "normalise")
-#: settings that edgerank.v1's Limits reports, under the same names
+#: settings that edgerank.v1's Limits reports, under the same names (besides the batch shape)
 LIMITS = (
     "max_documents",
     "max_document_chars",
     "max_message_bytes",
-    "max_batch_tokens",
     "max_queue_pairs",
     "max_queue_tokens",
     "batch_wait_ms",
@@ -112,11 +110,14 @@ LIMITS = (
 
 
 def info_to(service: Service) -> pb.InfoResponse:
-    """What is served and under which limits; `probe` carries the hardware summary."""
+    """What is served and under which limits; `probe` carries the hardware summary. The batch
+    shape is the one the batcher runs with, not the settings' 0 = auto."""
     info, s = service.info, service.settings
+    tokens, pairs = service.batch_shape
+    limits = {name: getattr(s, name) for name in LIMITS}
     return pb.InfoResponse(
         **{name: getattr(info, name) for name in SERVED},
-        limits=pb.Limits(**{name: getattr(s, name) for name in LIMITS}),
+        limits=pb.Limits(**limits, max_batch_tokens=tokens, max_batch_pairs=pairs or 0),
         probe=service.hardware,
         details={k: str(v) for k, v in info.details.items()},
         version=edgerank.__version__,
@@ -124,8 +125,10 @@ def info_to(service: Service) -> pb.InfoResponse:
     )
 
 
-def tei_info_to(info: BackendInfo, s: Settings) -> tei.InfoResponse:
+def tei_info_to(service: Service) -> tei.InfoResponse:
     """TEI's Info: its field names for the same facts (a reranker, our limits)."""
+    info, s = service.info, service.settings
+    tokens, pairs = service.batch_shape
     return tei.InfoResponse(
         version=edgerank.__version__,
         model_id=info.model,
@@ -133,7 +136,8 @@ def tei_info_to(info: BackendInfo, s: Settings) -> tei.InfoResponse:
         model_type=tei.MODEL_TYPE_RERANKER,
         max_concurrent_requests=s.max_queue_pairs,
         max_input_length=info.max_length,
-        max_batch_tokens=s.max_batch_tokens,
+        max_batch_tokens=tokens,
+        max_batch_requests=pairs,
         max_client_batch_size=s.max_documents,
         tokenization_workers=2,
     )
@@ -350,4 +354,4 @@ class TeiRerank(_Guarded, tei_grpc.RerankServicer):
 class TeiInfo(_Guarded, tei_grpc.InfoServicer):
     @handler
     async def Info(self, request: tei.InfoRequest, context) -> tei.InfoResponse:
-        return tei_info_to(self.service.info, self.service.settings)
+        return tei_info_to(self.service)

@@ -51,8 +51,16 @@ class Settings:
         False, "run modelling code the checkpoint ships (torch: the layerwise MiniCPM reranker)"
     )
     threads: int = _opt(0, "inference threads; 0 = every usable core")
-    max_batch_tokens: int = _opt(8192, "token budget of one batch (padded size)")
-    max_batch_pairs: int = _opt(0, "pairs in one batch at most; 0 = no cap")
+    max_batch_tokens: int = _opt(
+        0,
+        "padded tokens per batch; 0 = auto: the planner's shape (the fastest `edgerank probe "
+        "--calibrate` measured within the memory budget, else the memory budget)",
+    )
+    max_batch_pairs: int = _opt(
+        0,
+        "pairs per batch at most; 0 = auto: the planner's cap (none unless calibration "
+        "measured one faster); a cap as large as the token budget is no cap",
+    )
     batch_wait_ms: float = _opt(2.0, "how long the batcher waits to fill a batch")
     max_queue_pairs: int = _opt(4096, "pairs queued or running at most; beyond = overloaded")
     max_queue_tokens: int = _opt(1 << 20, "tokens queued or running at most; beyond = overloaded")
@@ -85,6 +93,12 @@ class Settings:
         "share of requests (0..1) rescored with the model's FP32 reference when the daemon is "
         "idle, to watch INT8 fidelity on live traffic; 0 = off",
     )
+
+    def batch_shape(self, planned: tuple[int, int | None]) -> tuple[int, int | None]:
+        """(padded tokens, pairs or None = no cap) the batcher runs with: each setting that is
+        0 (auto) takes the planner's value for the model, an explicit one wins."""
+        tokens, pairs = planned
+        return self.max_batch_tokens or tokens, self.max_batch_pairs or pairs
 
     def served_names(self) -> list[str]:
         """served_model_name split into names, in order."""
@@ -141,13 +155,14 @@ def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
 
 
 def _check(s: Settings) -> Settings:
-    positive = ("max_batch_tokens", "max_queue_pairs", "max_queue_tokens", "max_documents")
+    positive = ("max_queue_pairs", "max_queue_tokens", "max_documents")
     positive += ("max_document_chars", "max_message_bytes", "read_timeout_s")
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0, got {getattr(s, name)}")
-    non_negative = ("threads", "max_batch_pairs", "batch_wait_ms", "drain_timeout_s")
-    non_negative += ("drain_quiet_s", "cache_bytes", "cache_ttl_s", "cache_retry_s")
+    non_negative = ("threads", "max_batch_tokens", "max_batch_pairs", "batch_wait_ms")
+    non_negative += ("drain_timeout_s", "drain_quiet_s", "cache_bytes", "cache_ttl_s")
+    non_negative += ("cache_retry_s",)
     for name in non_negative:
         if getattr(s, name) < 0:
             raise SettingsError(f"{name} must be >= 0, got {getattr(s, name)}")

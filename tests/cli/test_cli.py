@@ -122,6 +122,28 @@ def test_score_on_an_onnx_model_dir(run, tiny_onnx_dir):
     assert [got[i] for i in range(3)] == pytest.approx(direct.tolist(), abs=1e-6)
 
 
+def test_score_batches_a_catalog_model_by_the_planners_shape(
+    run, tmp_path, tiny_onnx_dir, monkeypatch
+):
+    from edgerank.engine import rank
+    from tests.support.calibration import MODEL, calibrated, store_with
+    from tests.support.hardware import avx2_machine
+
+    pretend_avx2(monkeypatch)
+    store = store_with(tmp_path / "home", tiny_onnx_dir)  # the run fixture's EDGERANK_HOME
+    calibrated(store, avx2_machine(), {"8192x0": 100.0, "8192x2": 200.0})
+    seen, real = [], rank.score_documents
+
+    def spy(backend, query, documents, options, token_budget=8192, max_batch=None):
+        seen.append((token_budget, max_batch))
+        return real(backend, query, documents, options, token_budget, max_batch)
+
+    monkeypatch.setattr(rank, "score_documents", spy)
+    result = run("score", "cat river", *DOCS, "--model", MODEL, "--json")
+    assert result.exit_code == 0, result.output
+    assert seen == [(8192, 2)]  # the measured cap, at the budget the memory allows
+
+
 def test_onnx_path_never_imports_torch(tiny_onnx_dir, tmp_path):
     env = {"EDGERANK_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(

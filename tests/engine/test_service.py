@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import numpy as np
@@ -156,3 +157,28 @@ def test_nan_scores_fail_the_probe():
         service.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("settings", "planned", "want"),
+    [
+        ({}, (4096, 3), (4096, 3)),  # 0 = auto: the planner's shape
+        ({}, None, (8192, None)),  # a model the planner knows nothing of
+        ({"max_batch_pairs": 5}, (4096, 3), (4096, 5)),  # an explicit setting wins
+        ({"max_batch_tokens": 30}, (4096, 3), (30, 3)),
+    ],
+)
+def test_batch_settings_at_0_take_the_planned_shape_and_explicit_ones_win(settings, planned, want):
+    backend = FakeBackend()
+
+    async def scenario():
+        service = Service(dataclasses.replace(SETTINGS, **settings))
+        await service.start(backend, **({"shape": planned} if planned else {}))
+        assert service.batch_shape == want
+        assert (service.batcher.token_budget, service.batcher.max_batch) == want
+        backend.batches.clear()
+        await service.rerank("q", docs(1, 12))
+        service.close()
+
+    run(scenario())
+    assert max(map(len, backend.batches)) == (want[1] or 12)

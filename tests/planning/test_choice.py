@@ -17,7 +17,8 @@ from edgerank.hardware.facts import Gpu, Hardware
 from edgerank.planning.candidates import Choice, Wishes, quality_for
 from edgerank.planning.choice import choose
 from edgerank.planning.explain import explain
-from edgerank.planning.memory import activation_kib_per_token
+from edgerank.planning.memory import activation_kib_per_token, memory_need
+from edgerank.quality.measurements import Measured
 
 CATALOG = load_catalog(Path(__file__).resolve().parents[2] / "models.toml")
 BASE = frozenset({"onnx", "biencoder"})
@@ -538,6 +539,66 @@ def test_threads_follow_physical_cores_within_the_quota():
     assert choose(CATALOG, box).threads == 1
     assert choose(CATALOG, hw(4 * GIB, cores=8, usable=3.5)).threads == 3
     assert choose(CATALOG, hw(4 * GIB, cores=4, usable=0.5)).threads == 1
+
+
+# ------------------------------------------------------------------------ batch shape
+
+MINILM = "ms-marco-minilm-l6"
+#: a cap of 8 pairs measured fastest at 8192 tokens; 2048 tokens is the best of the rest
+SHAPES = {"8192x0": 300.0, "4096x0": 310.0, "2048x0": 360.0, "1024x0": 250.0, "8192x8": 400.0}
+
+
+def measured_minilm(shapes: dict[str, float]) -> Measured:
+    return Measured(MINILM, "onnx", "int8", "cpu", {1: 300.0, 2: 280.0}, shapes=shapes)
+
+
+def minilm_choice(m: Measured | None, ceiling: int | None = None) -> Choice:
+    return choose(
+        CATALOG,
+        hw(8 * GIB),
+        Wishes(memory_ceiling_mib=ceiling),
+        BASE,
+        {MINILM: ["onnx"]},
+        calibration={m.key: m} if m else None,
+    )
+
+
+def test_a_measured_batch_shape_runs_and_never_above_the_memory_budget():
+    m = measured_minilm(SHAPES)
+    c = minilm_choice(m)
+    assert (c.model.name, c.threads) == (MINILM, 1)
+    assert (c.batch_token_budget, c.batch_max_pairs, c.batch_measured) == (8192, 8, True)
+    assert (
+        "threads 1, batch 8192 tokens, at most 8 pairs: measured fastest within the memory "
+        "budget of 8192 tokens (400 pairs/s at 1 thread vs 300 without a cap)"
+    ) in explain(c)
+    full = memory_need(CATALOG.get(MINILM), "onnx", "int8", False, 64 * GIB)[0]
+    assert memory_need(CATALOG.get(MINILM), "onnx", "int8", False, full - 1)[1] == 4096
+    tight = minilm_choice(m, ceiling=full - 1)  # room for 4096 tokens: 8192 x 8 is out
+    assert (tight.batch_token_budget, tight.batch_max_pairs) == (2048, None)
+    assert "within the memory budget of 4096 tokens (360 pairs/s" in explain(tight)
+
+
+def test_without_measured_shapes_the_memory_budget_runs_uncapped():
+    plain = minilm_choice(None)
+    assert (plain.batch_token_budget, plain.batch_max_pairs, plain.batch_measured) == (
+        8192,
+        None,
+        False,
+    )
+    assert "batch 8192 tokens, no pair cap: the memory budget (batch shapes not measured" in (
+        explain(plain)
+    )
+    old = minilm_choice(measured_minilm({}))  # figures from before shapes were measured
+    assert (old.threads, old.batch_token_budget, old.batch_max_pairs) == (1, 8192, None)
+    assert not old.batch_measured
+    fair = minilm_choice(measured_minilm({"8192x0": 300.0, "8192x8": 305.0}))  # within 3%
+    assert (fair.batch_token_budget, fair.batch_max_pairs, fair.batch_measured) == (
+        8192,
+        None,
+        True,
+    )
+    assert "measured: the memory budget, no shape beat it by over 3%" in explain(fair)
 
 
 def test_explain_lists_the_choice_and_every_rejection():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import pytest
@@ -16,6 +17,7 @@ from edgerank.planning.choice import choose
 from edgerank.planning.explain import explain
 from edgerank.quality import calibrate as cal
 from edgerank.quality import measurements as meas
+from edgerank.quality import shapes
 from edgerank.quality.measurements import CalibrationCache, Measured
 from edgerank.store.entries import ModelStore
 from tests.support.hardware import avx2_machine, pretend_avx2
@@ -72,6 +74,39 @@ def test_measured_best_threads_and_fidelity_floor():
     poor = dataclasses.replace(m, fidelity={"spearman_mean": meas.FIDELITY_FLOOR - 0.01})
     assert not poor.fidelity_ok
     assert Measured.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+SHAPES = {"8192x0": 100.0, "4096x0": 120.0, "2048x0": 95.0, "8192x8": 150.0, "8192x64": 101.0}
+
+
+def test_measured_shapes_roundtrip_and_old_rows_load_without_them(tmp_path):
+    m = dataclasses.replace(ONNX_FAST, shapes=SHAPES)
+    assert Measured.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    old = ONNX_FAST.to_dict()
+    del old["shapes"]  # a row written before batch shapes were measured
+    assert Measured.from_dict(old) == ONNX_FAST and ONNX_FAST.shapes == {}
+    path = tmp_path / meas.FILE
+    CalibrationCache(path).put(hw(), MODEL, [m, TORCH_SLOW])
+    data = json.loads(path.read_text())
+    rows = data["machines"][meas.machine_key(hw())]["models"][MODEL]
+    del rows[1]["shapes"]
+    rows[0]["shapes"] = {"8192": 1.0}  # not a shape: that row is skipped, the rest kept
+    path.write_text(json.dumps(data))
+    assert CalibrationCache(path).get(hw(), MODEL) == [TORCH_SLOW]
+
+
+def test_fastest_shape_keeps_to_the_limit_and_prefers_the_default_within_the_slack():
+    m = dataclasses.replace(ONNX_FAST, shapes=SHAPES)
+    assert m.fastest_shape(8192) == (8192, 8)
+    assert m.fastest_shape(4096) == (4096, None)  # the capped 8192 shapes do not fit
+    assert m.fastest_shape(3000) == (2048, None)  # the only one within 3000 tokens
+    assert m.fastest_shape(1024) is None and ONNX_FAST.fastest_shape(8192) is None
+    slack = 100.0 * (1 + meas.SHAPE_SLACK)
+    near = dataclasses.replace(m, shapes={"8192x0": 100.0, "8192x8": slack - 0.01})
+    assert near.fastest_shape(8192) == (8192, None)  # noise does not flip the choice
+    beyond = dataclasses.replace(m, shapes={"8192x0": 100.0, "8192x8": slack + 0.01})
+    assert beyond.fastest_shape(8192) == (8192, 8)
+    assert (meas.shape_key(8192, None), meas.parse_shape("8192x16")) == ("8192x0", (8192, 16))
 
 
 # ------------------------------------------------------------------------------- cache
@@ -180,11 +215,18 @@ def test_calibrate_measures_every_installed_backend_and_caches_it(both_store):
     assert -1.0 <= onnx.fidelity["spearman_mean"] <= 1.0
     assert onnx.fidelity["groups"] == cal.FIDELITY_GROUPS
     assert any("fidelity of onnx/int8/cpu" in n for n in notes)
-    assert set(meas.lookup(both_store, hw())) == {m.key for m in out}
+    grid = {meas.shape_key(*s) for s in shapes.grid()}
+    for m in out:  # every shape of the grid, at the one thread count measured
+        assert set(m.shapes) == grid and all(v > 0 for v in m.shapes.values())
+        assert f"timing batch shapes of {m.backend}/{m.precision}/cpu at 1 thread(s)" in notes
+    assert meas.lookup(both_store, hw()) == {m.key: m for m in out}  # shapes cached too
     # random tiny weights spread scores by ~0.004, so INT8 may well rank unlike fp32 here
     fastest = max((m for m in out if m.fidelity_ok), key=lambda m: m.best_pairs_per_s)
     choice = decide(meas.lookup(both_store, hw()))
     assert (choice.backend, choice.threads) == (fastest.backend, 1)
+    tokens, pairs = fastest.fastest_shape(8192)
+    assert (choice.batch_token_budget, choice.batch_max_pairs) == (tokens, pairs)
+    assert choice.batch_measured
 
 
 def test_onnx_alone_reuses_its_import_fidelity(tmp_path, tiny_onnx_dir):
@@ -194,6 +236,15 @@ def test_onnx_alone_reuses_its_import_fidelity(tmp_path, tiny_onnx_dir):
     assert m.reference == "onnx fp32 at import"
     want = store.manifest(MODEL, "onnx").fidelity["spearman_mean"]
     assert m.fidelity["spearman_mean"] == pytest.approx(want)
+
+
+def test_calibrate_times_only_shapes_the_memory_allows(tmp_path, tiny_onnx_dir):
+    store = ModelStore(tmp_path / "home")
+    shutil.copytree(tiny_onnx_dir, store.path(MODEL, "onnx"))
+    tight = hw(ram_available_mib=400)  # ms-marco-minilm-l6 INT8: 4096 tokens fit, not 8192
+    (m,) = cal.calibrate(store, tight, MODEL, seconds=0.1, threads=(1,))
+    assert set(m.shapes) == {meas.shape_key(*s) for s in shapes.grid(4096)}
+    assert decide(meas.lookup(store, tight), installed={MODEL: ["onnx"]}).batch_measured
 
 
 def test_probe_calibrate_then_explain_uses_the_cache(both_store, monkeypatch):
@@ -207,9 +258,14 @@ def test_probe_calibrate_then_explain_uses_the_cache(both_store, monkeypatch):
     assert f"would run: {MODEL}" in res.output
     assert "measured on this machine" in res.output
     assert "onnx/int8 on cpu: pairs/s" in res.output and "torch/fp32 on cpu: pairs/s" in res.output
+    assert re.search(r"threads \d, batch \d+ tokens, .*: measured", res.output), res.output
     assert (both_store.root / meas.FILE).is_file()
     again = runner.invoke(main, ["probe", "--json"])  # no --calibrate: the cache is read
     assert again.exit_code == 0, again.output
     data = json.loads(again.output)
     assert {m["backend"] for m in data["calibration"]} == {"onnx", "torch"}
     assert data["choice"]["backend"] == data["calibration"][0]["backend"]
+    best = Measured.from_dict(data["calibration"][0])
+    assert data["choice"]["batch_shape"] == "measured"
+    want = best.fastest_shape(8192)  # what 20 GB of free RAM allows
+    assert want == (data["choice"]["batch_token_budget"], data["choice"]["batch_max_pairs"])

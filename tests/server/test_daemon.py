@@ -254,6 +254,56 @@ def test_remote_code_opt_in_reaches_the_loader(monkeypatch, env, expected):
     assert seen["allow_remote_code"] is expected
 
 
+def test_load_backend_hands_on_the_loaders_batch_shape(monkeypatch):
+    from edgerank.engine import load as loader
+    from edgerank.server import daemon
+    from edgerank.server.settings import load
+    from tests.support.hardware import avx2_machine
+
+    loaded = loader.Loaded(object(), avx2_machine(), token_budget=1024, max_pairs=8)
+    monkeypatch.setattr(loader, "load", lambda model, **kwargs: loaded)
+    assert daemon.load_backend(load({"model": "m"}, env={})).shape == (1024, 8)
+
+
+# A factory that answers as load_backend does for a calibrated catalog model: with the
+# planner's batch shape, 512 tokens x 4 pairs.
+PLANNED_DAEMON = textwrap.dedent(
+    """
+    import sys
+    from edgerank.server import daemon
+    from edgerank.backends.onnx import OnnxBackend
+    from edgerank.server.settings import load
+
+    def factory(settings):
+        backend = OnnxBackend.from_dir(settings.model, threads=1)
+        return daemon.Opened(backend, [], {}, (512, 4))
+
+    flags = {"model": sys.argv[1], "socket": sys.argv[2], "listen": "", "max_batch_pairs": 2}
+    sys.exit(daemon.run(load(flags, env={}), factory))
+    """
+)
+
+
+def test_the_daemon_runs_the_planners_batch_shape_where_settings_are_auto(
+    tiny_onnx_dir, tmp_path, notify
+):
+    """max_batch_tokens left at 0 takes the planner's 512; max_batch_pairs = 2 beats its 4."""
+    script = tmp_path / "planned_daemon.py"
+    script.write_text(PLANNED_DAEMON)
+    sock = tmp_path / "edgerank.sock"
+    env = clean_env(NOTIFY_SOCKET=str(notify.path))
+    cmd = [sys.executable, str(script), str(tiny_onnx_dir), str(sock)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = notify.wait_for("READY=1")
+        assert "batches of 512 tokens x 2 pairs" in seen[-1]
+        limits = stub(f"unix:{sock}").Info(pb.InfoRequest(), timeout=10).limits
+        assert (limits.max_batch_tokens, limits.max_batch_pairs) == (512, 2)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+
+
 # -- shutdown bounds ------------------------------------------------------------------------
 
 # A model whose batches for the query "stuck" never finish within the test (a hung or very

@@ -157,6 +157,19 @@ def test_get_info_speaks_teis_shape(client):
     assert info["max_input_length"] == 128 and info["max_client_batch_size"] == 50
     assert info["model_dtype"] == "int8" and isinstance(info["version"], str)
     assert set(info["served_model_names"]) == {"tiny-bert", *ALIASES.split(",")}
+    # batch settings at 0 (auto) and no planner's shape: what runs is the default, uncapped
+    assert (info["max_batch_tokens"], info["max_batch_requests"]) == (8192, None)
+
+
+def test_get_info_reports_the_planned_batch_shape(tiny_onnx_dir, tmp_path):
+    server = HttpServerThread(http_settings(tmp_path, max_batch_pairs=6))
+    try:
+        server.load(OnnxBackend.from_dir(tiny_onnx_dir, threads=1), shape=(1024, 4))
+        with httpx.Client(base_url=server.base, timeout=60) as c:
+            info = ok(c.get("/info"))
+        assert (info["max_batch_tokens"], info["max_batch_requests"]) == (1024, 6)
+    finally:
+        server.close()
 
 
 def test_the_bi_encoder_refuses_over_long_texts_unless_truncate(tmp_path):

@@ -83,8 +83,8 @@ class ServerThread:
     def call(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def load(self, backend) -> None:
-        self.call(self.service.start(backend))
+    def load(self, backend, **start) -> None:
+        self.call(self.service.start(backend, **start))
         self.call(self.listening.set_serving(True))
 
     @property
@@ -237,7 +237,27 @@ def test_info(address, direct):
     assert info.max_length == backend.max_length
     assert info.limits.max_documents == 50
     assert info.limits.max_queue_pairs == 2048
+    # batch settings at 0 (auto), no planner's shape for a bare directory: the default runs
+    assert (info.limits.max_batch_tokens, info.limits.max_batch_pairs) == (8192, 0)
     assert info.load.completed_requests >= 1  # the warm-up went through the whole path
+
+
+@pytest.mark.parametrize(
+    ("settings", "want"), [({}, (512, 4)), ({"max_batch_tokens": 256}, (256, 4))]
+)
+def test_info_reports_the_batch_shape_the_batcher_runs_with(
+    tiny_onnx_dir, tmp_path, settings, want
+):
+    server = ServerThread(settings_for(tmp_path, **settings))
+    try:
+        server.load(OnnxBackend.from_dir(tiny_onnx_dir, threads=1), shape=(512, 4))
+        assert (server.service.batcher.token_budget, server.service.batcher.max_batch) == want
+        limits = stub(server.unix).Info(pb.InfoRequest()).limits
+        assert (limits.max_batch_tokens, limits.max_batch_pairs) == want
+        tei_info = tei_grpc.InfoStub(grpc.insecure_channel(server.unix)).Info(tei.InfoRequest())
+        assert (tei_info.max_batch_tokens, tei_info.max_batch_requests) == want
+    finally:
+        server.close()
 
 
 # -- tei.v1 ----------------------------------------------------------------------------
@@ -269,6 +289,7 @@ def test_tei_rerank_and_stream(address, direct):
     info = tei_grpc.InfoStub(grpc.insecure_channel(address)).Info(tei.InfoRequest())
     assert info.model_type == tei.MODEL_TYPE_RERANKER
     assert info.max_client_batch_size == 50
+    assert info.max_batch_tokens == 8192 and not info.HasField("max_batch_requests")  # no cap
 
 
 def test_tei_refuses_over_long_input_unless_truncate(address):

@@ -78,11 +78,24 @@ def test_broken_toml_and_missing_file(tmp_path):
         ({"http": "65536"}, "http: port 65536 is out of range"),
         ({"backend": "gguf"}, "backend gguf needs a model"),
         ({"read_timeout_s": 0}, "read_timeout_s must be > 0"),
+        ({"max_batch_tokens": -1}, "max_batch_tokens must be >= 0"),
+        ({"max_batch_pairs": -2}, "max_batch_pairs must be >= 0"),
     ],
 )
 def test_out_of_range_values_are_refused(tmp_path, flags, message):
     with pytest.raises(SettingsError, match=message):
         load(flags, env={}, config=write(tmp_path, ""))
+
+
+def test_batch_settings_default_to_the_planners_shape_and_an_explicit_value_wins(tmp_path):
+    s = load({}, env={}, config=write(tmp_path, ""))
+    assert (s.max_batch_tokens, s.max_batch_pairs) == (0, 0)  # auto
+    assert s.batch_shape((4096, 8)) == (4096, 8)
+    assert s.batch_shape((2048, None)) == (2048, None)
+    env = {"EDGERANK_MAX_BATCH_PAIRS": "16"}
+    s = load({"max_batch_tokens": 1024}, env=env, config=write(tmp_path, ""))
+    assert s.batch_shape((4096, 8)) == (1024, 16)
+    assert s.batch_shape((4096, None)) == (1024, 16)
 
 
 def test_token_file_and_hidden_token(tmp_path):
@@ -98,6 +111,7 @@ def test_the_shipped_example_file_is_valid_and_complete():
     assert set(values) == {f for f in Settings.__dataclass_fields__}  # documents every key
     s = load({}, env={}, config=EXAMPLE)
     assert s.socket == "/run/edgerank/edgerank.sock"
+    assert (s.max_batch_tokens, s.max_batch_pairs) == (0, 0)  # the planner's shape, as unset
 
 
 def test_click_options_share_the_schema(tmp_path):

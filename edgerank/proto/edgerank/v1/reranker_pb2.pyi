@@ -131,7 +131,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_documents", "max_document_chars", "max_message_bytes", "max_batch_tokens", "max_queue_pairs", "max_queue_tokens", "batch_wait_ms")
+    __slots__ = ("max_documents", "max_document_chars", "max_message_bytes", "max_batch_tokens", "max_queue_pairs", "max_queue_tokens", "batch_wait_ms", "max_batch_pairs")
     MAX_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     MAX_DOCUMENT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class Limits(_message.Message):
     MAX_QUEUE_PAIRS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BATCH_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_PAIRS_FIELD_NUMBER: _ClassVar[int]
     max_documents: int
     max_document_chars: int
     max_message_bytes: int
@@ -146,7 +147,8 @@ class Limits(_message.Message):
     max_queue_pairs: int
     max_queue_tokens: int
     batch_wait_ms: float
-    def __init__(self, max_documents: _Optional[int] = ..., max_document_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queue_pairs: _Optional[int] = ..., max_queue_tokens: _Optional[int] = ..., batch_wait_ms: _Optional[float] = ...) -> None: ...
+    max_batch_pairs: int
+    def __init__(self, max_documents: _Optional[int] = ..., max_document_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queue_pairs: _Optional[int] = ..., max_queue_tokens: _Optional[int] = ..., batch_wait_ms: _Optional[float] = ..., max_batch_pairs: _Optional[int] = ...) -> None: ...
 
 class Load(_message.Message):
     __slots__ = ("in_flight_requests", "queued_pairs", "queued_tokens", "completed_requests", "refused_requests", "dropped_inputs", "batches")
