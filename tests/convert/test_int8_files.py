@@ -1,0 +1,102 @@
+"""The ``token`` kind's arithmetic on one MatMul, without torch: a bound a wrong scale,
+a lost offset or a batch-wide statistic would break."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from edgerank.convert import int8_files  # noqa: E402
+
+K, N = 96, 24
+
+
+def _one_matmul(path, w: np.ndarray) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    graph = helper.make_graph([node], "one", [x], [y], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _run(path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+@pytest.fixture()
+def token_file(tmp_path):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((K, N)) * 0.05).astype(np.float32)
+    _one_matmul(tmp_path / "fp32.onnx", w)
+    out = int8_files.build(tmp_path / "fp32.onnx", tmp_path / "token.onnx", {}, "token")
+    return out, w
+
+
+def _rows(rng) -> np.ndarray:
+    """Rows far off centre (a GELU-like tail, a constant offset, one outlier channel):
+    where a scale from |max| alone would leave most levels unused."""
+    x = rng.uniform(-0.17, 1.0, (2, 6, K)).astype(np.float32)
+    x[0, 1] += 5.0
+    x[1, 2, 7] = 9.0
+    x[1, 3] = np.linspace(-3.0, -2.0, K, dtype=np.float32)
+    return x
+
+
+def test_each_row_is_quantized_over_its_own_span(token_file):
+    """Error per row <= half a step of *its own* range times the weights' column mass:
+    against the dequantized weights, so only the activation rounding remains."""
+    path, w = token_file
+    x = _rows(np.random.default_rng(1))
+    scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127
+    w_deq = np.clip(np.round(w / scale), -127, 127) * scale
+    got = _run(path, x)
+    want = x.astype(np.float64) @ w_deq
+    half = (x.max(axis=-1) - x.min(axis=-1)) / 2
+    bound = 0.5 * half[..., None] / 127 * np.abs(w_deq).sum(axis=0) + 1e-4
+    assert np.all(np.abs(got - want) <= bound)
+
+
+def test_a_rows_result_does_not_depend_on_its_batch(token_file):
+    path, _ = token_file
+    x = _rows(np.random.default_rng(2))
+    together = _run(path, x)
+    alone = np.concatenate(
+        [_run(path, x[b : b + 1, s : s + 1]) for b in range(2) for s in range(6)]
+    )
+    assert np.array_equal(together.reshape(-1, N), alone.reshape(-1, N))
+
+
+def test_one_normalisation_per_input(token_file):
+    path, _ = token_file
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and "MatMul" not in ops
+    assert ops.count("ReduceMax") == ops.count("ReduceMin") == 1
+
+
+def test_the_block_kind_leaves_the_process_logging_alone(tmp_path, token_file):
+    """onnxruntime's MatMulNBits module sets up root logging at INFO when imported; an
+    import must not start printing every library's INFO records."""
+    import logging
+    import subprocess
+    import sys
+
+    _, w = token_file
+    _one_matmul(tmp_path / "fp32.onnx", w)
+    code = (
+        "import logging, sys; from pathlib import Path\n"
+        "from edgerank.convert import int8_files\n"
+        f"int8_files.build(Path({str(tmp_path / 'fp32.onnx')!r}), "
+        f"Path({str(tmp_path / 'block.onnx')!r}), {{}}, 'block')\n"
+        "root = logging.getLogger()\n"
+        "print(len(root.handlers), root.level)\n"
+        "logging.getLogger('some.library').info('chatter')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", str(logging.WARNING)]
+    assert "chatter" not in done.stderr and "[INFO]" not in done.stderr
