@@ -13,7 +13,7 @@ probe groups, all MatMuls of one kind, vs ONNX FP32 (bench/int8_frontier.py):
 - ``token``: SmoothQuant in front (convert/int8.smoothed_fp32), each row centred on its
   own midpoint and quantized over its own half-range, MLAS's u8 x s8 kernel
   (MatMulIntegerToFloat), the row's scale and offset applied back: one scale and offset
-  per token, none taken from the batch. 0.984-0.994 / 96-97% at 1.6-1.8x.
+  per token, none taken from the batch. 0.984-0.994 / 96-99% at 1.5-1.8x.
 - ``block``: MatMulNBits, 8-bit symmetric weights in blocks of 32 along K, accuracy level 4:
   MLAS quantizes the activations to int8 per row and per block of 32. 0.992-0.995 /
   96-99% at 1.0-1.4x.

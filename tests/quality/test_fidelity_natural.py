@@ -66,11 +66,11 @@ def test_installed_int8_meets_the_floor_on_held_out_text(installed, groups, refe
     be = OnnxBackend.from_dir(installed, threads=2)
     got = rank_agreement(reference, [score_documents(be, q, ds).raw for q, ds in groups])
     # The probe-verified floor (Spearman >= 0.99 AND top-1 >= 97% on the shipped probe) does
-    # not fully carry over to this other domain: measured here (bench/int8_acceptance.py)
-    # 0.9909 mean Spearman but the FP32 top-1 kept in 133 of 139 groups (95.7%), under 97%.
-    # Asserted: the Spearman floor, and top-1 at most 8 misses of 139, each a near-tie
-    # (within 10% of the group's FP32 spread). Weaker than 97% on purpose; issue 14 stays
-    # open on this point.
+    # not fully carry over to another domain: measured here (bench/int8_acceptance.py, VNNI
+    # kernel) 0.9919 mean Spearman and the FP32 top-1 kept in 135 of 139 groups (97.1%), but
+    # gloss-head kept 132 (95.0%). Asserted: the Spearman floor, and top-1 at most 8 misses
+    # of 139, each a near-tie (within 10% of the group's FP32 spread), so that a saturating
+    # (AVX2) kernel's few extra swaps do not fail it; issue 14 stays open on this point.
     assert got["spearman_mean"] >= 0.99, got
     assert got["top1_kept"] >= 0.94, got
     cand = [score_documents(be, q, ds).raw for q, ds in groups]
