@@ -84,6 +84,16 @@ def interleaved(
     return out
 
 
+#: rounds a timing budget buys: a median of fewer than 3 is one noisy figure, and more than
+#: 15 adds little but time
+MIN_ROUNDS, MAX_ROUNDS = 3, 15
+
+
+def rounds_to_fill(seconds: float, one_round: float) -> int:
+    """Interleaved rounds that fill ``seconds`` when one round takes ``one_round`` seconds."""
+    return max(MIN_ROUNDS, min(MAX_ROUNDS, int(seconds / max(one_round, 1e-6))))
+
+
 def score_bucketed(backend: Backend, items: Sequence[Encoded], budget: int) -> np.ndarray:
     scores = np.empty(len(items), dtype=np.float32)
     for batch in plan_batches([it.n_tokens for it in items], budget):

@@ -122,8 +122,8 @@ def _batch(backend: Backend, seed: int = 0) -> list[Encoded]:
 
 def _time(opened: dict[str, Any], seconds: float) -> dict[str, float]:
     """pairs/s per backend: one warm-up call each, then interleaved rounds that fill
-    ``seconds`` (at least 3 rounds, at most 15)."""
-    from edgerank.quality.bench import interleaved
+    ``seconds`` (bench.rounds_to_fill)."""
+    from edgerank.quality.bench import interleaved, rounds_to_fill
 
     calls = {}
     spent = 0.0
@@ -133,7 +133,7 @@ def _time(opened: dict[str, Any], seconds: float) -> dict[str, float]:
         t0 = time.perf_counter()
         calls[name][0]()
         spent += time.perf_counter() - t0
-    rounds = max(3, min(15, int(seconds / max(spent, 1e-6))))
+    rounds = rounds_to_fill(seconds, spent)
     timings = interleaved({n: c for n, (c, _) in calls.items()}, rounds=rounds, warmup=0)
     return {n: calls[n][1] / timings[n].median for n in calls}
 
@@ -224,9 +224,11 @@ def _limit(hw: Hardware, model: str) -> Callable[[str, str], int]:
         spec = None
 
     def limit(backend: str, precision: str) -> int:
+        if spec is None:  # a custom import: the planner knows no size for it
+            return CPU_TOKEN_BUDGETS[0]
         try:
             return memory_need(spec, backend, precision, False, hw.memory_budget_mib)[1]
-        except (AttributeError, KeyError):  # not in the catalog, or no figure at precision
+        except KeyError:  # the catalog has no size at this precision
             return CPU_TOKEN_BUDGETS[0]
 
     return limit

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from edgerank.backends.base import Backend, Encoded, ScoreOptions
 from edgerank.engine.rank import plan_batches
 from edgerank.planning.memory import CPU_TOKEN_BUDGETS
-from edgerank.quality.bench import Timing, interleaved
+from edgerank.quality.bench import MIN_ROUNDS, Timing, interleaved, rounds_to_fill
 from edgerank.quality.measurements import shape_key
 
 #: token budgets timed without a pair cap (those within the memory limit)
@@ -34,8 +34,8 @@ CAPS = (4, 8, 16, 32, 64)
 #: passages per timed request, and their pair lengths in tokens (log-uniform)
 PASSAGES, SHORTEST, LONGEST = 100, 16, 250
 #: a backend too slow for the full request within its time gets fewer passages, not fewer
-#: rounds: a median of fewer than MIN_ROUNDS is one noisy figure
-MIN_PASSAGES, MIN_ROUNDS, MAX_ROUNDS = 32, 3, 15
+#: rounds (bench.MIN_ROUNDS)
+MIN_PASSAGES = 32
 #: probe text per token when joining passages: ample for English, more so for CJK
 CHARS_PER_TOKEN = 8
 
@@ -87,7 +87,7 @@ def time_shapes(
 ) -> dict[str, float]:
     """shape_key -> pairs/s scoring ``items`` cut by that shape (medians of interleaved rounds).
 
-    ``rounds`` None: as many as fill ``seconds`` after one warm-up call, MIN_ROUNDS..MAX_ROUNDS.
+    ``rounds`` None: as many as fill ``seconds`` after one warm-up call (rounds_to_fill).
     """
     timed = timings(backend, items, shapes, seconds, rounds)
     return {key: t.per_second for key, t in timed.items()}
@@ -120,7 +120,7 @@ def timings(
         t0 = time.perf_counter()
         next(iter(calls.values()))()
         one = max(time.perf_counter() - t0, 1e-6) * len(calls)
-        rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(seconds / one)))
+        rounds = rounds_to_fill(seconds, one)
     timed = interleaved(calls, rounds=rounds, warmup=warmup, work=len(items))
     return {key: timed[keys[0]] for keys in same.values() for key in keys}
 
