@@ -5,8 +5,9 @@
 For each test reranker of tests/support/minilm_rerankers.py (three real-weight MiniLM-L6
 cross-encoders built offline, none tuned for the recipe):
 
-1. `edgerank import`'s code path (ModelStore.import_onnx, default policy), timed: wall and
-   this process's CPU seconds, the MatMuls it kept FP32 and its frontier;
+1. `edgerank import`'s code path (ModelStore.import_onnx, default policy; ``--portable``:
+   as `--portable-int8`), timed: wall and this process's CPU seconds, the MatMuls it kept
+   FP32 and its frontier;
 2. fidelity of every candidate against torch FP32 (512-token truncation) on the held-out
    Debian FAQ groups (139 x 8; a document no calibration, probe or model training used),
    scored through edgerank's own path (tokenizer, length buckets, score_documents);
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
+from edgerank.convert.backoff import Policy  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
 from edgerank.models.manifest import Manifest  # noqa: E402
 from edgerank.quality.fidelity import rank_agreement  # noqa: E402
@@ -137,7 +139,9 @@ def prepare(ckpt: Path, work: Path) -> None:
     )  # fmt: skip
 
 
-def run_model(name: str, work: Path, rounds: int, threads: list[int]) -> dict:
+def run_model(
+    name: str, work: Path, rounds: int, threads: list[int], portable: bool | None = None
+) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ckpt = mr.build(name, work / "ckpt")
@@ -145,7 +149,9 @@ def run_model(name: str, work: Path, rounds: int, threads: list[int]) -> dict:
     store = ModelStore(work / "home")
     t0, c0 = time.perf_counter(), time.process_time()
     lines: list[str] = []
-    installed = store.import_onnx(name, ckpt, progress=lambda m: lines.append(m))
+    installed = store.import_onnx(
+        name, ckpt, progress=lambda m: lines.append(m), policy=Policy(portable=portable)
+    )
     imp = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
     m = Manifest.read(installed)
     prepare(ckpt, work)
@@ -198,10 +204,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgerank-int8-acceptance"))
     ap.add_argument("--out", type=Path, help="also write the JSON report here")
+    ap.add_argument(
+        "--portable", action="store_true", default=None,
+        help="import as `edgerank import --portable-int8` (weights no int8 kernel saturates)",
+    )  # fmt: skip
     args = ap.parse_args()
     reports = []
     for name in args.models:
-        rep = run_model(name, args.workdir / name, args.rounds, args.threads)
+        rep = run_model(name, args.workdir / name, args.rounds, args.threads, args.portable)
         reports.append(rep)
         print(json.dumps(rep), flush=True)
         if args.out:

@@ -13,6 +13,7 @@ finds idle gaps between them, as it would on a lightly loaded box.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -34,6 +35,9 @@ from edgerank.convert.onnx_export import export_onnx  # noqa: E402
 from edgerank.models.manifest import Manifest  # noqa: E402
 from edgerank.store.entries import ModelStore  # noqa: E402
 from tests.support import minilm_ce  # noqa: E402
+
+#: seconds without a new fidelity sample after the last request: the watch has drained
+DRAIN_S = 3.0
 
 
 def metric(text: str, name: str) -> float:
@@ -65,11 +69,15 @@ def run(entry: Path, sample: float, groups, threads: int) -> dict[str, float]:
             for query, docs in groups:
                 assert c.post("/v2/rerank", json={"query": query, "documents": docs}).is_success
             wall = time.perf_counter() - t0
-            want = round(sample * len(groups))
-            while (
-                sample and metric(c.get("/metrics").text, "edgerank_fidelity_samples") < want * 0.8
-            ):
-                time.sleep(0.2)  # seeded sampling: about sample x requests
+            # drained when the sample count holds still for DRAIN_S (seeded sampling takes
+            # about sample x requests, not exactly); every run polls alike, so they pay alike
+            last, since = -1.0, time.perf_counter()
+            while time.perf_counter() - since < DRAIN_S:
+                now = metric(c.get("/metrics").text, "edgerank_fidelity_samples")
+                now = 0.0 if math.isnan(now) else now  # off: no gauge at all
+                if now != last:
+                    last, since = now, time.perf_counter()
+                time.sleep(0.2)
             text = c.get("/metrics").text
             cpu = cpu_s(proc.pid) - start
     finally:

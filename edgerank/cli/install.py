@@ -15,6 +15,11 @@ from edgerank.errors import InvalidInput
 def _int8_options(fn):
     """The accuracy-aware INT8 install's options, shared by pull and import."""
     fn = click.option(
+        "--portable-int8", is_flag=True,
+        help="Build an INT8 file no CPU's int8 kernel can saturate, to copy to AVX2 boxes "
+        "(always so when this CPU's kernel can saturate).",
+    )(fn)  # fmt: skip
+    fn = click.option(
         "--keep-fp32", is_flag=True,
         help="Keep the FP32 graph beside the INT8 file (the daemon's fidelity_sample needs it).",
     )(fn)  # fmt: skip
@@ -41,7 +46,9 @@ def _int8_options(fn):
     help="gguf: the catalog's GGUF files, else the checkpoint converted with llama.cpp.",
 )
 @friendly
-def pull(name, prebuilt_int8, revision, calibration, allow_below_floor, keep_fp32, backend):
+def pull(
+    name, prebuilt_int8, revision, calibration, allow_below_floor, keep_fp32, portable_int8, backend
+):
     """Download a catalog model and install it (INT8 ONNX, or GGUF)."""
     from edgerank.catalog.load import load_catalog
     from edgerank.convert.backoff import Policy
@@ -55,7 +62,7 @@ def pull(name, prebuilt_int8, revision, calibration, allow_below_floor, keep_fp3
         backend=backend,
         progress=progress,
         calibration=calibration,
-        policy=Policy(allow_below_floor=allow_below_floor),
+        policy=Policy(allow_below_floor=allow_below_floor, portable=portable_int8 or None),
         keep_reference=keep_fp32,
     )
     click.echo(f"installed {name} in {path}")
@@ -74,7 +81,7 @@ def pull(name, prebuilt_int8, revision, calibration, allow_below_floor, keep_fp3
     "already in PATH; torch: the checkpoint as it is (the cuda extra serves it).",
 )
 @friendly
-def import_(path, name, calibration, allow_below_floor, keep_fp32, backend):
+def import_(path, name, calibration, allow_below_floor, keep_fp32, portable_int8, backend):
     """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline;
     with --backend gguf, as GGUF files (or install the *.gguf files PATH holds); with
     --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one).
@@ -96,9 +103,10 @@ def import_(path, name, calibration, allow_below_floor, keep_fp32, backend):
         raise InvalidInput(f"{path}: no such file or directory")
     if not name:
         raise InvalidInput("importing a directory needs --name NAME")
-    if backend != "onnx" and (calibration or allow_below_floor or keep_fp32):
+    if backend != "onnx" and (calibration or allow_below_floor or keep_fp32 or portable_int8):
         raise InvalidInput(
-            "--calibration, --allow-below-floor and --keep-fp32 apply to --backend onnx only"
+            "--calibration, --allow-below-floor, --keep-fp32 and --portable-int8 apply to "
+            "--backend onnx only"
         )
     if backend == "gguf":
         target = store.import_gguf(name, Path(path), progress=progress)
@@ -109,7 +117,8 @@ def import_(path, name, calibration, allow_below_floor, keep_fp32, backend):
     else:
         target = store.import_onnx(
             name, Path(path), progress=progress, calibration=calibration,
-            policy=Policy(allow_below_floor=allow_below_floor), keep_reference=keep_fp32,
+            policy=Policy(allow_below_floor=allow_below_floor, portable=portable_int8 or None),
+            keep_reference=keep_fp32,
         )  # fmt: skip
     from edgerank.models.manifest import Manifest
 

@@ -68,6 +68,9 @@ class Policy:
     floor: dict[str, float] | None = None  # None: FLOOR
     min_speedup: float | None = None  # None: MIN_SPEEDUP
     allow_below_floor: bool = False
+    #: a file no u8 x s8 kernel can saturate (int8_files.build's ``bounded``); None: when
+    #: this CPU's kernel can (the file is measured here, so it must be right here)
+    portable: bool | None = None
 
 
 Progress = Callable[[str], None]
@@ -173,6 +176,12 @@ def quantize_accurate(
     floor = dict(FLOOR if policy.floor is None else policy.floor)
     min_speedup = MIN_SPEEDUP if policy.min_speedup is None else policy.min_speedup
     ladder = LADDERS[base]
+    bounded = policy.portable
+    if bounded is None:
+        from edgerank.hardware.facts import SATURATING_INT8
+        from edgerank.hardware.probe import int8_kernel_here
+
+        bounded = int8_kernel_here() in SATURATING_INT8
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     prepared, row_mms = int8_files.prepare_fp32(fp32_onnx, work)
@@ -198,7 +207,7 @@ def quantize_accurate(
         moved = {k: sorted(n for n, v in kinds.items() if v == k) for k in ladder[1:]}
         tag = "-".join(f"{k}{len(v)}" for k, v in moved.items())
         out = work / f"model.int8.{tag}.onnx"
-        path = int8_files.build(source, out, {**fixed, **kinds}, ladder[0])
+        path = int8_files.build(source, out, {**fixed, **kinds}, ladder[0], bounded=bounded)
         cand = Scorer(path, tokenizer_json, threads, max_length)
         fid = agreement(ref, cand.score_groups(enc))
         ratio = speed_ratio(ref_s, {"c": cand}, speed_rows)["c"]
@@ -242,6 +251,7 @@ def quantize_accurate(
             **RECIPE,
             "base": {k: int8_files.KIND_DOC[k] for k in ladder},
             "smoothing": smoothing,
+            "saturation_safe": bounded,
             "matmul_kinds": pick["kinds"],
             "fp32_matmuls": sorted(n for n, k in pick["kinds"].items() if k == "fp32"),
             "first_token_fp32": sorted(fixed),

@@ -22,6 +22,12 @@ probe groups, all MatMuls of one kind, vs ONNX FP32 (bench/int8_frontier.py):
 Weight rounding alone (per-channel int8, FP32 activations) already costs these models
 0.992 Spearman; GPTQ-style rounding gave 0.995, but not with per-tensor activations
 (0.949).
+
+On AVX2 (and AVX-512 without VNNI) MLAS's u8 x s8 kernel adds neighbouring products into
+int16 and saturates; ``token`` and ``dynamic`` files built ``bounded`` cannot (PAIR_BOUND,
+reduce_range). ``block`` cannot either: checked under qemu -cpu Haswell, its int8 path
+gives the same results as on VNNI. int8 activations (s8 x s8) would not saturate, but MLAS
+runs them 4x slower than u8 x s8 on this VNNI CPU.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ import numpy as np
 KINDS = ("dynamic", "token", "block", "fp32")
 #: MatMulNBits settings of the ``block`` kind
 BLOCK = {"bits": 8, "block_size": 32, "is_symmetric": True, "accuracy_level": 4}
-#: 7-bit weights (vpmaddubsw saturation on AVX2) measured no better here: full 8-bit
-REDUCE_RANGE = False
+#: the largest |wq[2i] + wq[2i+1]| a ``bounded`` token-kind weight column holds: AVX2's
+#: (and AVX-512-without-VNNI's) u8 x s8 kernel adds neighbouring products with vpmaddubsw
+#: into int16, and 255 x 128 = 32640 still fits 32767
+PAIR_BOUND = 128
 KIND_DOC = {
     "dynamic": "onnxruntime quantize_dynamic: QInt8 weights per output channel, uint8 "
     "activations per tensor at run time",
@@ -87,8 +95,15 @@ def matmul_names(prepared) -> list[str]:
     return [n.name for n in g.model.graph.node if quantizable(g, n)]
 
 
-def build(prepared: Path, out: Path, kinds: Mapping[str, str], default: str) -> Path:
-    """Write ``prepared`` with each MatMul as ``kinds[name]`` (else ``default``)."""
+def build(
+    prepared: Path, out: Path, kinds: Mapping[str, str], default: str, *, bounded: bool = False
+) -> Path:
+    """Write ``prepared`` with each MatMul as ``kinds[name]`` (else ``default``).
+
+    ``bounded``: no int16 pair sum of the u8 x s8 kernels can saturate, whatever the CPU
+    (token: PAIR_BOUND weight scales; dynamic: 7-bit weights, onnxruntime's reduce_range),
+    for a file that must stay faithful on AVX2 (hardware.facts.SATURATING_INT8).
+    """
     import onnx
 
     model = onnx.load(str(prepared))
@@ -102,10 +117,10 @@ def build(prepared: Path, out: Path, kinds: Mapping[str, str], default: str) -> 
         model = _block(model, [n for n in names if n not in block])
     token = [n for n, k in pick.items() if k == "token"]
     if token:
-        model = _per_token(model, token)
+        model = _per_token(model, token, bounded)
     dynamic = [n for n, k in pick.items() if k == "dynamic"]
     if dynamic:
-        _dynamic(model, out, dynamic)
+        _dynamic(model, out, dynamic, bounded)
     else:
         from edgerank.convert.int8 import _save
 
@@ -144,7 +159,7 @@ def _nbits_quantizer():
     return module
 
 
-def _per_token(model, names: list[str]):
+def _per_token(model, names: list[str], bounded: bool = False):
     """Quantize each row of the MatMul's input over its own [min, max]: centre it on the
     midpoint, divide by the half-range, quantize with a fixed scale (1/127, zero point 128),
     run MLAS's u8 x s8 kernel (MatMulIntegerToFloat, int8 weights per output channel),
@@ -177,7 +192,7 @@ def _per_token(model, names: list[str]):
             quantized[x] = (g.add("QuantizeLinear", [xn, a_scale, a_zero]), mid, half)
         q, mid, half = quantized[x]
         w = g.array(node.input[1])
-        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 127).astype(np.float32)
+        w_scale = weight_scales(w, bounded)
         wq = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
         col_sums = (wq.astype(np.float64) * w_scale).sum(axis=0).astype(np.float32)
         y = g.add(
@@ -190,6 +205,24 @@ def _per_token(model, names: list[str]):
         g.drop(node)
     g.finish()
     return onnx.ModelProto.FromString(g.model.SerializeToString())
+
+
+def weight_scales(w: np.ndarray, bounded: bool) -> np.ndarray:
+    """One scale per output channel of ``w`` (K x N): its largest |weight| maps to 127, or,
+    ``bounded``, also every neighbouring pair along K sums to at most PAIR_BOUND.
+
+    Why the pair: MLAS's AVX2 u8 x s8 kernel adds a[2i] w[2i] + a[2i+1] w[2i+1] into int16
+    (vpmaddubsw) before widening, and the token kind's centred activations span 1..255, so
+    two same-sign weights above 64 saturate (checked under qemu -cpu Haswell); opposite
+    signs cannot (255 x 127 fits). Bounding the pair's sum costs far less resolution than
+    onnxruntime's remedy, 7-bit weights, which halves every column's levels.
+    """
+    scale = np.abs(w).max(axis=0) / 127
+    if bounded:
+        even = np.vstack([w, np.zeros((w.shape[0] % 2, w.shape[1]), w.dtype)])
+        pair = np.abs(even[0::2] + even[1::2]).max(axis=0)
+        scale = np.maximum(scale, pair / (PAIR_BOUND - 1))  # each rounding adds <= 0.5
+    return np.maximum(scale, 1e-12).astype(np.float32)
 
 
 def _row_span(g, x: str) -> tuple[str, str]:
@@ -206,7 +239,7 @@ def _row_span(g, x: str) -> tuple[str, str]:
     return mid, g.add("Max", [half, g.const(1e-6)])
 
 
-def _dynamic(model, out: Path, names: list[str]) -> None:
+def _dynamic(model, out: Path, names: list[str], bounded: bool = False) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -216,7 +249,7 @@ def _dynamic(model, out: Path, names: list[str]) -> None:
         quantize_dynamic(
             model, str(out), weight_type=QuantType.QInt8, per_channel=True,
             op_types_to_quantize=["MatMul"], nodes_to_quantize=names,
-            reduce_range=REDUCE_RANGE,
+            reduce_range=bounded,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )  # fmt: skip
     finally:

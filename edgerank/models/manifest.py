@@ -108,7 +108,8 @@ class Manifest:
         proved: installed below the floor (--allow-below-floor), a publisher's file that
         was never measured (--prebuilt-int8 without an FP32 original), or measured with a
         non-saturating int8 kernel and now on a CPU (``int8_kernel``, hardware.facts) whose
-        kernel can saturate."""
+        kernel can saturate, unless its weights were bounded so that none can
+        (recipe ``saturation_safe``: convert/int8_files.build)."""
         from edgerank.hardware.facts import SATURATING_INT8
 
         fid = self.fidelity or {}
@@ -119,11 +120,11 @@ class Manifest:
         measured = fid.get("int8_kernel")
         if (
             self.precision == "int8" and measured and int8_kernel in SATURATING_INT8
-            and measured not in SATURATING_INT8
+            and measured not in SATURATING_INT8 and not self.recipe.get("saturation_safe")
         ):  # fmt: skip
             return (
                 f"{self.name}: fidelity measured with the {measured} int8 kernel; this CPU's "
-                f"{int8_kernel} kernel can saturate: re-import here to measure it"
+                f"{int8_kernel} kernel can saturate: re-import here (or with --portable-int8)"
             )
         return None
 

@@ -165,6 +165,42 @@ def test_backoff_stops_at_the_first_point_above_the_floor(fp32_dir, tmp_path):
     assert sum(k == "fp32" for k in kinds.values()) == best["fp32_matmuls"]
 
 
+def _largest_pair(path) -> int:
+    """The largest |wq[2i] + wq[2i+1]| over the file's token-kind int8 weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    largest = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulIntegerToFloat":
+            wq = numpy_helper.to_array(inits[node.input[1]]).astype(np.int32)
+            wq = np.vstack([wq, np.zeros((wq.shape[0] % 2, wq.shape[1]), np.int32)])
+            largest = max(largest, int(np.abs(wq[0::2] + wq[1::2]).max()))
+    return largest
+
+
+@pytest.mark.parametrize(
+    "portable, kernel, bounded",
+    [(True, "vnni", True), (None, "avx2", True), (None, "avx512", True), (None, "vnni", False)],
+)  # fmt: skip
+def test_portable_or_saturating_cpu_bounds_the_weights(
+    fp32_dir, tmp_path, monkeypatch, portable, kernel, bounded
+):
+    """--portable-int8, or an import on a CPU whose u8 x s8 kernel saturates, builds token
+    weights whose neighbouring pairs stay within int8_files.PAIR_BOUND; the recipe says so."""
+    monkeypatch.setattr("edgerank.hardware.probe.int8_kernel_here", lambda: kernel)
+    got = ib.quantize_accurate(
+        fp32_dir / "model.onnx", tmp_path / "w", fp32_dir / "tokenizer.json",
+        probe=_probe(20), calibration=sets.shipped(sets.CALIBRATION)[0],
+        policy=ib.Policy(floor={"spearman_mean": 0.0}, min_speedup=0.0, portable=portable),
+        threads=1, max_length=128,
+    )  # fmt: skip
+    assert got["recipe"]["saturation_safe"] is bounded
+    assert (_largest_pair(got["file"]) <= int8_files.PAIR_BOUND) is bounded
+
+
 def test_below_floor_is_refused_unless_allowed(fp32_dir, tmp_path):
     store = ModelStore(tmp_path / "home")
     impossible = {"spearman_mean": 1.01, "top1_kept": 0.97}
@@ -202,6 +238,26 @@ def test_cli_refuses_below_floor_in_one_line_and_says_so_after(fp32_dir, tmp_pat
     assert [ln for ln in models.output.splitlines() if "BELOW the fidelity floor" in ln]
     scored = runner.invoke(main, ["score", "--model", "t", "--threads", "1", "cat", "a cat"])
     assert scored.exit_code == 0 and "BELOW the fidelity floor" in scored.output
+
+
+def test_cli_portable_int8_lands_in_the_manifest(fp32_dir, tmp_path, monkeypatch):
+    from edgerank.cli.main import main
+
+    monkeypatch.setenv("EDGERANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("edgerank.hardware.probe.int8_kernel_here", lambda: "vnni")
+    monkeypatch.setattr(ib, "FLOOR", {"spearman_mean": 0.0})
+    monkeypatch.setattr(ib, "MIN_SPEEDUP", 0.0)
+    runner = CliRunner()
+    for name, flags, safe in (("plain", [], False), ("portable", ["--portable-int8"], True)):
+        done = runner.invoke(main, ["import", str(fp32_dir), "--name", name, *flags])
+        assert done.exit_code == 0, done.output
+        m = Manifest.read(tmp_path / "home" / "models" / name / "onnx")
+        assert m.recipe["saturation_safe"] is safe
+        assert (_largest_pair(tmp_path / "home" / "models" / name / "onnx" / m.model_file)
+                <= int8_files.PAIR_BOUND) is safe  # fmt: skip
+    wrong = runner.invoke(main, ["import", str(fp32_dir), "--name", "g", "--backend", "gguf",
+                                 "--portable-int8"])  # fmt: skip
+    assert wrong.exit_code != 0 and "--portable-int8" in wrong.output
 
 
 def test_int8_that_does_not_pay_installs_fp32(fp32_dir, tmp_path):

@@ -111,3 +111,6 @@ def test_fidelity_measured_on_a_non_saturating_kernel_is_flagged_on_avx2(measure
         assert measured in note and here in note and "re-import" in note
     fp32 = Manifest("m", "onnx", "fp32", "model.onnx", 512, fidelity=fid)
     assert fp32.fidelity_note(here) is None
+    safe = {"saturation_safe": True}  # weights bounded at import: no kernel can saturate
+    bounded = Manifest("m", "onnx", "int8", "model.int8.onnx", 512, fidelity=fid, recipe=safe)
+    assert bounded.fidelity_note(here) is None

@@ -1,0 +1,100 @@
+"""The ``bounded`` INT8 file on a saturating kernel: AVX2's u8 x s8 path adds neighbouring
+products into int16 (vpmaddubsw). The kernel itself runs under qemu-x86_64 -cpu Haswell,
+which has AVX2 and no VNNI, so this holds on any x86 host, the VNNI ones included."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from edgerank.convert import int8_files  # noqa: E402
+
+K, N = 64, 8
+QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+#: CI installs qemu-user-static and sets this: there, a missing qemu is a failure
+REQUIRED = os.environ.get("EDGERANK_AVX2_EMULATION") == "1"
+
+
+def _pairs(wq: np.ndarray) -> np.ndarray:
+    even = np.vstack([wq, np.zeros((wq.shape[0] % 2, wq.shape[1]), wq.dtype)]).astype(np.int32)
+    return np.abs(even[0::2] + even[1::2])
+
+
+def _quantized(w: np.ndarray, bounded: bool) -> np.ndarray:
+    scale = int8_files.weight_scales(w, bounded)
+    return np.clip(np.round(w / scale), -127, 127)
+
+
+def test_bounded_scales_keep_every_pair_under_the_bound():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((97, 40)) * 0.05).astype(np.float32)  # odd K: a lone last row
+    w[10:12, 3] = 0.4  # a same-sign neighbouring pair, the case vpmaddubsw cannot hold
+    w[20, 5], w[21, 5] = 0.4, -0.4  # opposite signs: 255 x 127 fits, no bound needed
+    w[96, 7] = 0.5
+    assert _pairs(_quantized(w, bounded=False)).max() > int8_files.PAIR_BOUND  # the control
+    assert _pairs(_quantized(w, bounded=True)).max() <= int8_files.PAIR_BOUND
+    loose, tight = int8_files.weight_scales(w, False), int8_files.weight_scales(w, True)
+    assert tight[3] > loose[3]
+    # columns whose pairs were already in bound keep full resolution
+    assert tight[5] == pytest.approx(loose[5]) and tight[7] == pytest.approx(loose[7])
+
+
+def _one_matmul(path, w: np.ndarray) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    graph = helper.make_graph([node], "one", [x], [y], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+_RUN = """
+import json, sys
+import numpy as np, onnxruntime as ort
+x = np.array(json.loads(sys.stdin.read()), dtype=np.float32)
+for path in sys.argv[1:]:
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    print(json.dumps(sess.run(None, {"x": x})[0].tolist()))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="qemu-x86_64 emulates x86 hosts' CPUs")
+def test_bounded_file_is_exact_on_an_avx2_kernel(tmp_path):
+    """Same-sign weights and activations near the top of the u8 range: the unbounded file
+    saturates on the emulated Haswell (the control: the kernel really is vpmaddubsw's),
+    the bounded one stays within its rounding of the FP32 product."""
+    if QEMU is None:
+        if REQUIRED:
+            pytest.fail("qemu-x86_64-static is missing (apt-get install qemu-user-static)")
+        pytest.skip("qemu-x86_64-static not installed: no AVX2-only CPU to run on")
+    rng = np.random.default_rng(3)
+    w = rng.uniform(0.5, 1.0, (K, N)).astype(np.float32)
+    _one_matmul(tmp_path / "fp32.onnx", w)
+    files = {
+        bounded: str(int8_files.build(tmp_path / "fp32.onnx", tmp_path / f"{bounded}.onnx",
+                                      {}, "token", bounded=bounded))
+        for bounded in (False, True)
+    }  # fmt: skip
+    x = rng.uniform(0.9, 1.0, (1, 4, K)).astype(np.float32)
+    x[..., 0] = -1.0  # the row's minimum: every other entry quantizes near 255
+    run = subprocess.run(
+        [QEMU, "-cpu", "Haswell", sys.executable, "-c", _RUN, files[False], files[True]],
+        input=json.dumps(x.tolist()), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    loose, tight = (np.array(json.loads(line)) for line in run.stdout.splitlines())
+    want = x.astype(np.float64) @ w
+    rel = lambda got: float(np.abs(got - want).max() / np.abs(want).max())  # noqa: E731
+    assert rel(loose) > 0.1  # saturated: pair sums clipped at 32767
+    assert rel(tight) < 0.02
