@@ -9,19 +9,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
 from edgerank.convert import int8_files  # noqa: E402
+from tests.support.onnx_graphs import one_matmul  # noqa: E402
 
 K, N = 96, 24
-
-
-def _one_matmul(path, w: np.ndarray) -> None:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])
-    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
-    graph = helper.make_graph([node], "one", [x], [y], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:
@@ -33,7 +24,7 @@ def _run(path, x: np.ndarray) -> np.ndarray:
 def token_file(tmp_path):
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((K, N)) * 0.05).astype(np.float32)
-    _one_matmul(tmp_path / "fp32.onnx", w)
+    one_matmul(tmp_path / "fp32.onnx", w)
     # bounded: the arithmetic below holds on AVX2's saturating kernel too
     out = int8_files.build(
         tmp_path / "fp32.onnx", tmp_path / "token.onnx", {}, "token", bounded=True
@@ -90,7 +81,7 @@ def test_the_block_kind_leaves_the_process_logging_alone(tmp_path, token_file):
     import sys
 
     _, w = token_file
-    _one_matmul(tmp_path / "fp32.onnx", w)
+    one_matmul(tmp_path / "fp32.onnx", w)
     code = (
         "import logging, sys; from pathlib import Path\n"
         "from edgerank.convert import int8_files\n"

@@ -17,9 +17,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
 from edgerank.convert import int8_files  # noqa: E402
+from tests.support.onnx_graphs import one_matmul  # noqa: E402
 
 K, N = 64, 8
 QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
@@ -51,14 +50,6 @@ def test_bounded_scales_keep_every_pair_under_the_bound():
     assert tight[5] == pytest.approx(loose[5]) and tight[7] == pytest.approx(loose[7])
 
 
-def _one_matmul(path, w: np.ndarray) -> None:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", N])
-    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
-    graph = helper.make_graph([node], "one", [x], [y], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
 _RUN = """
 import json, sys
 import numpy as np, onnxruntime as ort
@@ -80,7 +71,7 @@ def test_bounded_file_is_exact_on_an_avx2_kernel(tmp_path):
         pytest.skip("qemu-x86_64-static not installed: no AVX2-only CPU to run on")
     rng = np.random.default_rng(3)
     w = rng.uniform(0.5, 1.0, (K, N)).astype(np.float32)
-    _one_matmul(tmp_path / "fp32.onnx", w)
+    one_matmul(tmp_path / "fp32.onnx", w)
     files = {
         bounded: str(int8_files.build(tmp_path / "fp32.onnx", tmp_path / f"{bounded}.onnx",
                                       {}, "token", bounded=bounded))
