@@ -93,6 +93,7 @@ class Daemon:
         with open(log, "w") as err:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=err)
         self.address = ""
+        self.terminated = False
 
     def wait_serving(self, deadline: float) -> None:
         while not self.address:
@@ -116,9 +117,15 @@ class Daemon:
                 pb_grpc.RerankerStub(ch).Info(pb.InfoRequest(), timeout=30).load.completed_requests
             )
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM once: a second one during the interpreter's own teardown (after the
+        loop's handlers are gone) would turn a clean drain's exit 0 into -15."""
+        if not self.terminated and self.proc.poll() is None:
+            self.terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        self.terminate()
         try:
             return self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -179,7 +186,7 @@ async def _run(address: str, victim: Daemon, work) -> tuple[dict, dict, int]:
                     info = await victim_stub.Info(pb.InfoRequest(), timeout=30)
                     if info.load.completed_requests >= 1:
                         killed_at.append(len(answers))
-                        victim.proc.send_signal(signal.SIGTERM)
+                        victim.terminate()
                         return
                 await asyncio.sleep(0.01)
 
