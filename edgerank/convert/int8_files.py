@@ -219,10 +219,16 @@ def weight_scales(w: np.ndarray, bounded: bool) -> np.ndarray:
     """
     scale = np.abs(w).max(axis=0) / 127
     if bounded:
-        even = np.vstack([w, np.zeros((w.shape[0] % 2, w.shape[1]), w.dtype)])
-        pair = np.abs(even[0::2] + even[1::2]).max(axis=0)
+        pair = pair_sums(w).max(axis=0)
         scale = np.maximum(scale, pair / (PAIR_BOUND - 1))  # each rounding adds <= 0.5
     return np.maximum(scale, 1e-12).astype(np.float32)
+
+
+def pair_sums(w: np.ndarray) -> np.ndarray:
+    """|w[2i] + w[2i+1]| along K (an odd K's last row pairs with zero): the int16 sums
+    vpmaddubsw forms, per unit of activation."""
+    even = np.vstack([w, np.zeros((w.shape[0] % 2, w.shape[1]), w.dtype)])
+    return np.abs(even[0::2].astype(np.float64) + even[1::2])
 
 
 def _row_span(g, x: str) -> tuple[str, str]:

@@ -175,9 +175,8 @@ def _largest_pair(path) -> int:
     largest = 0
     for node in model.graph.node:
         if node.op_type == "MatMulIntegerToFloat":
-            wq = numpy_helper.to_array(inits[node.input[1]]).astype(np.int32)
-            wq = np.vstack([wq, np.zeros((wq.shape[0] % 2, wq.shape[1]), np.int32)])
-            largest = max(largest, int(np.abs(wq[0::2] + wq[1::2]).max()))
+            wq = numpy_helper.to_array(inits[node.input[1]])
+            largest = max(largest, int(int8_files.pair_sums(wq).max()))
     return largest
 
 

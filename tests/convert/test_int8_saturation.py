@@ -26,11 +26,6 @@ QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
 REQUIRED = os.environ.get("EDGERANK_AVX2_EMULATION") == "1"
 
 
-def _pairs(wq: np.ndarray) -> np.ndarray:
-    even = np.vstack([wq, np.zeros((wq.shape[0] % 2, wq.shape[1]), wq.dtype)]).astype(np.int32)
-    return np.abs(even[0::2] + even[1::2])
-
-
 def _quantized(w: np.ndarray, bounded: bool) -> np.ndarray:
     scale = int8_files.weight_scales(w, bounded)
     return np.clip(np.round(w / scale), -127, 127)
@@ -42,8 +37,9 @@ def test_bounded_scales_keep_every_pair_under_the_bound():
     w[10:12, 3] = 0.4  # a same-sign neighbouring pair, the case vpmaddubsw cannot hold
     w[20, 5], w[21, 5] = 0.4, -0.4  # opposite signs: 255 x 127 fits, no bound needed
     w[96, 7] = 0.5
-    assert _pairs(_quantized(w, bounded=False)).max() > int8_files.PAIR_BOUND  # the control
-    assert _pairs(_quantized(w, bounded=True)).max() <= int8_files.PAIR_BOUND
+    pairs = int8_files.pair_sums
+    assert pairs(_quantized(w, bounded=False)).max() > int8_files.PAIR_BOUND  # the control
+    assert pairs(_quantized(w, bounded=True)).max() <= int8_files.PAIR_BOUND
     loose, tight = int8_files.weight_scales(w, False), int8_files.weight_scales(w, True)
     assert tight[3] > loose[3]
     # columns whose pairs were already in bound keep full resolution
