@@ -180,6 +180,18 @@ def _largest_pair(path) -> int:
     return largest
 
 
+def test_speed_rows_are_typical_lengths_not_the_truncated_tail():
+    """One batch pads to its longest row: a timed set holding a passage cut at max_length
+    would time every row at that length."""
+    lengths = [8 + (i * 37) % 90 for i in range(200)] + [256] * 12  # the truncated tail
+    groups = [[([1] * n, [0] * n) for n in lengths[k : k + 8]] for k in range(0, 212, 8)]
+    rows = ib.speed_rows(groups)
+    got = sorted(len(r[0]) for r in rows)
+    assert len(rows) == 16
+    assert max(got) < 256 and min(got) > 8
+    assert got[-1] - got[0] > 40  # spread over the typical range, not one length
+
+
 @pytest.mark.parametrize(
     "portable, kernel, bounded",
     [(True, "vnni", True), (None, "avx2", True), (None, "avx512", True), (None, "vnni", False)],
