@@ -187,7 +187,7 @@ def _per_token(model, names: list[str], bounded: bool = False):
             continue
         x = node.input[0]
         if x not in quantized:
-            mid, half = _row_span(g, x)
+            mid, half = row_span(g, x)
             xn = g.add("Div", [g.add("Sub", [x, mid]), half])
             quantized[x] = (g.add("QuantizeLinear", [xn, a_scale, a_zero]), mid, half)
         q, mid, half = quantized[x]
@@ -231,7 +231,7 @@ def pair_sums(w: np.ndarray) -> np.ndarray:
     return np.abs(even[0::2].astype(np.float64) + even[1::2])
 
 
-def _row_span(g, x: str) -> tuple[str, str]:
+def row_span(g, x: str) -> tuple[str, str]:
     """(midpoint, half-range) of each row of ``x`` over its last axis, kept 1 wide."""
 
     def reduce(op: str) -> str:
