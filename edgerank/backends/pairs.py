@@ -8,6 +8,7 @@ post-processor adds the special tokens and segment ids ([CLS] q [SEP] p [SEP] fo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,6 +83,19 @@ class PairTokenizer:
                     )
                 )
         return items
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
+        """One input per (query, passage), cut as a request with default options is.
+
+        The install's calibration and probe (convert/int8.py, quality/scoring.py) go through
+        here so that they measure what the daemon runs, and so that a query longer than the
+        window is capped rather than fatal: `tokenizers`' only_second truncation raises on
+        it, which a user's --calibration file could trigger.
+        """
+        out: list[Encoded] = []
+        for query, group in itertools.groupby(pairs, key=lambda pair: pair[0]):
+            out += self.encode(query, [doc for _, doc in group], ScoreOptions())
+        return out
 
     def pad(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Right-pad a batch to its longest item: input_ids, attention_mask, token_type_ids."""

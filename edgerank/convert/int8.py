@@ -94,13 +94,10 @@ def _feeds(model_dir: Path, inputs: list[str], pairs, batch: int = 8) -> list[di
     """Right-padded feeds from the tokenizer.json beside the model (random ids without)."""
     path = model_dir / "tokenizer.json"
     if path.exists():
-        from tokenizers import Tokenizer
+        from edgerank.backends.pairs import PairTokenizer
 
-        tok = Tokenizer.from_file(str(path))
-        tok.no_padding()
-        tok.enable_truncation(CALIBRATION_MAX_LENGTH, strategy="only_second")
-        encs = tok.encode_batch(list(pairs))
-        rows = [(np.asarray(e.ids), np.asarray(e.type_ids)) for e in encs]
+        encs = PairTokenizer(path, CALIBRATION_MAX_LENGTH).encode_pairs(list(pairs))
+        rows = [(e.ids, e.type_ids) for e in encs]
     else:
         rng = np.random.default_rng(0)
         rows = [(rng.integers(5, 100, n), None) for n in (8, 24, 64, 128)]

@@ -17,21 +17,19 @@ class Scorer:
 
     def __init__(self, model, tokenizer_json: Path, threads: int, max_length: int):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         from edgerank.backends.onnx import session_options
+        from edgerank.backends.pairs import PairTokenizer
 
         src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
         self.sess = ort.InferenceSession(
             src, session_options(threads), providers=["CPUExecutionProvider"]
         )
         self.inputs = [i.name for i in self.sess.get_inputs()]
-        self.tok = Tokenizer.from_file(str(tokenizer_json))
-        self.tok.no_padding()
-        self.tok.enable_truncation(max_length, strategy="only_second")
+        self.tok = PairTokenizer(tokenizer_json, max_length)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-        return [(e.ids, e.type_ids) for e in self.tok.encode_batch(list(pairs))]
+        return [(e.ids, e.type_ids) for e in self.tok.encode_pairs(pairs)]
 
     def run(self, rows, extra: dict | None = None, batch: int = 16) -> np.ndarray:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))

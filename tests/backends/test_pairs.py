@@ -88,3 +88,15 @@ def test_unreadable_tokenizer_is_a_model_error(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ModelCorrupt):
         PairTokenizer(bad, 32)
+
+
+def test_encode_pairs_is_one_input_per_pair_cut_like_a_request(bert_tok):
+    """The install's probe and calibration path: pairs in order, a long query capped as in
+    a request (`tokenizers`' only_second truncation raised here instead)."""
+    pairs = [("cat dog", "river"), ("cat dog", LONG), (LONG, "ocean"), ("cat dog", "tree")]
+    items = bert_tok.encode_pairs(pairs)
+    assert len(items) == 4 and all(len(it.ids) <= 32 for it in items)
+    for (q, d), item in zip(pairs, items, strict=True):
+        (alone,) = bert_tok.encode(q, [d], ScoreOptions())
+        assert item.ids.tolist() == alone.ids.tolist()
+    assert "ocean" in _tokens(bert_tok, items[2].ids)  # the passage kept room
