@@ -1,4 +1,4 @@
-"""Tiny random checkpoints built offline: a trained `tokenizers` vocabulary + random weights.
+"""Tiny random checkpoints built offline: a `tokenizers` vocabulary + random weights.
 
 Random weights rank by noise, so these test plumbing (tokenization, export, batching,
 serving), never quality; quality is tested on the real MiniLM weights (minilm_ce.py).
@@ -24,16 +24,27 @@ def corpus(n: int = 400, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n)]
 
 
-def _bert_tokenizer(vocab_size: int = 300):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+def _bert_tokenizer():
+    """WordPiece over an explicit vocabulary: the specials, every letter (alone and as a
+    ``##`` continuation), and whole words for the corpus and the synthetic probe's words
+    (edgerank/quality/texts.py), so any text tokenizes and the tests' texts stay short.
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    Not trained: `tokenizers`' WordPieceTrainer breaks ties between equally frequent merges
+    in hash order, which changes per process, so each test run built a different
+    vocabulary, different token ids and different random scores, and a rank test on the
+    tiny model passed or failed by the draw (seen on test_gguf's f16 ranking test)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    from edgerank.quality.texts import FILLER, TOPICS
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted(set(WORDS) | set(FILLER) | {w for t in TOPICS for w in t.split()})
+    letters = sorted(set("".join(words)) | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    pieces = [*specials, *letters, *(f"##{c}" for c in letters), *words]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(
-        corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
-    )
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
