@@ -180,6 +180,24 @@ def _largest_pair(path) -> int:
     return largest
 
 
+def test_speed_ratio_takes_each_graphs_fastest_round(monkeypatch):
+    """A disturbed round is slow, never fast: one slow FP32 round and two slow candidate
+    rounds must not move the ratio (the medians of these rounds would say 0.25x)."""
+    clock = [0.0]
+    monkeypatch.setattr(ib.time, "perf_counter", lambda: clock[0])
+
+    class Timed:
+        def __init__(self, seconds):
+            self.seconds = iter(seconds)
+
+        def run(self, rows):
+            clock[0] += next(self.seconds)
+
+    fp32 = Timed([9.0, 1.0, 1.0, 5.0, 5.0, 1.0])  # warm-up first, then 5 rounds
+    int8 = Timed([9.0, 0.5, 4.0, 4.0, 4.0, 0.5])
+    assert ib.speed_ratio(fp32, {"c": int8}, rows=[], rounds=5) == {"c": 2.0}
+
+
 def test_speed_rows_are_typical_lengths_not_the_truncated_tail():
     """One batch pads to its longest row: a timed set holding a passage cut at max_length
     would time every row at that length."""
