@@ -96,7 +96,7 @@ def _feeds(model_dir: Path, inputs: list[str], pairs, batch: int = 8) -> list[di
     if path.exists():
         from edgerank.backends.pairs import PairTokenizer
 
-        encs = PairTokenizer(path, CALIBRATION_MAX_LENGTH).encode_pairs(list(pairs))
+        encs = PairTokenizer(path, CALIBRATION_MAX_LENGTH).encode_pairs(pairs)
         rows = [(e.ids, e.type_ids) for e in encs]
     else:
         rng = np.random.default_rng(0)

@@ -28,7 +28,7 @@ class Scorer:
         self.inputs = [i.name for i in self.sess.get_inputs()]
         self.tok = PairTokenizer(tokenizer_json, max_length)
 
-    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(e.ids, e.type_ids) for e in self.tok.encode_pairs(pairs)]
 
     def run(self, rows, extra: dict | None = None, batch: int = 16) -> np.ndarray:
