@@ -6,11 +6,14 @@ For each test reranker of tests/support/minilm_rerankers.py (three real-weight M
 cross-encoders built offline, none tuned for the recipe):
 
 1. `edgerank import`'s code path (ModelStore.import_onnx, default policy; ``--portable``:
-   as `--portable-int8`), timed: wall and this process's CPU seconds, the MatMuls it kept
-   FP32 and its frontier;
+   as `--portable-int8`; ``--min-speedup 0``: install the INT8 point even where INT8 does
+   not pay, to measure it; ``--no-cascade``: INT8 alone), timed: wall and this process's
+   CPU seconds, the MatMuls it kept FP32 and its frontier;
 2. fidelity of every candidate against torch FP32 (512-token truncation) on the held-out
    Debian FAQ groups (139 x 8; a document no calibration, probe or model training used),
-   scored through edgerank's own path (tokenizer, length buckets, score_documents);
+   scored through edgerank's own path (engine/load.py, as `edgerank score`: the file and,
+   when its recipe has one, the cascade's FP32 rescoring of near-ties; ``int8-alone``: the
+   same file without it);
 3. speed in one run, candidates interleaved over ``--rounds`` rounds (medians), at 1 and 2
    threads, on s32 = 32 passages of ~128 tokens and s100 = 100 passages of 16-244 tokens:
    torch FP32, ONNX FP32 (the plain export), the installed file, onnxruntime
@@ -104,15 +107,21 @@ def candidates(ckpt: Path, installed: Path, work: Path, threads: int) -> dict:
     import torch
 
     from edgerank.backends.torch import TorchBackend
+    from edgerank.engine.load import load
 
     torch.set_num_threads(threads)
     plain = work / "fp32" / "model.onnx"
     dyn = work / "dyn" / "model.onnx"
     out = {"torch-fp32": TorchBackend(ckpt, precision="fp32", threads=threads, max_length=512)}
     out["onnx-fp32"] = OnnxBackend.from_file(plain, 512, threads=threads)
-    out["edgerank-installed"] = OnnxBackend.from_dir(installed, threads=threads)
+    served = load(str(installed), threads=threads)
+    if served.cascade is not None:
+        out["int8-alone"] = served.backend
     out["ort-dynamic-int8"] = OnnxBackend.from_file(dyn, 512, threads=threads, precision="int8")
     fns = {k: (lambda q, ds, b=b: score_documents(b, q, ds).raw) for k, b in out.items()}
+    fns["edgerank-installed"] = lambda q, ds: (
+        score_documents(served.backend, q, ds, cascade=served.cascade).raw
+    )
     d, rel = st_int8(ckpt, work)
     ce = open_st(d, rel, threads)
     fns["st-int8"] = lambda q, ds: np.asarray(
@@ -140,7 +149,7 @@ def prepare(ckpt: Path, work: Path) -> None:
 
 
 def run_model(
-    name: str, work: Path, rounds: int, threads: list[int], portable: bool | None = None
+    name: str, work: Path, rounds: int, threads: list[int], policy: Policy = Policy()
 ) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -149,9 +158,7 @@ def run_model(
     store = ModelStore(work / "home")
     t0, c0 = time.perf_counter(), time.process_time()
     lines: list[str] = []
-    installed = store.import_onnx(
-        name, ckpt, progress=lambda m: lines.append(m), policy=Policy(portable=portable)
-    )
+    installed = store.import_onnx(name, ckpt, progress=lambda m: lines.append(m), policy=policy)
     imp = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
     m = Manifest.read(installed)
     prepare(ckpt, work)
@@ -208,10 +215,15 @@ def main() -> None:
         "--portable", action="store_true", default=None,
         help="import as `edgerank import --portable-int8` (weights no int8 kernel saturates)",
     )  # fmt: skip
+    ap.add_argument("--min-speedup", type=float, help="as Policy.min_speedup (0: never FP32)")
+    ap.add_argument("--no-cascade", action="store_true", help="install INT8 alone")
     args = ap.parse_args()
+    policy = Policy(
+        portable=args.portable, min_speedup=args.min_speedup, cascade=not args.no_cascade
+    )
     reports = []
     for name in args.models:
-        rep = run_model(name, args.workdir / name, args.rounds, args.threads, args.portable)
+        rep = run_model(name, args.workdir / name, args.rounds, args.threads, policy)
         reports.append(rep)
         print(json.dumps(rep), flush=True)
         if args.out:

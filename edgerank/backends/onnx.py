@@ -104,6 +104,11 @@ class OnnxBackend:
             manifest.verify(model_dir)
         return cls(model_dir, manifest, threads)
 
+    @property
+    def model_dir(self) -> Path:
+        """Where the entry lives: its FP32 reference (the cascade's) sits there too."""
+        return self._dir
+
     def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
         return self._tok.encode(query, passages, options)
 
@@ -139,6 +144,8 @@ class OnnxBackend:
             details={
                 "model_file": m.model_file,
                 "recipe": m.recipe.get("name", ""),
+                # the engine opens the FP32 reference that rescores near-ties (engine/cascade)
+                **({"cascade_margin": c["margin"]} if (c := m.recipe.get("cascade")) else {}),
                 **({"fidelity_note": note} if (note := m.fidelity_note(kernel)) else {}),
             },
             identity=m.identity(),

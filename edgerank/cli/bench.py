@@ -53,9 +53,10 @@ def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_r
                 reference, precision=p, threads=t
             )
     rows = b.backend_report(
-        lambda t: loader.load(model, threads=t).backend, refs, counts, pairs, tokens, rounds
-    )
-    one = loader.load(model, threads=max(counts)).backend
+        lambda t: loader.load(model, threads=t, cascade=False).backend, refs, counts, pairs,
+        tokens, rounds,
+    )  # fmt: skip
+    one = loader.load(model, threads=max(counts), cascade=False).backend
     bucket = b.bucketing_report(one, rounds=max(3, rounds // 2))
     one.close()
     peaks = gemm_report(counts, rounds)

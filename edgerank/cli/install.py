@@ -20,6 +20,11 @@ def _int8_options(fn):
         "(always so when this CPU's kernel can saturate).",
     )(fn)  # fmt: skip
     fn = click.option(
+        "--no-cascade", "no_cascade", is_flag=True,
+        help="INT8 alone: no FP32 rescoring of the leader's near-ties (the FP32 graph then "
+        "takes no memory beside it; the install must meet the floor without it).",
+    )(fn)  # fmt: skip
+    fn = click.option(
         "--keep-fp32", is_flag=True,
         help="Keep the FP32 graph beside the INT8 file (the daemon's fidelity_sample needs it).",
     )(fn)  # fmt: skip
@@ -31,6 +36,15 @@ def _int8_options(fn):
         "--calibration", type=click.Path(dir_okay=False, exists=True),
         help='Your own calibration text: JSONL, one {"query": ..., "documents": [...]} a line.',
     )(fn)  # fmt: skip
+
+
+def _policy(allow_below_floor: bool, portable_int8: bool, no_cascade: bool):
+    from edgerank.convert.backoff import Policy
+
+    return Policy(
+        allow_below_floor=allow_below_floor, portable=portable_int8 or None,
+        cascade=not no_cascade,
+    )  # fmt: skip
 
 
 @click.command()
@@ -47,11 +61,11 @@ def _int8_options(fn):
 )
 @friendly
 def pull(
-    name, prebuilt_int8, revision, calibration, allow_below_floor, keep_fp32, portable_int8, backend
-):
+    name, prebuilt_int8, revision, calibration, allow_below_floor, keep_fp32, no_cascade,
+    portable_int8, backend,
+):  # fmt: skip
     """Download a catalog model and install it (INT8 ONNX, or GGUF)."""
     from edgerank.catalog.load import load_catalog
-    from edgerank.convert.backoff import Policy
     from edgerank.store.entries import ModelStore
 
     spec = load_catalog().get(name)
@@ -62,7 +76,7 @@ def pull(
         backend=backend,
         progress=progress,
         calibration=calibration,
-        policy=Policy(allow_below_floor=allow_below_floor, portable=portable_int8 or None),
+        policy=_policy(allow_below_floor, portable_int8, no_cascade),
         keep_reference=keep_fp32,
     )
     click.echo(f"installed {name} in {path}")
@@ -81,13 +95,14 @@ def pull(
     "already in PATH; torch: the checkpoint as it is (the cuda extra serves it).",
 )
 @friendly
-def import_(path, name, calibration, allow_below_floor, keep_fp32, portable_int8, backend):
+def import_(
+    path, name, calibration, allow_below_floor, keep_fp32, no_cascade, portable_int8, backend
+):
     """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline;
     with --backend gguf, as GGUF files (or install the *.gguf files PATH holds); with
     --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one).
     PATH may also be an archive from `edgerank export`: installed unchanged, checksums checked."""
     from edgerank.catalog.load import load_catalog
-    from edgerank.convert.backoff import Policy
     from edgerank.store.entries import ModelStore
 
     store = ModelStore()
@@ -103,10 +118,12 @@ def import_(path, name, calibration, allow_below_floor, keep_fp32, portable_int8
         raise InvalidInput(f"{path}: no such file or directory")
     if not name:
         raise InvalidInput("importing a directory needs --name NAME")
-    if backend != "onnx" and (calibration or allow_below_floor or keep_fp32 or portable_int8):
+    if backend != "onnx" and (
+        calibration or allow_below_floor or keep_fp32 or no_cascade or portable_int8
+    ):
         raise InvalidInput(
-            "--calibration, --allow-below-floor, --keep-fp32 and --portable-int8 apply to "
-            "--backend onnx only"
+            "--calibration, --allow-below-floor, --keep-fp32, --no-cascade and --portable-int8 "
+            "apply to --backend onnx only"
         )
     if backend == "gguf":
         target = store.import_gguf(name, Path(path), progress=progress)
@@ -117,7 +134,7 @@ def import_(path, name, calibration, allow_below_floor, keep_fp32, portable_int8
     else:
         target = store.import_onnx(
             name, Path(path), progress=progress, calibration=calibration,
-            policy=Policy(allow_below_floor=allow_below_floor, portable=portable_int8 or None),
+            policy=_policy(allow_below_floor, portable_int8, no_cascade),
             keep_reference=keep_fp32,
         )  # fmt: skip
     from edgerank.models.manifest import Manifest

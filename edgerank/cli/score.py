@@ -136,11 +136,12 @@ def _score_local(query, documents, options, model, backend, threads, top_n, allo
         if note := info.details.get("fidelity_note"):
             click.echo(f"edgerank: warning: {note}", err=True)
         scored = score_documents(
-            loaded.backend, query, documents, options, loaded.token_budget, loaded.max_pairs
-        )
+            loaded.backend, query, documents, options, loaded.token_budget, loaded.max_pairs,
+            cascade=loaded.cascade,
+        )  # fmt: skip
         ranked = rank(scored.raw, info.normalise, top_n)
     finally:
-        loaded.backend.close()
+        loaded.close()
     return ranked, f"{info.model} ({info.backend} {info.precision})"
 
 

@@ -10,8 +10,18 @@ per MatMul between its FP32 and quantized outputs, measures each MatMul's own da
 logits; the loop then moves the worst 2, 4, 8, ... of them up and re-measures on the probe
 until the floor holds. Every point is kept as the frontier. If INT8 stops paying (under
 MIN_SPEEDUP x the FP32 graph) before the floor holds, the FP32 graph is what gets
-installed. All kinds run on the fused FP32 graph (onnxruntime's BERT fusions: LayerNorm,
-GELU, attention) with the last layer computed for the first token only where the head
+installed.
+
+With the cascade (the default; engine/cascade.py) every point is judged as it will serve:
+INT8 scores, then the passages within ``margin`` of the INT8 leader rescored with the FP32
+graph kept beside it. The margin is twice the largest |INT8 - FP32| on the calibration
+groups, measured per point; the probe then gives the figures with the rescoring applied,
+the share of pairs rescored, and the speed that leaves: 1 / (1/ratio + share), in units of
+the FP32 graph, on the probe's 8-passage groups (a RAG request's 32-100 passages rescore a
+smaller share, bench/int8_cascade.py).
+
+All kinds run on the fused FP32 graph (onnxruntime's BERT fusions: LayerNorm, GELU,
+attention) with the last layer computed for the first token only where the head
 reads only that row (exact; convert/graph.first_token_last_layer); that remainder of a few
 rows stays FP32.
 """
@@ -70,6 +80,9 @@ class Policy:
     #: a file no u8 x s8 kernel can saturate (int8_files.build's ``bounded``); None: when
     #: this CPU's kernel can (the file is measured here, so it must be right here)
     portable: bool | None = None
+    #: rescore the near-ties of the INT8 leader with the FP32 graph (kept beside the INT8
+    #: file, so the entry takes its memory too); False: INT8 alone (--no-cascade)
+    cascade: bool = True
 
 
 Progress = Callable[[str], None]
@@ -159,6 +172,33 @@ def agreement(ref: list[np.ndarray], cand: list[np.ndarray]) -> dict[str, float]
     return rank_agreement(ref, cand)
 
 
+def cascade_figures(
+    ref: list[np.ndarray], got: list[np.ndarray], cal_ref: list[np.ndarray],
+    cal_got: list[np.ndarray], ratio: float,
+) -> dict[str, Any]:  # fmt: skip
+    """A point as the cascade serves it: its margin (twice the largest |INT8 - FP32| of the
+    calibration groups), the probe's figures with each group's head rescored in FP32, the
+    share of pairs rescored and the speed left in units of the FP32 graph."""
+    from edgerank.engine.cascade import head
+
+    error = max(float(np.max(np.abs(a - b))) for a, b in zip(cal_got, cal_ref, strict=True))
+    margin = 2 * error
+    served, rescored = [], 0
+    for r, g in zip(ref, got, strict=True):
+        h = head(g, margin)
+        out = np.array(g, copy=True)
+        out[h] = r[h]
+        served.append(out)
+        rescored += len(h)
+    share = rescored / max(1, sum(len(g) for g in got))
+    speed = 1.0 / (1.0 / ratio + share) if ratio > 0 else 0.0
+    return {
+        "margin": round(margin, 5), "calibration_error_max": round(error, 5),
+        **_rounded(agreement(ref, served)),
+        "rescored_share": round(share, 4), "speed_vs_onnx_fp32": round(speed, 3),
+    }  # fmt: skip
+
+
 def measure_pair(
     fp32: Path, int8: Path, tokenizer_json: Path, max_length: int, threads: int = 2
 ) -> dict[str, Any]:
@@ -197,6 +237,7 @@ def quantize_accurate(
     policy = policy or Policy()
     floor = dict(FLOOR if policy.floor is None else policy.floor)
     min_speedup = MIN_SPEEDUP if policy.min_speedup is None else policy.min_speedup
+    cascade = policy.cascade
     ladder = LADDERS[base]
     bounded = policy.portable
     if bounded is None:
@@ -212,6 +253,8 @@ def quantize_accurate(
     enc = [ref_s.encode([(q, d) for d in docs]) for q, docs in probe]
     ref = ref_s.score_groups(enc)
     timed = speed_rows(enc)
+    cal_enc = [ref_s.encode([(q, d) for d in docs]) for q, docs in calibration] if cascade else []
+    cal_ref = ref_s.score_groups(cal_enc) if cascade else []
     cal_pairs = [(q, d) for q, docs in calibration for d in docs[:1]]
     sens_pairs = cal_pairs[:: max(1, len(cal_pairs) // sensitivity_pairs)][:sensitivity_pairs]
     names = [n for n in int8_files.matmul_names(prepared) if n not in fixed]
@@ -231,26 +274,45 @@ def quantize_accurate(
         out = work / f"model.int8.{tag}.onnx"
         path = int8_files.build(source, out, {**fixed, **kinds}, ladder[0], bounded=bounded)
         cand = Scorer(path, tokenizer_json, threads, max_length)
-        fid = agreement(ref, cand.score_groups(enc))
+        got = cand.score_groups(enc)
+        fid = agreement(ref, got)
         ratio = speed_ratio(ref_s, {"c": cand}, timed)["c"]
         counts = {f"{k}_matmuls": len(v) for k, v in moved.items()}
-        progress(
+        p = {**counts, **_rounded(fid), "speed_vs_onnx_fp32": round(ratio, 3)}
+        line = (
             f"INT8 ({ladder[0]}; " + ", ".join(f"{len(v)} {k}" for k, v in moved.items())
             + f"): Spearman {fid['spearman_mean']:.4f}, top-1 kept {fid['top1_kept']:.1%}, "
             f"{ratio:.2f}x ONNX FP32"
         )  # fmt: skip
-        p = {**counts, **_rounded(fid), "speed_vs_onnx_fp32": round(ratio, 3)}
+        if cascade:
+            c = p["cascade"] = cascade_figures(ref, got, cal_ref, cand.score_groups(cal_enc), ratio)
+            line += (
+                f"; with FP32 near-tie rescoring (margin {c['margin']:.3f}, "
+                f"{c['rescored_share']:.1%} of pairs): Spearman {c['spearman_mean']:.4f}, "
+                f"top-1 kept {c['top1_kept']:.1%}, {c['speed_vs_onnx_fp32']:.2f}x"
+            )
+        progress(line)
         frontier.append({**p, "file": path.name, "kinds": dict(kinds)})
         return frontier[-1]
+
+    def judged(p: dict[str, Any]) -> dict[str, Any]:
+        """A point's figures as it would serve: with the cascade when that is on."""
+        return p["cascade"] if cascade else p
+
+    def ok(p: dict[str, Any]) -> bool:
+        return meets(judged(p), floor)
+
+    def pays(p: dict[str, Any]) -> bool:
+        return judged(p)["speed_vs_onnx_fp32"] >= min_speedup
 
     kinds: dict[str, str] = {}
     chosen = None
     last = point(kinds)
     for rung in ladder[1:]:
-        if meets(last, floor) and last["speed_vs_onnx_fp32"] >= min_speedup:
+        if ok(last) and pays(last):
             chosen = last
             break
-        if last["speed_vs_onnx_fp32"] < min_speedup:
+        if not pays(last):
             break  # INT8 no longer pays: FP32 is the faithful choice
         progress(f"measuring each MatMul's sensitivity before moving the worst to {rung}")
         current = [n for n in names if kinds.get(n, ladder[0]) != rung]
@@ -260,13 +322,13 @@ def quantize_accurate(
         order = sorted(current, key=lambda n: -sens[rung][n])
         for count in (*[c for c in SCHEDULE if c < len(order)], len(order)):
             last = point({**kinds, **dict.fromkeys(order[:count], rung)})
-            if meets(last, floor) or last["speed_vs_onnx_fp32"] < min_speedup:
+            if ok(last) or not pays(last):
                 break
         kinds = dict(last["kinds"])
     else:
-        if meets(last, floor) and last["speed_vs_onnx_fp32"] >= min_speedup:
+        if ok(last) and pays(last):
             chosen = last
-    best_int8 = max(frontier, key=lambda p: (p["spearman_mean"], p["top1_kept"]))
+    best_int8 = max(frontier, key=lambda p: (judged(p)["spearman_mean"], judged(p)["top1_kept"]))
     pick = chosen or best_int8
     result: dict[str, Any] = {
         "recipe": {
@@ -292,13 +354,21 @@ def quantize_accurate(
     def installed(p: dict[str, Any], meets_floor: bool) -> dict[str, Any]:
         path = work / p["file"]
         gap = batch_gap(Scorer(path, tokenizer_json, threads, max_length), enc)
-        fid = {**{k: p[k] for k in _FIG if k in p}, "batch_gap": gap}
-        return {**result, "file": path, "precision": "int8", "meets_floor": meets_floor,
-                "fidelity": fid}  # fmt: skip
+        fid = {**{k: judged(p)[k] for k in _FIG if k in judged(p)}, "batch_gap": gap}
+        out = {**result, "file": path, "precision": "int8", "meets_floor": meets_floor}
+        if cascade:  # the figures above are the cascade's; INT8 alone's beside them
+            c = p["cascade"]
+            fid["rescored_share"] = c["rescored_share"]
+            fid["int8_alone"] = {k: p[k] for k in _FIG if k in p}
+            out["recipe"] = {**result["recipe"], "cascade": {
+                "margin": c["margin"], "calibration_error_max": c["calibration_error_max"],
+                "calibration_groups": len(cal_enc), "rule": CASCADE_RULE,
+            }}  # fmt: skip
+        return {**out, "fidelity": fid}
 
     if chosen is not None:
         return installed(chosen, True)
-    if frontier[-1]["speed_vs_onnx_fp32"] < min_speedup:
+    if not pays(frontier[-1]):
         progress(f"INT8 stops paying (< {min_speedup}x FP32) before the floor holds: FP32")
         why = f"slower than {min_speedup}x ONNX FP32 before the floor held"
         return {**result, "file": prepared, "precision": "fp32", "meets_floor": True,
@@ -306,6 +376,10 @@ def quantize_accurate(
     return installed(best_int8, False)
 
 
+CASCADE_RULE = (
+    "passages scored within margin of the INT8 leader are rescored with the FP32 graph "
+    "(reference_file); margin = 2 x the largest |INT8 - FP32| on the calibration groups"
+)
 _FIG = (
     "groups", "spearman_mean", "spearman_min", "top1_kept", "max_abs_diff", "speed_vs_onnx_fp32",
 )  # fmt: skip

@@ -14,6 +14,7 @@ from edgerank.backends import available_backends, biencoder
 from edgerank.backends.base import Backend
 from edgerank.backends.registry import open_entry, open_installed
 from edgerank.catalog.load import load_catalog
+from edgerank.engine.cascade import Cascade, open_cascade
 from edgerank.errors import EdgerankError, ModelNotFound
 from edgerank.hardware import probe as hw_probe
 from edgerank.hardware.facts import Hardware, recommended_threads
@@ -40,6 +41,13 @@ class Loaded:
     #: for a directory or a custom import, which the planner knows nothing of
     token_budget: int = CPU_TOKEN_BUDGETS[0]
     max_pairs: int | None = None
+    #: the entry's FP32 rescoring of near-ties (an INT8 install's recipe), opened with it
+    cascade: Cascade | None = None
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.cascade is not None:
+            self.cascade.close()
 
 
 def load(
@@ -50,10 +58,28 @@ def load(
     store: ModelStore | None = None,
     languages: tuple[str, ...] = ("en",),
     allow_remote_code: bool = False,
+    cascade: bool = True,
 ) -> Loaded:
     """``threads`` None: one per usable physical core. ``allow_remote_code``: let torch run
-    modelling code a checkpoint ships (opt-in)."""
+    modelling code a checkpoint ships (opt-in). An INT8 ONNX entry whose recipe rescores
+    near-ties in FP32 comes with its cascade (engine/cascade.py), on the same threads,
+    unless ``cascade`` is False (the bench times the model alone)."""
     store = store or ModelStore()
+    loaded = _load(model, backend, threads, store, languages, allow_remote_code)
+    info = loaded.backend.info()
+    if cascade and info.backend == "onnx" and "cascade_margin" in info.details:
+        from edgerank.backends.onnx import OnnxBackend
+
+        try:
+            assert isinstance(loaded.backend, OnnxBackend)
+            loaded.cascade = open_cascade(loaded.backend.model_dir, threads=info.threads)
+        except BaseException:
+            loaded.backend.close()
+            raise
+    return loaded
+
+
+def _load(model, backend, threads, store: ModelStore, languages, allow_remote_code) -> Loaded:
     hardware = hw_probe.probe(store_path=store.root if store.root.exists() else None)
     threads = threads or recommended_threads(hardware)
     opener = _Opener(hardware, threads, allow_remote_code)

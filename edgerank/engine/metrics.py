@@ -9,6 +9,7 @@ transports land in the same series. Gauges are read from the service at scrape t
     edgerank_requests_total{transport,endpoint,code}   calls answered
     edgerank_rejections_total{reason}                   calls refused or failed (server/status.py)
     edgerank_pairs_scored_total / _inputs_ / _tokens_   work done (inputs > pairs: chunking)
+    edgerank_cascade_rescored_total                     pairs rescored in FP32 (near-ties)
     edgerank_request_seconds{transport}                 answered calls, end to end
     edgerank_tokenize_seconds, _queue_seconds, _inference_seconds   per scoring request
     edgerank_batch_size, edgerank_batch_padded_tokens   per batch the worker runs
@@ -115,6 +116,10 @@ class Metrics:
             "Model inputs scored; more than pairs when long documents are chunked",
         )
         self.tokens = self._counter("edgerank_tokens_scored", "Tokens scored, padding excluded")
+        self.cascade_rescored = self._counter(
+            "edgerank_cascade_rescored",
+            "Pairs rescored with the FP32 reference: near-ties of an INT8 leader (the cascade)",
+        )
         self.total = Histogram(
             "edgerank_request_seconds",
             "Answered calls, from the transport's handler entry to the answer",

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgerank.backends.base import Backend, Encoded, Normalise, ScoreOptions
 from edgerank.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from edgerank.engine.cascade import Cascade
 
 
 def plan_batches(
@@ -91,11 +95,15 @@ def score_documents(
     options: ScoreOptions = ScoreOptions(),
     token_budget: int = 8192,
     max_batch: int | None = None,
+    cascade: Cascade | None = None,
 ) -> Scored:
-    """Tokenize once, bucket by length, score, merge windows: one raw score per document."""
+    """Tokenize once, bucket by length, score, merge windows: one raw score per document;
+    with ``cascade`` (an INT8 entry's), the near-ties of the leader rescored in FP32."""
     items = backend.encode(query, documents, options)
     scores = np.empty(len(items), dtype=np.float32)
     for batch in plan_batches([it.n_tokens for it in items], token_budget, max_batch):
         scores[batch] = backend.score([items[i] for i in batch])
     raw = merge_max(items, scores, len(documents))
+    if cascade is not None:
+        raw = cascade.rescore(items, raw)
     return Scored(raw=raw, tokens=sum(it.n_tokens for it in items), items=len(items))

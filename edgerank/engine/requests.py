@@ -22,6 +22,12 @@ class Group:
     #: where each passage's score goes in the answer; None = 0..len-1
     positions: Sequence[int] | None = None
 
+    def where(self) -> np.ndarray:
+        """The answer's positions of this group's passages."""
+        if self.positions is None:
+            return np.arange(len(self.passages))
+        return np.asarray(self.positions, dtype=np.int64)
+
 
 @dataclass(frozen=True)
 class Outcome:

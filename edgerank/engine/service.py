@@ -1,8 +1,9 @@
 """The daemon's transport-free core: validate, admit, tokenize, batch, merge, rank.
 
 The transports convert their messages into these calls and back; scoring is rank.merge_max +
-rank.rank over the batcher's scores, as in rank.score_documents: a daemon answer equals a
-direct one.
+rank.rank over the batcher's scores, then the entry's cascade (near-ties of each group's
+leader rescored in FP32, engine/cascade.py), as in rank.score_documents: a daemon answer
+equals a direct one.
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ from edgerank.engine.admission import Admission
 from edgerank.engine.batcher import Batcher, run_job
 from edgerank.engine.cache import ScoreCache, open_cache
 from edgerank.engine.cache_entries import Scores
+from edgerank.engine.cascade import Cascade
+from edgerank.engine.limits import RequestLimits
 from edgerank.engine.metrics import Metrics
 from edgerank.engine.rank import rank
 from edgerank.engine.requests import Group, Outcome, Reranked, group_pairs
 from edgerank.engine.watch import FidelityWatch
 from edgerank.errors import (
     EdgerankError,
-    EmptyInput,
     InvalidInput,
-    ModelNotFound,
-    TooLarge,
     Unavailable,
 )
 from edgerank.planning.memory import CPU_TOKEN_BUDGETS
@@ -48,7 +48,7 @@ Shape = tuple[int, int | None]
 PLAIN: Shape = (CPU_TOKEN_BUDGETS[0], None)
 
 
-class Service:
+class Service(RequestLimits):
     """One loaded backend behind admission control and the batcher."""
 
     def __init__(self, settings: Settings):
@@ -74,6 +74,9 @@ class Service:
         self.watch: FidelityWatch | None = None
         self._watching: asyncio.Task | None = None
         self._tokenizers = concurrent.futures.ThreadPoolExecutor(2, "edgerank-tok")
+        #: the entry's FP32 rescoring of near-ties and the thread it runs on; None = INT8 alone
+        self.cascade: Cascade | None = None
+        self._cascading: concurrent.futures.ThreadPoolExecutor | None = None
         #: the pair-score cache (engine/cache.py); None = off
         self.cache: ScoreCache | None = None
         #: Prometheus figures; the transports report their calls here too (server/)
@@ -87,11 +90,18 @@ class Service:
             }
         )
 
-    async def start(self, backend: Backend, aliases: Sequence[str] = (), shape=PLAIN) -> None:
+    async def start(
+        self, backend: Backend, aliases: Sequence[str] = (), shape=PLAIN,
+        cascade: Cascade | None = None,
+    ) -> None:  # fmt: skip
         """Take a loaded backend, start its worker, warm it up end to end, then serve.
-        ``shape``: the planner's batch shape for it, which settings left at 0 (auto) take."""
+        ``shape``: the planner's batch shape for it, which settings left at 0 (auto) take;
+        ``cascade``: the entry's FP32 rescoring of near-ties (engine/cascade.py)."""
         s = self.settings
         self.backend = backend
+        if cascade is not None:
+            self.cascade = cascade
+            self._cascading = concurrent.futures.ThreadPoolExecutor(1, "edgerank-cascade")
         self._info = backend.info()
         served = (self._info.model, *aliases, *s.served_names())
         self.model_names = frozenset(a for a in served if a)
@@ -102,6 +112,10 @@ class Service:
         ).start()
         self.state = "warming"
         await self._run([Group(WARMUP_QUERY, WARMUP_PASSAGES)], len(WARMUP_PASSAGES), None)
+        if self.cascade is not None:  # the reference's first run pays its start-up too
+            loop = asyncio.get_running_loop()
+            warm = backend.encode(WARMUP_QUERY, WARMUP_PASSAGES, ScoreOptions())
+            await loop.run_in_executor(self._cascading, self.cascade.reference.score, warm)
         # opened after the warm-up: a replica whose Redis knows those pairs still warms up
         self.cache = await open_cache(s, self._info, self.metrics)
         loop = asyncio.get_running_loop()
@@ -200,12 +214,16 @@ class Service:
             if not stopped:
                 log.warning("inference worker did not stop in time; exiting without it")
         self._tokenizers.shutdown(wait=False, cancel_futures=True)
+        if self._cascading is not None:
+            self._cascading.shutdown(wait=stopped, cancel_futures=True)
         if self._watching is not None:
             self._watching.cancel()
         if self.watch is not None:
             self.watch.close()
         if self.backend is not None and stopped:
             self.backend.close()  # never under a batch the worker is still running
+            if self.cascade is not None:
+                self.cascade.close()
 
     @property
     def info(self) -> BackendInfo:
@@ -221,43 +239,6 @@ class Service:
             raise Unavailable("the model is still loading; retry shortly")
         if self.state == "stopped" or self.batcher is None:
             raise Unavailable("the server is shutting down")
-
-    def check_model(self, name: str | None) -> None:
-        if name and name not in self.model_names:
-            served = ", ".join(repr(n) for n in self.served_names())
-            raise ModelNotFound(f"model {name!r} is not served here; this daemon serves {served}")
-
-    def served_names(self) -> list[str]:
-        """The names a request may ask for: the served_model_name ones first, then the model's."""
-        names = [n for n in self.settings.served_names() if n in self.model_names]
-        return names + sorted(self.model_names - set(names))
-
-    def served_name(self, asked: str | None) -> str:
-        return asked or self.served_names()[0]  # the name asked for, else the first served
-
-    def check_text(self, what: str, text: str, *, empty_ok: bool = True) -> None:
-        limit = self.settings.max_document_chars
-        if not empty_ok and not text.strip():
-            raise InvalidInput(f"{what} is empty")
-        if len(text) > limit:
-            raise TooLarge(
-                f"{what} has {len(text)} characters, over the limit of {limit} (max_document_chars)"
-            )
-        if "\x00" in text:
-            raise InvalidInput(f"{what} contains a NUL character")
-
-    def check_count(self, n: int, what: str = "documents") -> None:
-        if n == 0:
-            raise EmptyInput(f"no {what} to score")
-        limit = self.settings.max_documents
-        if n > limit:
-            raise TooLarge(f"{n} {what}, over the limit of {limit} per request (max_documents)")
-
-    def check_options(self, options: ScoreOptions) -> None:
-        if options.instruction is not None:
-            self.check_text("instruction", options.instruction)
-        if options.max_tokens_per_doc is not None and options.max_tokens_per_doc < 1:
-            raise InvalidInput(f"max_tokens_per_doc must be >= 1, got {options.max_tokens_per_doc}")
 
     async def rerank(
         self,
@@ -366,7 +347,22 @@ class Service:
         finally:
             ticket.release()
         ns = dict(queue_ns=int(job.queue_s * 1e9), inference_ns=int(job.inference_s * 1e9))
-        return Scores.of(items, job.scores, n, tokenization_ns=tokenized - start, **ns)
+        scores = Scores.of(items, job.scores, n, tokenization_ns=tokenized - start, **ns)
+        if self.cascade is not None:
+            at = time.perf_counter_ns()
+            scores.raw = await loop.run_in_executor(
+                self._cascading, self._rescore, items, scores.raw, groups
+            )
+            scores.inference_ns += time.perf_counter_ns() - at
+        return scores
+
+    def _rescore(self, items: Sequence[Encoded], raw: np.ndarray, groups: Sequence[Group]):
+        """The cascade on its own thread; what it rescored counted for /metrics."""
+        assert self.cascade is not None
+        before = self.cascade.rescored
+        out = self.cascade.rescore(items, raw, [g.where() for g in groups])
+        self.metrics.cascade_rescored.inc(self.cascade.rescored - before)
+        return out
 
     async def healthy(self, stall_s: float = 60.0, timeout_s: float = 10.0) -> bool:
         """Has the worker shown it works? Busy and moving, or idle and scoring a probe."""

@@ -155,10 +155,13 @@ class Manifest:
 def floor_line(fid: dict[str, Any]) -> str:
     """Measured figures against the floor, e.g. for a refusal or a below-floor note."""
     floor = fid.get("floor", {})
-    return (
+    line = (
         f"Spearman {fid.get('spearman_mean', 0):.4f} (floor {floor.get('spearman_mean')}), "
         f"top-1 kept {fid.get('top1_kept', 0):.1%} (floor {floor.get('top1_kept', 0):.0%})"
     )
+    if "rescored_share" in fid:  # the figures are the cascade's (engine/cascade.py)
+        line += f", with {fid['rescored_share']:.1%} of pairs rescored in FP32"
+    return line
 
 
 def _read_stamp(model_dir: Path) -> dict[str, list[int]]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edgerank.backends.base import Backend
+from edgerank.engine.cascade import Cascade
 from edgerank.engine.service import PLAIN, Service, Shape
 from edgerank.errors import EdgerankError
 from edgerank.server import grpc as grpc_server
@@ -47,6 +48,8 @@ class Opened(NamedTuple):
     hardware: dict[str, str]
     #: the planner's batch shape for the model, which settings left at 0 (auto) take
     shape: Shape = PLAIN
+    #: the entry's FP32 rescoring of near-ties (an INT8 install's recipe); None = none
+    cascade: Cascade | None = None
 
 
 #: settings -> (backend, aliases, hardware summary[, batch shape]): an Opened, or a tuple
@@ -73,7 +76,7 @@ def load_backend(settings: Settings) -> Opened:
         log.warning("%s", loaded.note)
     summary = {k: _text(v) for k, v in loaded.hardware.to_dict().items()}
     shape = (loaded.token_budget, loaded.max_pairs)
-    return Opened(loaded.backend, [settings.model], summary, shape)
+    return Opened(loaded.backend, [settings.model], summary, shape, loaded.cascade)
 
 
 def _text(value: Any) -> str:
@@ -151,10 +154,14 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
             return 0
         opened = Opened(*loading.result())
         service.hardware = opened.hardware
-        await service.start(opened.backend, opened.aliases, opened.shape)
+        await service.start(opened.backend, opened.aliases, opened.shape, opened.cascade)
         info = service.info
         if settings.fidelity_sample > 0:
-            reference = await _in_thread(lambda: load_reference(settings, info.model))
+            reference = (  # the cascade's FP32 graph is the same file: loaded once
+                opened.cascade.reference
+                if opened.cascade is not None
+                else await _in_thread(lambda: load_reference(settings, info.model))
+            )
             service.watch_fidelity(reference, settings.fidelity_sample)
             log.info(
                 "fidelity watch on: %g of requests vs the FP32 reference", settings.fidelity_sample
@@ -165,6 +172,8 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
             f"serving {info.model} ({info.backend} {info.precision}, {info.threads} threads, "
             f"batches of {tokens} tokens{f' x {pairs} pairs' if pairs else ''})"
         )
+        if opened.cascade is not None:
+            line += f", FP32 rescoring of near-ties within {opened.cascade.margin:.3g}"
         log.info("%s on %s", line, ", ".join(addresses))
         if note := (info.details or {}).get("fidelity_note"):
             log.warning("%s", note)

@@ -46,8 +46,9 @@ class OnnxInstalls(StoreLayout):
         on the shipped natural-text probe; ``calibration`` (JSONL of {"query", "documents"})
         replaces the shipped calibration text. Below the fidelity floor the install is
         refused (BelowFidelityFloor) unless ``policy.allow_below_floor``; the manifest says
-        which. ``keep_reference`` keeps the FP32 graph beside the INT8 file (recipe
-        reference_file) for the daemon's fidelity watch.
+        which. The FP32 graph stays beside the INT8 file (recipe reference_file) when the
+        recipe rescores near-ties with it (engine/cascade.py; ``policy.cascade``, the
+        default) or ``keep_reference`` asks for it (the daemon's fidelity watch).
         """
         from edgerank.convert import backoff, int8, onnx_export
         from edgerank.hardware.probe import int8_kernel_here
@@ -103,7 +104,7 @@ class OnnxInstalls(StoreLayout):
             }
             if "int8_rejected" in found:
                 recipe["int8_rejected"] = found["int8_rejected"]
-            if keep_reference and int8_file:
+            if (keep_reference or "cascade" in recipe) and int8_file:
                 shutil.move(str(staging / "work" / "model.fp32.onnx"), staging / "model.fp32.onnx")
                 recipe["reference_file"] = "model.fp32.onnx"
                 files.append("model.fp32.onnx")

@@ -134,9 +134,9 @@ def test_score_batches_a_catalog_model_by_the_planners_shape(
     calibrated(store, avx2_machine(), {"8192x0": 100.0, "8192x2": 200.0})
     seen, real = [], rank.score_documents
 
-    def spy(backend, query, documents, options, token_budget=8192, max_batch=None):
+    def spy(backend, query, documents, options, token_budget=8192, max_batch=None, **kw):
         seen.append((token_budget, max_batch))
-        return real(backend, query, documents, options, token_budget, max_batch)
+        return real(backend, query, documents, options, token_budget, max_batch, **kw)
 
     monkeypatch.setattr(rank, "score_documents", spy)
     result = run("score", "cat river", *DOCS, "--model", MODEL, "--json")

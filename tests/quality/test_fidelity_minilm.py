@@ -48,19 +48,18 @@ def test_reference_scores_spread(reference):
 
 
 def test_int8_ranks_like_fp32(int8_dir, groups, reference):
+    """Through the served path (the INT8 file, then its FP32 rescoring of near-ties): the
+    issue's floor, 97% top-1 included; INT8 alone landed at 95-100% on these 60 groups,
+    with builds of this test model that differ with the process."""
+    from edgerank.engine.cascade import open_cascade
+
     be = OnnxBackend.from_dir(int8_dir, threads=2)
-    cand = [score_documents(be, q, ps).raw for q, ps in groups]
+    cascade = open_cascade(int8_dir, threads=2)
+    assert cascade is not None
+    cand = [score_documents(be, q, ps, cascade=cascade).raw for q, ps in groups]
     got = rank_agreement(reference, cand)
     assert got["spearman_mean"] >= 0.99, got
-    # The issue's bar is the FP32 top-1 kept in >= 97% of groups. Builds of this test model
-    # differ with the process (head fitting is not bit-deterministic) and land at 96.7-100%
-    # (CI's build: 58/60); the misses seen picked FP32's second passage, 1.6% and 3.6% of
-    # the group's spread below its best. So: at most 3 of 60 misses, each within 5% of the
-    # spread of FP32's best; a clearly worse pick fails. Weaker than 97%, on purpose.
-    assert got["top1_kept"] >= 0.95, got
-    for ref, c in zip(reference, cand, strict=True):
-        loss = float(ref.max() - ref[int(np.argmax(c))])
-        assert loss <= 0.05 * float(np.ptp(ref)), (loss, float(np.ptp(ref)), got)
+    assert got["top1_kept"] >= 0.97, got
     assert batch_gap(be, groups, n_groups=len(groups)) < 1e-3
 
 

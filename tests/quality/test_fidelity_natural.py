@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgerank.backends.onnx import OnnxBackend
 from edgerank.convert.backoff import Policy
 from edgerank.engine.rank import score_documents
 from edgerank.models.manifest import Manifest
@@ -61,21 +60,26 @@ def test_reference_ranks_decisively(reference):
 
 
 def test_installed_int8_meets_the_floor_on_held_out_text(installed, groups, reference):
+    """The issue's bar, on text no set and no model saw, through the path `edgerank score`
+    takes (engine/load.py: the INT8 file and its cascade): mean Spearman >= 0.99 and FP32's
+    top-1 kept in >= 97% of 139 groups. INT8 alone kept 87.8-97.1% here, depending on the
+    file the CPU's int8 kernel allows (README); the rescored near-ties hold 97%."""
+    from edgerank.engine.load import load
+
     m = Manifest.read(installed)
     assert m.precision == "int8" and m.fidelity["meets_floor"] is True
-    be = OnnxBackend.from_dir(installed, threads=2)
-    got = rank_agreement(reference, [score_documents(be, q, ds).raw for q, ds in groups])
-    # The probe-verified floor (Spearman >= 0.99 AND top-1 >= 97% on the shipped probe) does
-    # not fully carry over to another domain: measured here (bench/int8_acceptance.py, VNNI
-    # kernel) 0.9919 mean Spearman and the FP32 top-1 kept in 135 of 139 groups (97.1%), but
-    # gloss-head kept 132 (95.0%). Asserted: the Spearman floor, and top-1 at most 8 misses
-    # of 139, each a near-tie (within 10% of the group's FP32 spread), so that the file an
-    # AVX2 box builds (pair-bounded weights, int8_files.PAIR_BOUND), a little coarser, does
-    # not fail it on a few more near-ties; issue 14 stays open on this point.
-    assert got["spearman_mean"] >= 0.99, got
-    assert got["top1_kept"] >= 0.94, got
-    cand = [score_documents(be, q, ds).raw for q, ds in groups]
-    for ref, c in zip(reference, cand, strict=True):
-        loss = float(ref.max() - ref[int(np.argmax(c))])
-        assert loss <= 0.10 * float(np.ptp(ref)), (loss, float(np.ptp(ref)))
-    assert batch_gap(be, groups, n_groups=12) < 1e-3
+    assert m.recipe["cascade"]["margin"] > 0 and m.recipe["reference_file"]
+    loaded = load(str(installed), threads=2)
+    try:
+        assert loaded.cascade is not None
+        assert loaded.cascade.margin == m.recipe["cascade"]["margin"]
+        cand = [
+            score_documents(loaded.backend, q, ds, cascade=loaded.cascade).raw for q, ds in groups
+        ]
+        got = rank_agreement(reference, cand)
+        assert got["spearman_mean"] >= 0.99, got
+        assert got["top1_kept"] >= 0.97, got
+        assert loaded.cascade.rescored < 0.5 * sum(len(ds) for _, ds in groups)
+        assert batch_gap(loaded.backend, groups, n_groups=12) < 1e-3
+    finally:
+        loaded.close()

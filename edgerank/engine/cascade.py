@@ -1,0 +1,93 @@
+"""INT8 first, FP32 for the near-ties: the rescoring that keeps an INT8 install's top-1.
+
+8-bit activations move a score by a little (bench/int8_noise.py), and "a little" is enough to
+swap two passages that FP32 scores nearly alike: the INT8 files alone kept FP32's top-1 in
+95-97% of unseen groups, never reliably 97%. Which passages can be swapped is known after
+the INT8 pass: if no score moves by more than e between the files, FP32's best passage w and
+the INT8 leader l satisfy int8(w) >= fp32(w) - e >= fp32(l) - e >= int8(l) - 2e. So the
+passages within ``margin`` = 2e of the INT8 leader are rescored with the FP32 graph kept beside
+the INT8 file; w is always among them, and passages outside the head sit below fp32(w). When
+the leader is alone within the margin, nothing is rescored.
+
+e is measured at install time on the calibration groups (convert/backoff.py), which share no
+text with the probe that then proves the result. The head is small: 2-3 passages of the
+probe's 8-passage groups, 3-5 of a 32-100 passage request (bench/int8_cascade.py), so the
+FP32 pass costs ~5-12% of a full one on a RAG-sized request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgerank.backends.base import Backend, Encoded
+from edgerank.engine.rank import merge_max
+
+
+def head(raw: np.ndarray, margin: float) -> np.ndarray:
+    """Indices within ``margin`` of the leader; none when the leader is alone there."""
+    raw = np.asarray(raw)
+    if raw.size < 2:
+        return np.empty(0, dtype=np.int64)
+    idx = np.flatnonzero(raw >= raw.max() - margin)
+    return idx if len(idx) > 1 else idx[:0]
+
+
+class Cascade:
+    """An INT8 entry's FP32 reference and margin; ``rescore`` applies it to scored groups."""
+
+    def __init__(self, reference: Backend, margin: float):
+        self.reference = reference
+        self.margin = float(margin)
+        #: positions rescored with the reference so far (the daemon's counter reads it)
+        self.rescored = 0
+
+    def heads(self, raw: np.ndarray, groups: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """The positions to rescore: each group's head (one query's passages form a group;
+        None = all positions are one group)."""
+        groups = [np.arange(len(raw))] if groups is None else groups
+        parts = [g[head(raw[g], self.margin)] for g in groups if len(g) > 1]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def rescore(
+        self,
+        items: Sequence[Encoded],
+        raw: np.ndarray,
+        groups: Sequence[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """``raw`` (one INT8 score per position; ``items`` carry positions in ``doc``) with
+        every head position's score replaced by the reference's (the max over its windows,
+        as for INT8)."""
+        pos = self.heads(raw, groups)
+        if not len(pos):
+            return raw
+        wanted = np.zeros(len(raw), dtype=bool)
+        wanted[pos] = True
+        chosen = sorted((it for it in items if wanted[it.doc]), key=lambda it: it.n_tokens)
+        out = np.array(raw, dtype=np.float32, copy=True)
+        out[pos] = merge_max(chosen, self.reference.score(chosen), len(raw))[pos]
+        self.rescored += len(pos)
+        return out
+
+    def close(self) -> None:
+        self.reference.close()
+
+
+def margin_of(recipe: dict) -> float | None:
+    """The margin an entry's recipe sets, or None when it has no cascade."""
+    cascade = recipe.get("cascade") or {}
+    return float(cascade["margin"]) if "margin" in cascade else None
+
+
+def open_cascade(model_dir: Path | str, *, threads: int = 1) -> Cascade | None:
+    """The cascade of an installed INT8 ONNX entry, or None when its recipe has none."""
+    from edgerank.backends.registry import open_reference
+    from edgerank.models.manifest import Manifest
+
+    manifest = Manifest.read(Path(model_dir))
+    margin = margin_of(manifest.recipe) if manifest.backend == "onnx" else None
+    if margin is None:
+        return None
+    return Cascade(open_reference(model_dir, threads=threads), margin)

@@ -1,0 +1,181 @@
+"""The cascade: which passages are rescored in FP32, that the rule keeps FP32's top-1, and
+that the one-off path and the daemon apply it alike (fake backends; the real files are in
+tests/convert/test_backoff.py and tests/quality/)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edgerank.engine.cascade import Cascade, head
+from edgerank.engine.rank import score_documents
+from edgerank.engine.service import Service
+from edgerank.server.settings import Settings
+from tests.engine.test_batcher import FakeBackend, docs
+
+
+class Shifted(FakeBackend):
+    """A "reference" that scores like FakeBackend plus a constant, so rescored positions
+    are told apart from the others in the answer."""
+
+    def __init__(self, shift: float = 10.0):
+        super().__init__()
+        self.shift = shift
+        self.closed = False
+
+    def score(self, batch):
+        return super().score(batch) + np.float32(self.shift)
+
+    def close(self):
+        self.closed = True
+
+
+def test_head_is_the_leaders_near_ties_or_nothing():
+    raw = np.array([0.1, 2.0, 1.95, -3.0, 1.2], dtype=np.float32)
+    assert sorted(head(raw, 0.1)) == [1, 2]
+    assert sorted(head(raw, 0.9)) == [1, 2, 4]
+    assert len(head(raw, 0.01)) == 0  # the leader alone: nothing to rescore
+    assert len(head(np.array([5.0]), 100.0)) == 0
+    assert len(head(np.array([]), 1.0)) == 0
+
+
+def test_a_margin_of_twice_the_error_always_keeps_fp32s_top1():
+    """The reason for 2e: when no score moves by more than e, FP32's best passage lies
+    within 2e of the INT8 leader, so rescoring that head in FP32 puts it first. A margin of
+    e alone is not enough, and this test sees it fail."""
+    rng = np.random.default_rng(0)
+    missed = {1.0: 0, 2.0: 0}
+    for _ in range(4000):
+        n = int(rng.integers(2, 60))
+        fp32 = rng.normal(0.0, 1.0, n)
+        e = float(rng.uniform(0.01, 0.5))
+        int8 = fp32 + rng.uniform(-e, e, n)
+        for k in missed:
+            h = head(int8, k * e)
+            served = int8.copy()
+            served[h] = fp32[h]
+            missed[k] += int(np.argmax(served) != np.argmax(fp32))
+    assert missed[2.0] == 0
+    assert missed[1.0] > 0
+
+
+def test_rescore_replaces_only_each_groups_head_and_counts_them():
+    be, ref = FakeBackend(), Shifted()
+    cascade = Cascade(ref, margin=0.3)
+    a, b = docs(1, 9), docs(2, 7)
+    items = be.encode("q w", a, _opts()) + [
+        dataclasses.replace(it, doc=it.doc + len(a)) for it in be.encode("q w", b, _opts())
+    ]
+    raw = np.concatenate([score_documents(be, "q w", a).raw, score_documents(be, "q w", b).raw])
+    groups = [np.arange(len(a)), np.arange(len(a), len(a) + len(b))]
+    got = cascade.rescore(items, raw, groups)
+    want = raw.copy()
+    heads = [g[head(raw[g], 0.3)] for g in groups]
+    for h in heads:
+        want[h] += 10.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert cascade.rescored == sum(len(h) for h in heads) > 0
+    # each group has its own leader: one group's near-ties are not measured from another's
+    split = [np.arange(3), np.arange(3, 6)]
+    raw = np.array([3.0, 2.9, 0.0, 1.0, 0.95, -1.0], dtype=np.float32)
+    assert sorted(Cascade(ref, 0.2).heads(raw, split)) == [0, 1, 3, 4]
+    assert sorted(Cascade(ref, 0.2).heads(raw)) == [0, 1]
+
+
+def test_chunked_passages_take_the_references_max_over_windows():
+    be = FakeBackend()
+    passages = docs(3, 6, words=40)
+    opts = _opts(truncation="chunk", max_tokens_per_doc=8)
+    int8 = score_documents(be, "q", passages, opts)
+    cascade = Cascade(Shifted(), margin=10.0)  # every passage is in the head
+    got = score_documents(be, "q", passages, opts, cascade=cascade)
+    assert int8.items > len(passages)  # windows, really
+    np.testing.assert_allclose(got.raw, int8.raw + 10.0, rtol=0, atol=1e-5)
+
+
+def test_the_daemon_answers_what_the_one_off_path_does():
+    settings = Settings(max_documents=50, batch_wait_ms=0.5)
+
+    async def scenario():
+        service = Service(settings)
+        ref = Shifted()
+        await service.start(FakeBackend(), cascade=Cascade(ref, margin=0.4))
+        passages = docs(4, 30)
+        got = await service.rerank("a b", passages)
+        direct = score_documents(FakeBackend(), "a b", passages, cascade=Cascade(Shifted(), 0.4))
+        served = np.empty(len(passages), dtype=np.float32)
+        for r in got.ranked:
+            served[r.index] = r.raw
+        np.testing.assert_allclose(served, direct.raw, rtol=0, atol=1e-5)
+        plain = score_documents(FakeBackend(), "a b", passages).raw
+        n_head = len(head(plain, 0.4))
+        assert n_head > 1 and got.ranked[0].index in head(plain, 0.4)
+        # pairs of two queries, interleaved: each query's passages are their own group
+        pairs = [(q, p) for p in docs(5, 6) for q in ("x y", "z")]
+        outcome = await service.score_pairs(pairs)
+        for q in ("x y", "z"):
+            pos = [i for i, (qq, _) in enumerate(pairs) if qq == q]
+            alone = score_documents(FakeBackend(), q, [pairs[i][1] for i in pos]).raw
+            want = alone.copy()
+            want[head(alone, 0.4)] += 10.0
+            np.testing.assert_allclose(outcome.raw[pos], want, rtol=0, atol=1e-5)
+        text, _ = service.metrics.render()
+        line = next(ln for ln in text.decode().splitlines() if ln.startswith("edgerank_cascade"))
+        assert float(line.split()[-1]) == service.cascade.rescored > n_head
+        service.close()
+        assert ref.closed
+
+    asyncio.run(scenario())
+
+
+def _opts(**kw):
+    from edgerank.backends.base import ScoreOptions
+
+    return ScoreOptions(**kw)
+
+
+@pytest.mark.parametrize("recipe, margin", [({}, None), ({"cascade": {"margin": 0.25}}, 0.25)])
+def test_margin_comes_from_the_recipe(recipe, margin):
+    from edgerank.engine.cascade import margin_of
+
+    assert margin_of(recipe) == margin
+
+
+def test_a_real_entry_serves_its_cascade_in_the_daemon(tiny_bert_hf, tmp_path):
+    """A tiny model installed with the cascade, opened as `serve` opens it: the daemon's
+    answer is the one-off path's, and the rescored positions carry the FP32 graph's scores."""
+    from edgerank.backends.onnx import OnnxBackend
+    from edgerank.engine.load import load
+    from edgerank.models.manifest import Manifest
+    from edgerank.store.entries import ModelStore
+    from tests.support.install import any_int8
+
+    d = ModelStore(tmp_path / "home").import_onnx("t", tiny_bert_hf, policy=any_int8(True))
+    passages = [f"passage {i} about " + " ".join(["rivers"] * (i % 5 + 1)) for i in range(12)]
+
+    async def scenario():
+        loaded = load(str(d), threads=1)
+        assert loaded.cascade is not None
+        service = Service(Settings(batch_wait_ms=0.5))
+        await service.start(loaded.backend, cascade=loaded.cascade)
+        got = await service.rerank("which river", passages)
+        service.close()
+        return {r.index: r.raw for r in got.ranked}
+
+    served = asyncio.run(scenario())
+    loaded = load(str(d), threads=1)
+    direct = score_documents(loaded.backend, "which river", passages, cascade=loaded.cascade)
+    int8 = score_documents(loaded.backend, "which river", passages).raw
+    loaded.close()
+    np.testing.assert_allclose([served[i] for i in range(12)], direct.raw, rtol=0, atol=1e-6)
+    m = Manifest.read(d)
+    fp32 = OnnxBackend.from_file(d / m.recipe["reference_file"], m.max_length)
+    ref = score_documents(fp32, "which river", passages).raw
+    h = head(int8, m.recipe["cascade"]["margin"])
+    assert len(h) > 1
+    np.testing.assert_allclose(direct.raw[h], ref[h], rtol=0, atol=1e-5)
+    rest = np.setdiff1d(np.arange(12), h)
+    np.testing.assert_allclose(direct.raw[rest], int8[rest], rtol=0, atol=1e-6)
