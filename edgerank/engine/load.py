@@ -66,13 +66,11 @@ def load(
     unless ``cascade`` is False (the bench times the model alone)."""
     store = store or ModelStore()
     loaded = _load(model, backend, threads, store, languages, allow_remote_code)
-    info = loaded.backend.info()
-    if cascade and info.backend == "onnx" and "cascade_margin" in info.details:
-        from edgerank.backends.onnx import OnnxBackend
-
+    # only entries kept on disk (ONNX) have a directory where an FP32 reference can sit
+    model_dir = getattr(loaded.backend, "model_dir", None)
+    if cascade and model_dir is not None:
         try:
-            assert isinstance(loaded.backend, OnnxBackend)
-            loaded.cascade = open_cascade(loaded.backend.model_dir, threads=info.threads)
+            loaded.cascade = open_cascade(model_dir, threads=loaded.backend.info().threads)
         except BaseException:
             loaded.backend.close()
             raise

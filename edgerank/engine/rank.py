@@ -20,27 +20,34 @@ if TYPE_CHECKING:
 
 
 def plan_batches(
-    lengths: Sequence[int], token_budget: int, max_batch: int | None = None
+    lengths: Sequence[int],
+    token_budget: int,
+    max_batch: int | None = None,
+    max_padding: float | None = None,
 ) -> list[list[int]]:
     """Group item indices into batches whose padded size (n * longest) fits the budget.
 
     Items are sorted by length first, so each batch pads to a near-equal length: this is
     where mixed-length requests gain over pad-to-max (the whole point of bucketing).
-    An item longer than the budget still gets a batch of its own.
+    An item longer than the budget still gets a batch of its own. ``max_padding``: a batch's
+    padded size stays within that multiple of its real tokens (1.0: equal lengths only),
+    for the few unlike items that sorting cannot pair up (the cascade's heads).
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real = 0
     for i in order:
         n = lengths[i]
         grown = max(longest, n) * (len(current) + 1)
         full = max_batch is not None and len(current) >= max_batch
-        if current and (grown > token_budget or full):
+        padded = max_padding is not None and grown > max_padding * (real + n)
+        if current and (grown > token_budget or full or padded):
             batches.append(current)
-            current, longest = [], 0
+            current, longest, real = [], 0, 0
         current.append(i)
         longest = max(longest, n)
+        real += n
     if current:
         batches.append(current)
     return batches
@@ -105,5 +112,5 @@ def score_documents(
         scores[batch] = backend.score([items[i] for i in batch])
     raw = merge_max(items, scores, len(documents))
     if cascade is not None:
-        raw = cascade.rescore(items, raw)
+        raw = cascade.rescore(items, raw, token_budget=token_budget)
     return Scored(raw=raw, tokens=sum(it.n_tokens for it in items), items=len(items))

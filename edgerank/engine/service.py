@@ -360,7 +360,8 @@ class Service(RequestLimits):
         """The cascade on its own thread; what it rescored counted for /metrics."""
         assert self.cascade is not None
         before = self.cascade.rescored
-        out = self.cascade.rescore(items, raw, [g.where() for g in groups])
+        where = [g.where() for g in groups]
+        out = self.cascade.rescore(items, raw, where, token_budget=self.batch_shape[0])
         self.metrics.cascade_rescored.inc(self.cascade.rescored - before)
         return out
 

@@ -96,6 +96,35 @@ def test_chunked_passages_take_the_references_max_over_windows():
     np.testing.assert_allclose(got.raw, int8.raw + 10.0, rtol=0, atol=1e-5)
 
 
+def test_the_head_is_scored_unpadded_and_within_the_budget():
+    """A head is a few passages of unlike length: padded to the longest they cost the FP32
+    graph up to twice their own tokens, so each length is its own batch; a long passage's
+    equal-length windows share one, as far as the token budget allows."""
+
+    class Batches(Shifted):
+        def __init__(self):
+            super().__init__()
+            self.widths: list[list[int]] = []
+
+        def score(self, batch):
+            self.widths.append([it.n_tokens for it in batch])
+            return super().score(batch)
+
+    be, ref = FakeBackend(), Batches()
+    words = [3, 9, 5, 40, 40]  # the last two are chunked into equal windows
+    passages = [" ".join(["w"] * n) for n in words]
+    opts = _opts(truncation="chunk", max_tokens_per_doc=12)
+    items = be.encode("q", passages, opts)
+    got = score_documents(be, "q", passages, opts, token_budget=48, cascade=Cascade(ref, 99))
+    assert len(ref.widths) > 3
+    assert sorted(n for w in ref.widths for n in w) == sorted(it.n_tokens for it in items)
+    for w in ref.widths:
+        assert len(set(w)) == 1 and sum(w) <= max(48, w[0])
+    assert any(len(w) > 1 for w in ref.widths)  # equal windows batched together
+    plain = score_documents(be, "q", passages, opts).raw
+    np.testing.assert_allclose(got.raw, plain + 10.0, rtol=0, atol=1e-5)
+
+
 def test_the_daemon_answers_what_the_one_off_path_does():
     settings = Settings(max_documents=50, batch_wait_ms=0.5)
 

@@ -27,6 +27,19 @@ def test_plan_batches_max_batch():
     assert [len(b) for b in batches] == [4, 4, 2]
 
 
+def test_plan_batches_max_padding_bounds_the_padded_share():
+    lengths = [49, 236, 57, 512, 512, 114, 512, 65]
+    unpadded = plan_batches(lengths, token_budget=8192, max_padding=1.0)
+    assert sorted(map(sorted, unpadded)) == [[0], [1], [2], [3, 4, 6], [5], [7]]
+    loose = plan_batches(lengths, token_budget=8192, max_padding=1.2)
+    for b in loose:
+        assert len(b) * max(lengths[i] for i in b) <= 1.2 * sum(lengths[i] for i in b)
+    assert [0, 2, 7] in loose  # 49, 57 and 65 pad by 14%
+    assert len(plan_batches(lengths, token_budget=8192)) == 1  # no bound: one batch
+    # the budget still splits equal lengths
+    assert [len(b) for b in plan_batches([512] * 5, 1024, max_padding=1.0)] == [2, 2, 1]
+
+
 def test_merge_max_takes_best_window_per_document():
     items = [Encoded(doc=d, ids=np.zeros(1, dtype=np.int64)) for d in (0, 1, 1, 2, 1)]
     out = merge_max(items, np.array([0.5, -1.0, 3.0, 0.1, 2.0], dtype=np.float32), 3)
