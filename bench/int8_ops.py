@@ -3,8 +3,9 @@
     python bench/int8_ops.py --workdir DIR [--models faq-head] [--threads 1] [--runs 20]
 
 Issue 14 asks the installed file to run as fast as onnxruntime's dynamic INT8; measured,
-it runs 1.5-1.8x ONNX FP32 where the dynamic file runs 2.0-2.4x. This says what the gap is
-made of. For one test reranker it builds, from the graph every install starts from
+it runs 1.5-1.8x ONNX FP32 where the dynamic file runs 2.0-2.4x with VNNI, and 1.2-1.4x
+against 1.4-1.7x on AVX2 (README, "Speed per ISA"). This says what the gap is made of.
+For one test reranker it builds, from the graph every install starts from
 (convert/int8_files.prepare_fp32: fused, first-token last layer), each kind over all
 MatMuls (``dynamic``: per-tensor activations, one fused MLAS op; ``token``: per-token
 activations behind SmoothQuant; ``block``: MatMulNBits), runs the s32 and s100 sets of

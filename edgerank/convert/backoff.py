@@ -1,7 +1,8 @@
 """Accuracy-aware INT8: quantize, prove it on natural text, move up until faithful.
 
 Every MatMul starts at its base's fastest kind (convert/int8_files.py; the default base
-starts at ``token``: per-token int8 behind SmoothQuant, ~1.6-1.8x FP32). The file is
+starts at ``token``: per-token int8 behind SmoothQuant, 1.5-1.8x FP32 with VNNI, 0.9-1.3x
+on AVX2, README "Speed per ISA"). The file is
 measured before it is installed: INT8 vs the FP32 graph on a held-out natural-text probe
 (edgerank/quality/data/probe.jsonl, or more). Below the floor, the MatMuls whose
 quantization measurably hurts most move one kind up (``block``: int8 per row and block of
@@ -18,7 +19,8 @@ graph kept beside it. The margin is twice the largest |INT8 - FP32| on the calib
 groups, measured per point; the probe then gives the figures with the rescoring applied,
 the share of pairs rescored, and the speed that leaves: 1 / (1/ratio + share), in units of
 the FP32 graph, on the probe's 8-passage groups (a RAG request's 32-100 passages rescore a
-smaller share, bench/int8_cascade.py).
+smaller share, bench/int8_cascade.py). The share stands for the FP32 time because the head
+is rescored unpadded (engine/cascade.py), at the same cost per token as a full pass.
 
 All kinds run on the fused FP32 graph (onnxruntime's BERT fusions: LayerNorm, GELU,
 attention) with the last layer computed for the first token only where the head

@@ -10,9 +10,11 @@ the INT8 file; w is always among them, and passages outside the head sit below f
 the leader is alone within the margin, nothing is rescored.
 
 e is measured at install time on the calibration groups (convert/backoff.py), which share no
-text with the probe that then proves the result. The head is small: 2-3 passages of the
-probe's 8-passage groups, 3-5 of a 32-100 passage request (bench/int8_cascade.py), so the
-FP32 pass costs ~5-12% of a full one on a RAG-sized request.
+text with the probe that then proves the result. The head is usually small: 2-3 passages of
+the probe's 8-passage groups, 4-7 of a 32-100 passage request, so the FP32 pass costs 7-12%
+of a full one (gloss-head, bench/int8_acceptance.py). A model whose scores sit close
+together for its margin rescores far more (admin-e2e: 50-70%); the back-off loop sees that
+on the probe, and under the default 1.1x cut-off installs the FP32 graph alone.
 """
 
 from __future__ import annotations
