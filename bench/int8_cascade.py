@@ -42,24 +42,11 @@ from bench.int8_acceptance import speed_sets  # noqa: E402
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.convert import backoff  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
+from edgerank.engine.cascade import with_fp32_head  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
 from edgerank.quality.fidelity import rank_agreement  # noqa: E402
 from tests.support import minilm_rerankers as mr  # noqa: E402
-
-
-def head(int8: np.ndarray, margin: float) -> np.ndarray:
-    """Indices within ``margin`` of the INT8 leader; empty when the leader is alone."""
-    idx = np.flatnonzero(int8 >= int8.max() - margin)
-    return idx if len(idx) > 1 else idx[:0]
-
-
-def cascade(int8: np.ndarray, fp32: np.ndarray, margin: float) -> tuple[np.ndarray, int]:
-    """INT8 scores with the head's replaced by FP32's, and how many were rescored."""
-    h = head(int8, margin)
-    out = int8.copy()
-    out[h] = fp32[h]
-    return out, len(h)
 
 
 def run_model(name: str, work: Path, threads: int) -> dict:
@@ -104,9 +91,11 @@ def run_model(name: str, work: Path, threads: int) -> dict:
         }  # fmt: skip
         for rule, e in row["calibration_error"].items():
             m = 2 * e
-            done = [cascade(a, b, m) for a, b in zip(q_held, fp_held, strict=True)]
+            done = [with_fp32_head(a, b, m) for a, b in zip(q_held, fp_held, strict=True)]
             share = sum(n for _, n in done) / sum(len(a) for a in q_held)
-            sp = [cascade(a, b, m)[1] / len(a) for a, b in zip(q_speed, fp_speed, strict=True)]
+            sp = [
+                with_fp32_head(a, b, m)[1] / len(a) for a, b in zip(q_speed, fp_speed, strict=True)
+            ]
             ratio = row["speed_vs_onnx_fp32"] or float("nan")
             row[f"cascade_{rule}"] = {
                 "margin": round(m, 4),

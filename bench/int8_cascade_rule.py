@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.int8_acceptance import speed_sets  # noqa: E402
-from edgerank.engine.cascade import head  # noqa: E402
+from edgerank.engine.cascade import head, with_fp32_head  # noqa: E402
 from edgerank.engine.load import load  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
 from edgerank.quality.fidelity import rank_agreement  # noqa: E402
@@ -56,12 +56,6 @@ def leader_first(int8: np.ndarray, fp32: np.ndarray, e: float) -> np.ndarray:
     return np.array(done, dtype=np.int64)
 
 
-def replay(int8: np.ndarray, fp32: np.ndarray, rescored: np.ndarray) -> np.ndarray:
-    out = int8.copy()
-    out[rescored] = fp32[rescored]
-    return out
-
-
 def run_model(name: str, work: Path) -> None:
     served = load(str(work / "home" / "models" / name / "onnx"), threads=2)
     if served.cascade is None:
@@ -76,14 +70,18 @@ def run_model(name: str, work: Path) -> None:
     for i, (q, docs) in enumerate(held + [g for _, g in extra]):
         int8 = score_documents(served.backend, q, docs).raw.astype(np.float64)
         fp32 = score_documents(c.reference, q, docs).raw.astype(np.float64)
-        picks = {"2e": head(int8, c.margin), "leader-first": leader_first(int8, fp32, e)}
-        for rule, pos in picks.items():
-            shares[rule].append(len(pos) / len(docs))
+        lead = leader_first(int8, fp32, e)
+        by_2e, n_2e = with_fp32_head(int8, fp32, c.margin)
+        by_lead = int8.copy()
+        by_lead[lead] = fp32[lead]
+        served = {"2e": (by_2e, n_2e), "leader-first": (by_lead, len(lead))}
+        for rule, (_, n) in served.items():
+            shares[rule].append(n / len(docs))
         if i < len(held):
             ref.append(np.asarray(torch_ref([(q, d) for d in docs]), dtype=np.float64))
             got["int8 alone"].append(int8)
-            for rule, pos in picks.items():
-                got[rule].append(replay(int8, fp32, pos))
+            for rule, (scores, _) in served.items():
+                got[rule].append(scores)
     served.close()
     n = len(held)
     print(f"\n{name}: margin {c.margin:.3f}")

@@ -144,7 +144,7 @@ class OnnxBackend:
             details={
                 "model_file": m.model_file,
                 "recipe": m.recipe.get("name", ""),
-                # the engine opens the FP32 reference that rescores near-ties (engine/cascade)
+                # Info reports the FP32 rescoring of near-ties (engine/cascade) the entry serves
                 **({"cascade_margin": c["margin"]} if (c := m.recipe.get("cascade")) else {}),
                 **({"fidelity_note": note} if (note := m.fidelity_note(kernel)) else {}),
             },

@@ -49,11 +49,14 @@ def open_installed(
     return open_entry(store.path(name, backend), manifest, threads=threads, **options)
 
 
-def open_reference(model_dir: Path | str, *, threads: int = 1) -> Backend:
+def open_reference(
+    model_dir: Path | str, *, threads: int = 1, manifest: Manifest | None = None
+) -> Backend:
     """The FP32 graph an INT8 ONNX entry keeps beside it (recipe["reference_file"]), opened
-    like the entry itself: the fidelity watch rescores samples with it."""
+    like the entry itself: the fidelity watch and the cascade score with it. ``manifest``:
+    the entry's, when the caller has read it already."""
     model_dir = Path(model_dir)
-    manifest = Manifest.read(model_dir)
+    manifest = manifest or Manifest.read(model_dir)
     ref = manifest.recipe.get("reference_file") if manifest.backend == "onnx" else None
     if not ref:
         raise BackendUnavailable(

@@ -181,17 +181,12 @@ def cascade_figures(
     """A point as the cascade serves it: its margin (twice the largest |INT8 - FP32| of the
     calibration groups), the probe's figures with each group's head rescored in FP32, the
     share of pairs rescored and the speed left in units of the FP32 graph."""
-    from edgerank.engine.cascade import head
+    from edgerank.engine.cascade import with_fp32_head
 
     error = max(float(np.max(np.abs(a - b))) for a, b in zip(cal_got, cal_ref, strict=True))
     margin = 2 * error
-    served, rescored = [], 0
-    for r, g in zip(ref, got, strict=True):
-        h = head(g, margin)
-        out = np.array(g, copy=True)
-        out[h] = r[h]
-        served.append(out)
-        rescored += len(h)
+    done = [with_fp32_head(g, r, margin) for r, g in zip(ref, got, strict=True)]
+    served, rescored = [s for s, _ in done], sum(n for _, n in done)
     share = rescored / max(1, sum(len(g) for g in got))
     speed = 1.0 / (1.0 / ratio + share) if ratio > 0 else 0.0
     return {

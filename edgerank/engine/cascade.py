@@ -37,6 +37,16 @@ def head(raw: np.ndarray, margin: float) -> np.ndarray:
     return idx if len(idx) > 1 else idx[:0]
 
 
+def with_fp32_head(int8: np.ndarray, fp32: np.ndarray, margin: float) -> tuple[np.ndarray, int]:
+    """One group served as the cascade serves it, from both files' scores (the install's
+    judge and the benches replay it; ``Cascade.rescore`` scores only the head): INT8 scores
+    with the head's replaced by FP32's, and how many were rescored."""
+    h = head(int8, margin)
+    out = np.array(int8, copy=True)
+    out[h] = np.asarray(fp32)[h]
+    return out, len(h)
+
+
 class Cascade:
     """An INT8 entry's FP32 reference and margin; ``rescore`` applies it to scored groups."""
 
@@ -107,4 +117,4 @@ def open_cascade(model_dir: Path | str, *, threads: int = 1) -> Cascade | None:
     margin = margin_of(manifest.recipe) if manifest.backend == "onnx" else None
     if margin is None:
         return None
-    return Cascade(open_reference(model_dir, threads=threads), margin)
+    return Cascade(open_reference(model_dir, threads=threads, manifest=manifest), margin)
