@@ -82,8 +82,8 @@ def allowance(ref: list[np.ndarray], top1: float = FLOOR_TOP1) -> float:
 def fake_quant(smoothed: Path, out: Path, skip: set[str], weights: str, acts: bool) -> Path:
     """The FP32 graph with its MatMuls' weights and/or inputs rounded as 8-bit would be:
     weights ``channel`` (int8_files.weight_scales), ``bounded`` (its pair bound) or
-    ``block32`` (one scale per 32 along K); activations per row, centred, 255 levels
-    (the ``token`` kind's grid)."""
+    ``block32`` (one scale per 32 along K); activations per row over its range widened to
+    zero, 255 levels (the ``token`` kind's grid, int8_files.quantize_rows)."""
     import onnx
 
     g = Graph(onnx.load(str(smoothed)))
@@ -104,11 +104,12 @@ def fake_quant(smoothed: Path, out: Path, skip: set[str], weights: str, acts: bo
         if acts:
             x = node.input[0]
             if x not in done:
-                mid, half = int8_files.row_span(g, x)
-                unit = g.add("Div", [g.add("Sub", [x, mid]), half])  # in [-1, 1]
-                levels = g.add("Round", [g.add("Mul", [unit, g.const(127.0)])])
-                back = g.add("Mul", [g.add("Div", [levels, g.const(127.0)]), half])
-                done[x] = g.add("Add", [back, mid])
+                k = g.array(node.input[1]).shape[0]
+                q, scale, offset, _ = int8_files.quantize_rows(g, x, k)
+                levels = g.add("Sub", [g.add("Cast", [q], to=onnx.TensorProto.FLOAT),
+                                       g.const(128.0)])  # fmt: skip
+                back = g.add("Add", [g.add("Mul", [levels, scale]), offset])
+                done[x] = g.add("Reshape", [back, g.add("Shape", [x])])
             node.input[0] = done[x]
     g.finish()
     onnx.save(g.model, str(out))

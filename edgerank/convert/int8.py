@@ -37,6 +37,9 @@ SESSION = {
     "padding": "right (the fused embedding derives key lengths from attention_mask)",
 }
 CALIBRATION_MAX_LENGTH = 128
+#: the oldest opset the INT8 kinds build on (per-axis QuantizeLinear); older exports are
+#: converted up first
+MIN_OPSET = 13
 
 
 # --------------------------------------------------------------------------- export
@@ -74,20 +77,42 @@ def _fused(path: Path):
         heads, hidden = conf.get("num_attention_heads", 0), conf.get("hidden_size", 0)
     options = FusionOptions("bert")
     options.use_multi_head_attention = True
+    source = _upgraded(path)
     try:
         opt = optimize_model(
-            str(path), model_type="bert", num_heads=heads, hidden_size=hidden,
-            optimization_options=options, opt_level=0,
+            str(path) if source is None else source, model_type="bert", num_heads=heads,
+            hidden_size=hidden, optimization_options=options, opt_level=0,
         )  # fmt: skip
         model = opt.model
     # the fusions assert and index their way through patterns they do not know
     except (AssertionError, AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         why = f"onnxruntime's bert fusions failed ({type(exc).__name__}: {exc})".splitlines()[0]
         log.warning("%s: %s; quantizing the unfused graph", path.name, why)
-        return onnx.load(str(path)), why
+        return _upgraded(path) or onnx.load(str(path)), why
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):  # fused ops live there
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return model, None
+
+
+def _upgraded(path: Path):
+    """``path`` converted to opset MIN_OPSET where it is older, else None.
+
+    The token kind quantizes rows with a per-axis QuantizeLinear (opset 13); hub exports
+    made with opset 11 or 12 still exist, and the converter lifts their default-domain
+    ops losslessly."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(path))
+    if opset_of(model) >= MIN_OPSET:
+        return None
+    log.info("%s: opset %d -> %d", path.name, opset_of(model), MIN_OPSET)
+    return version_converter.convert_version(model, MIN_OPSET)
+
+
+def opset_of(model) -> int:
+    """The default-domain opset ``model`` imports."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _feeds(model_dir: Path, inputs: list[str], pairs, batch: int = 8) -> list[dict]:

@@ -10,10 +10,12 @@ probe groups, all MatMuls of one kind, vs ONNX FP32 (bench/int8_frontier.py):
   whole padded batch. The peers' recipe and the fastest (1.8-2.2x), but a few outlier
   tokens squeeze every other token's range, and a score moves with its batch neighbours:
   Spearman 0.945-0.964, top-1 kept 81-88%. SmoothQuant does not rescue it (0.921-0.962).
-- ``token``: SmoothQuant in front (convert/int8.smoothed_fp32), each row centred on its
-  own midpoint and quantized over its own half-range, MLAS's u8 x s8 kernel
-  (MatMulIntegerToFloat), the row's scale and offset applied back: one scale and offset
-  per token, none taken from the batch. 0.984-0.994 / 96-99% at 1.5-1.8x.
+- ``token``: SmoothQuant in front (convert/int8.smoothed_fp32), each row quantized over
+  its own range by one per-axis QuantizeLinear, MLAS's u8 x s8 kernel
+  (MatMulIntegerToFloat), the row's scale and offset applied back: one scale and zero
+  point per token, none taken from the batch. On 139 held-out groups 0.987-0.991 / 94-98%;
+  1.3-1.5x ONNX FP32 on AVX2, 0.8-0.95x ``dynamic``: the row statistics and the scale and
+  offset on the output are full passes that ``dynamic``'s fused kernel does not make.
 - ``block``: MatMulNBits, 8-bit symmetric weights in blocks of 32 along K, accuracy level 4:
   MLAS quantizes the activations to int8 per row and per block of 32. 0.992-0.995 /
   96-99% at 1.0-1.4x.
@@ -49,9 +51,9 @@ PAIR_BOUND = 128
 KIND_DOC = {
     "dynamic": "onnxruntime quantize_dynamic: QInt8 weights per output channel, uint8 "
     "activations per tensor at run time",
-    "token": "rows centred on their midpoint and divided by their half-range, uint8 with a "
-    "fixed scale, MatMulIntegerToFloat (int8 weights per output channel), scale and offset "
-    "applied back: one scale and offset per token",
+    "token": "uint8 rows each over its own range (widened to hold zero), one scale and zero "
+    "point per token, MatMulIntegerToFloat (int8 weights per output channel), scale and "
+    "offset applied back",
     "block": "MatMulNBits: 8-bit symmetric weights in blocks of 32, int8 activations per "
     "row and block (accuracy_level 4)",
     "fp32": "kept FP32",
@@ -160,51 +162,88 @@ def _nbits_quantizer():
 
 
 def _per_token(model, names: list[str], bounded: bool = False):
-    """Quantize each row of the MatMul's input over its own [min, max]: centre it on the
-    midpoint, divide by the half-range, quantize with a fixed scale (1/127, zero point 128),
-    run MLAS's u8 x s8 kernel (MatMulIntegerToFloat, int8 weights per output channel),
-    multiply the half-range back and add midpoint x column sums of the dequantized weights.
-    One scale and offset per token, none taken from the rest of the batch.
+    """Quantize each row of the MatMul's input over its own range: one scale and zero
+    point per token (QuantizeLinear along the rows of a 2-D view), none taken from the
+    rest of the batch; run MLAS's u8 x s8 kernel (MatMulIntegerToFloat, int8 weights per
+    output channel) and apply the row's scale and offset back.
 
-    Centring matters: GELU outputs sit in [-0.17, max] and LayerNorm rows are off-centre,
-    so a scale from |max| wastes up to half the levels. Measured on three real-weight
-    MiniLM-L6 cross-encoders, all MatMuls this kind, 140 probe groups: Spearman
-    0.978/0.976/0.991 -> 0.984/0.984/0.994 and top-1 94/94/96% -> 97/96/96% for about 10%
-    of its speed. The column sums are the *dequantized* weights' so that the weight rounding
-    error stays x @ (Wq - W), as without centring; the FP32 weights' sums would add
-    (x - mid) @ (Wq - W), which on an outlier row costs more than centring gains.
+    The range is the row's [min, max] widened to hold zero, as onnxruntime's per-tensor
+    recipe does, because QuantizeLinear's zero point must itself be a uint8. LayerNorm
+    and GELU rows straddle zero, so this loses nothing there; a row far off zero (none in
+    a transformer) would lose levels. Against the previous form (each row centred on its
+    midpoint by a Sub and a Div, then quantized with a fixed scale), measured on three
+    real-weight MiniLM-L6 cross-encoders, all MatMuls this kind, 139 held-out groups vs
+    ONNX FP32: Spearman 0.986/0.987/0.989 -> 0.989/0.987/0.991, top-1 88/91/95% ->
+    94/95/98%, and two full passes over every quantized input fewer.
+
+    The offset x col_sums uses the *dequantized* weights' column sums so that the weight
+    rounding error stays x @ (Wq - W); the FP32 weights' sums would add a term that on an
+    outlier row costs more than the offset saves.
     """
     import onnx
 
     from edgerank.convert.graph import MS_DOMAIN, Graph
 
     g = Graph(model)
+    if g.opset < 13:  # per-axis QuantizeLinear; prepare_fp32 converts older exports up
+        raise ValueError(f"the token kind needs ONNX opset >= 13, this graph has {g.opset}")
     wanted = set(names)
-    quantized: dict[str, tuple[str, str, str]] = {}
-    a_scale, a_zero = g.const(1.0 / 127), g.const(128, dtype=np.uint8)
+    quantized: dict[str, tuple[str, str, str, str]] = {}
+    one, a_zero = g.const(1.0), g.const(128, dtype=np.uint8)
     for node in list(g.model.graph.node):
         if node.name not in wanted:
             continue
-        x = node.input[0]
+        x, w = node.input[0], g.array(node.input[1])
         if x not in quantized:
-            mid, half = row_span(g, x)
-            xn = g.add("Div", [g.add("Sub", [x, mid]), half])
-            quantized[x] = (g.add("QuantizeLinear", [xn, a_scale, a_zero]), mid, half)
-        q, mid, half = quantized[x]
-        w = g.array(node.input[1])
+            quantized[x] = quantize_rows(g, x, w.shape[0])
+        q, scale, offset, lead = quantized[x]
         w_scale = weight_scales(w, bounded)
         wq = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
         col_sums = (wq.astype(np.float64) * w_scale).sum(axis=0).astype(np.float32)
         y = g.add(
             "MatMulIntegerToFloat",
-            [q, g.const(wq, dtype=np.int8), a_scale, g.const(w_scale), a_zero],
+            [q, g.const(wq, dtype=np.int8), one, g.const(w_scale), a_zero],
             domain=MS_DOMAIN,
         )
-        offset = g.add("Mul", [mid, g.const(col_sums)])
-        g.add("Add", [g.add("Mul", [y, half]), offset], out=node.output[0])
+        y = g.add("Add", [g.add("Mul", [y, scale]), g.add("Mul", [offset, g.const(col_sums)])])
+        shape = g.add("Concat", [lead, g.const([w.shape[1]], dtype=np.int64)], axis=0)
+        g.add("Reshape", [y, shape], out=node.output[0])
         g.drop(node)
     g.finish()
     return onnx.ModelProto.FromString(g.model.SerializeToString())
+
+
+def quantize_rows(g, x: str, k: int) -> tuple[str, str, str, str]:
+    """``x`` (any leading dims, last dim ``k``) as uint8 rows of a [rows, k] view, each
+    with its own scale s and zero point z, so that x ~ s (q - z) = s (q - 128) + s (128 - z).
+
+    Returns (q, s, s (128 - z), the leading dims), s and the offset kept [rows, 1] wide.
+    """
+    import onnx
+
+    def reduce(op: str) -> str:
+        if g.opset >= 18:
+            return g.add(op, [rows, g.const([-1], dtype=np.int64)], keepdims=0)
+        return g.add(op, [rows], axes=[-1], keepdims=0)
+
+    def column(v: str) -> str:
+        return g.add("Unsqueeze", [v, g.const([1], dtype=np.int64)])
+
+    lead = g.add(
+        "Slice", [g.add("Shape", [x]), g.const([0], dtype=np.int64), g.const([-1], dtype=np.int64)]
+    )
+    rows = g.add("Reshape", [x, g.const([-1, k], dtype=np.int64)])
+    top = g.add("Max", [reduce("ReduceMax"), g.const(0.0)])
+    bottom = g.add("Min", [reduce("ReduceMin"), g.const(0.0)])
+    scale = g.add("Max", [g.add("Div", [g.add("Sub", [top, bottom]), g.const(255.0)]),
+                          g.const(1e-8)])  # fmt: skip
+    zero = g.add("Clip", [g.add("Round", [g.add("Neg", [g.add("Div", [bottom, scale])])]),
+                          g.const(0.0), g.const(255.0)])  # fmt: skip
+    q = g.add(
+        "QuantizeLinear", [rows, scale, g.add("Cast", [zero], to=onnx.TensorProto.UINT8)], axis=0
+    )
+    offset = g.add("Mul", [scale, g.add("Sub", [g.const(128.0), zero])])
+    return q, column(scale), column(offset), lead
 
 
 def weight_scales(w: np.ndarray, bounded: bool) -> np.ndarray:
@@ -212,7 +251,7 @@ def weight_scales(w: np.ndarray, bounded: bool) -> np.ndarray:
     ``bounded``, also every neighbouring pair along K sums to at most PAIR_BOUND.
 
     Why the pair: MLAS's AVX2 u8 x s8 kernel adds a[2i] w[2i] + a[2i+1] w[2i+1] into int16
-    (vpmaddubsw) before widening, and the token kind's centred activations span 1..255, so
+    (vpmaddubsw) before widening, and the token kind's activations span 0..255, so
     two same-sign weights above 64 saturate (checked under qemu -cpu Haswell); opposite
     signs cannot (255 x 127 fits). Bounding the pair's sum costs far less resolution than
     onnxruntime's remedy, 7-bit weights, which halves every column's levels.
@@ -229,20 +268,6 @@ def pair_sums(w: np.ndarray) -> np.ndarray:
     vpmaddubsw forms, per unit of activation."""
     even = np.vstack([w, np.zeros((w.shape[0] % 2, w.shape[1]), w.dtype)])
     return np.abs(even[0::2].astype(np.float64) + even[1::2])
-
-
-def row_span(g, x: str) -> tuple[str, str]:
-    """(midpoint, half-range) of each row of ``x`` over its last axis, kept 1 wide."""
-
-    def reduce(op: str) -> str:
-        if g.opset >= 18:
-            return g.add(op, [x, g.const([-1], dtype=np.int64)], keepdims=1)
-        return g.add(op, [x], axes=[-1], keepdims=1)
-
-    top, bottom = reduce("ReduceMax"), reduce("ReduceMin")
-    mid = g.add("Mul", [g.add("Add", [top, bottom]), g.const(0.5)])
-    half = g.add("Mul", [g.add("Sub", [top, bottom]), g.const(0.5)])
-    return mid, g.add("Max", [half, g.const(1e-6)])
 
 
 def _dynamic(model, out: Path, names: list[str], bounded: bool = False) -> None:

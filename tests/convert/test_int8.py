@@ -90,8 +90,8 @@ def test_each_kind_writes_the_ops_it_names(prepared, kind, op, shrink, tmp_path)
     plain = {n.name for n in nodes if n.op_type == "MatMul"}
     # the rows stay FP32; quantize_dynamic splits the head's Gemms into MatMul + Add
     assert set(rows) <= plain and all("Gemm" in n for n in plain - set(rows)), plain
-    if kind == "token":  # one row normalisation per distinct input, shared by Q/K/V
-        assert ops.count("Div") == 6 * 4 - 3
+    if kind == "token":  # one row quantization per distinct input, shared by Q/K/V
+        assert ops.count("QuantizeLinear") == 6 * 4 - 3
 
 
 def test_an_unknown_kind_is_refused(prepared, tmp_path):

@@ -33,8 +33,8 @@ def token_file(tmp_path):
 
 
 def _rows(rng) -> np.ndarray:
-    """Rows far off centre (a GELU-like tail, a constant offset, one outlier channel):
-    where a scale from |max| alone would leave most levels unused."""
+    """Rows of different spans (a GELU-like tail, one outlier channel) and two off zero
+    (one all positive, one all negative): a batch-wide scale would be set by the outlier."""
     x = rng.uniform(-0.17, 1.0, (2, 6, K)).astype(np.float32)
     x[0, 1] += 5.0
     x[1, 2, 7] = 9.0
@@ -43,16 +43,17 @@ def _rows(rng) -> np.ndarray:
 
 
 def test_each_row_is_quantized_over_its_own_span(token_file):
-    """Error per row <= half a step of *its own* range times the weights' column mass:
-    against the dequantized weights, so only the activation rounding remains."""
+    """Error per row <= half a step of *its own* range (widened to hold zero: the zero
+    point is a uint8) times the weights' column mass: against the dequantized weights, so
+    only the activation rounding remains."""
     path, w = token_file
     x = _rows(np.random.default_rng(1))
     scale = int8_files.weight_scales(w, bounded=True)
     w_deq = np.clip(np.round(w / scale), -127, 127) * scale
     got = _run(path, x)
     want = x.astype(np.float64) @ w_deq
-    half = (x.max(axis=-1) - x.min(axis=-1)) / 2
-    bound = 0.5 * half[..., None] / 127 * np.abs(w_deq).sum(axis=0) + 1e-4
+    step = (np.maximum(x.max(axis=-1), 0) - np.minimum(x.min(axis=-1), 0)) / 255
+    bound = 0.5 * step[..., None] * np.abs(w_deq).sum(axis=0) + 1e-4
     assert np.all(np.abs(got - want) <= bound)
 
 
@@ -71,6 +72,28 @@ def test_one_normalisation_per_input(token_file):
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("MatMulIntegerToFloat") == 1 and "MatMul" not in ops
     assert ops.count("ReduceMax") == ops.count("ReduceMin") == 1
+    assert ops.count("QuantizeLinear") == 1
+
+
+def test_an_opset_12_export_is_converted_up_before_the_token_kind(tmp_path):
+    """Hub exports made at opset 11/12 predate per-axis QuantizeLinear: preparing one
+    lifts it to int8.MIN_OPSET, and the token file it then builds runs and stays close."""
+    from edgerank.convert import int8
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((K, N)) * 0.05).astype(np.float32)
+    one_matmul(tmp_path / "old.onnx", w, opset=12)
+    prepared, _ = int8_files.prepare_fp32(tmp_path / "old.onnx", tmp_path)
+    assert int8.opset_of(onnx.load(str(prepared))) == int8.MIN_OPSET
+    out = int8_files.build(prepared, tmp_path / "token.onnx", {}, "token", bounded=True)
+    x = _rows(np.random.default_rng(4))
+    assert np.abs(_run(out, x) - x @ w).max() < 0.05 * np.abs(x @ w).max()
+
+
+def test_the_token_kind_refuses_a_graph_older_than_opset_13(tmp_path):
+    one_matmul(tmp_path / "old.onnx", np.ones((K, N), np.float32), opset=12)
+    with pytest.raises(ValueError, match="opset >= 13"):
+        int8_files.build(tmp_path / "old.onnx", tmp_path / "token.onnx", {}, "token")
 
 
 def test_the_block_kind_leaves_the_process_logging_alone(tmp_path, token_file):

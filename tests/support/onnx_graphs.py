@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def one_matmul(path: Path, w: np.ndarray) -> Path:
+def one_matmul(path: Path, w: np.ndarray, opset: int = 17) -> Path:
     """x [b, s, K] @ w [K, N], w a constant: the MatMul every kind can be chosen for."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -18,5 +18,5 @@ def one_matmul(path: Path, w: np.ndarray) -> Path:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", n])
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
     graph = helper.make_graph([node], "one", [x], [y], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
     return Path(path)
