@@ -1,8 +1,8 @@
 """Accuracy-aware INT8: quantize, prove it on natural text, move up until faithful.
 
 Every MatMul starts at its base's fastest kind (convert/int8_files.py; the default base
-starts at ``token``: per-token int8 behind SmoothQuant, 1.5-1.8x FP32 with VNNI, 0.9-1.3x
-on AVX2, README "Speed per ISA"). The file is
+starts at ``token``: per-token int8 behind SmoothQuant, 1.8-1.9x FP32 with VNNI, about
+1.2-1.4x on AVX2, README "Speed per ISA"). The file is
 measured before it is installed: INT8 vs the FP32 graph on a held-out natural-text probe
 (edgerank/quality/data/probe.jsonl, or more). Below the floor, the MatMuls whose
 quantization measurably hurts most move one kind up (``block``: int8 per row and block of

@@ -2,23 +2,25 @@
 
 Each MatMul with a constant weight runs as one of four kinds, fastest first; the loop
 starts every MatMul at its base's fastest kind and moves the ones that measurably hurt
-most up the ladder. Figures: three real-weight MiniLM-L6 cross-encoders, 140 natural-text
-probe groups, all MatMuls of one kind, vs ONNX FP32 (bench/int8_frontier.py):
+most up the ladder. Figures: three real-weight MiniLM-L6 cross-encoders, all MatMuls of
+one kind, 139 held-out groups vs the FP32 graph, speed with VNNI at 1 thread
+(bench/int8_ops.py --heldout; README "Speed per ISA" for AVX2):
 
 - ``dynamic``: onnxruntime quantize_dynamic (MLAS DynamicQuantizeMatMul): int8 weights per
   output channel, uint8 activations with ONE scale per tensor, taken at run time over the
-  whole padded batch. The peers' recipe and the fastest (1.8-2.2x), but a few outlier
+  whole padded batch. The peers' recipe and the fastest (2.1-2.2x), but a few outlier
   tokens squeeze every other token's range, and a score moves with its batch neighbours:
-  Spearman 0.945-0.964, top-1 kept 81-88%. SmoothQuant does not rescue it (0.921-0.962).
+  Spearman 0.944-0.958, top-1 kept 83-89%. SmoothQuant does not rescue it (0.921-0.962 on
+  the probe).
 - ``token``: SmoothQuant in front (convert/int8.smoothed_fp32), each row quantized over
   its own range by one per-axis QuantizeLinear, MLAS's u8 x s8 kernel
   (MatMulIntegerToFloat), the row's scale and offset applied back: one scale and zero
-  point per token, none taken from the batch. On 139 held-out groups 0.987-0.991 / 94-98%;
-  1.3-1.5x ONNX FP32 on AVX2, 0.8-0.95x ``dynamic``: the row statistics and the scale and
-  offset on the output are full passes that ``dynamic``'s fused kernel does not make.
+  point per token, none taken from the batch. 0.985-0.991 / 94-96% at 1.8-1.9x, 0.79-0.87x
+  ``dynamic`` (0.77-0.97x on AVX2): the row statistics and the scale and offset on the
+  output are full passes that ``dynamic``'s fused kernel does not make.
 - ``block``: MatMulNBits, 8-bit symmetric weights in blocks of 32 along K, accuracy level 4:
-  MLAS quantizes the activations to int8 per row and per block of 32. 0.992-0.995 /
-  96-99% at 1.0-1.4x.
+  MLAS quantizes the activations to int8 per row and per block of 32. 0.992-0.994 / 96% at
+  1.05-1.2x.
 - ``fp32``: the MatMul as exported.
 
 Weight rounding alone (per-channel int8, FP32 activations) already costs these models
@@ -172,8 +174,8 @@ def _per_token(model, names: list[str], bounded: bool = False):
     and GELU rows straddle zero, so this loses nothing there; a row far off zero (none in
     a transformer) would lose levels. Against the previous form (each row centred on its
     midpoint by a Sub and a Div, then quantized with a fixed scale), measured on three
-    real-weight MiniLM-L6 cross-encoders, all MatMuls this kind, 139 held-out groups vs
-    ONNX FP32: Spearman 0.986/0.987/0.989 -> 0.989/0.987/0.991, top-1 88/91/95% ->
+    real-weight MiniLM-L6 cross-encoders, all MatMuls this kind (bounded, AVX2), 139 held-out
+    groups vs ONNX FP32: Spearman 0.986/0.987/0.989 -> 0.989/0.987/0.991, top-1 88/91/95% ->
     94/95/98%, and two full passes over every quantized input fewer.
 
     The offset x col_sums uses the *dequantized* weights' column sums so that the weight
