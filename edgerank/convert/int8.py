@@ -62,7 +62,8 @@ def require_quantize() -> None:
 
 
 def _fused(path: Path):
-    """onnxruntime's BERT fusions, attention as MultiHeadAttention over separate Q/K/V.
+    """onnxruntime's BERT fusions, attention as MultiHeadAttention over separate Q/K/V,
+    then lifted to MIN_OPSET where the export is older (_lifted).
 
     Returns (model, None), or (the unfused model, why) for a graph the fusions cannot read:
     it still quantizes, slower, and the recipe records why (a warning says so too)."""
@@ -77,36 +78,36 @@ def _fused(path: Path):
         heads, hidden = conf.get("num_attention_heads", 0), conf.get("hidden_size", 0)
     options = FusionOptions("bert")
     options.use_multi_head_attention = True
-    source = _upgraded(path)
     try:
         opt = optimize_model(
-            str(path) if source is None else source, model_type="bert", num_heads=heads,
-            hidden_size=hidden, optimization_options=options, opt_level=0,
+            str(path), model_type="bert", num_heads=heads, hidden_size=hidden,
+            optimization_options=options, opt_level=0,
         )  # fmt: skip
         model = opt.model
     # the fusions assert and index their way through patterns they do not know
     except (AssertionError, AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         why = f"onnxruntime's bert fusions failed ({type(exc).__name__}: {exc})".splitlines()[0]
         log.warning("%s: %s; quantizing the unfused graph", path.name, why)
-        return _upgraded(path) or onnx.load(str(path)), why
+        return _lifted(onnx.load(str(path)), path.name), why
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):  # fused ops live there
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
-    return model, None
+    return _lifted(model, path.name), None
 
 
-def _upgraded(path: Path):
-    """``path`` converted to opset MIN_OPSET where it is older, else None.
+def _lifted(model, name: str):
+    """``model`` converted to opset MIN_OPSET where it is older.
 
-    The token kind quantizes rows with a per-axis QuantizeLinear (opset 13); hub exports
-    made with opset 11 or 12 still exist, and the converter lifts their default-domain
-    ops losslessly."""
-    import onnx
+    The token kind quantizes rows with a per-axis QuantizeLinear (opset 13), and hub
+    exports made at opset 11 or 12 still exist. The conversion runs after the fusions:
+    before them, it rewrites the attention's Unsqueeze/Squeeze into forms the fusions do
+    not match (a MiniLM export at opset 12 then kept no MultiHeadAttention and no fused
+    embedding); after them, what is left in the default domain is MatMul, Gemm, Gather,
+    Cast and the like, which the converter lifts unchanged."""
     from onnx import version_converter
 
-    model = onnx.load(str(path))
     if opset_of(model) >= MIN_OPSET:
-        return None
-    log.info("%s: opset %d -> %d", path.name, opset_of(model), MIN_OPSET)
+        return model
+    log.info("%s: opset %d -> %d", name, opset_of(model), MIN_OPSET)
     return version_converter.convert_version(model, MIN_OPSET)
 
 

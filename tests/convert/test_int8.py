@@ -74,6 +74,20 @@ def test_the_first_token_rows_are_the_last_layers_remainder(prepared):
     assert not any("/key/" in n or "/value/" in n for n in rows)
 
 
+def test_an_opset_12_export_is_lifted_after_its_fusions(minilm_ce_ckpt, tmp_path):
+    """Hub exports at opset 11/12 predate the token kind's per-axis QuantizeLinear; lifted
+    before the fusions, such a graph lost its fused attention and embedding."""
+    fp32 = export_onnx(minilm_ce_ckpt, tmp_path / "onnx", opset=12)
+    prepared, rows = int8_files.prepare_fp32(fp32, tmp_path)
+    model = onnx.load(str(prepared))
+    ops = [n.op_type for n in model.graph.node]
+    assert convert.opset_of(model) == convert.MIN_OPSET
+    assert ops.count("MultiHeadAttention") == 6 and ops.count("EmbedLayerNormalization") == 1
+    assert len(rows) == 4
+    out = int8_files.build(prepared, tmp_path / "token.onnx", dict.fromkeys(rows, "fp32"), "token")
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("QuantizeLinear") == 21
+
+
 @pytest.mark.parametrize(
     "kind, op, shrink",
     [("dynamic", "MatMulInteger", 0.82), ("token", "MatMulIntegerToFloat", 0.82),
