@@ -22,7 +22,7 @@ import numpy as np
 
 from edgerank.backends.padding import pad_batch
 from edgerank.convert.graph import MS_DOMAIN, Graph, quantizable
-from edgerank.errors import missing_extra
+from edgerank.errors import InvalidInput, missing_extra
 from edgerank.quality.texts import calibration_pairs
 
 log = logging.getLogger("edgerank.convert")
@@ -108,7 +108,14 @@ def _lifted(model, name: str):
     if opset_of(model) >= MIN_OPSET:
         return model
     log.info("%s: opset %d -> %d", name, opset_of(model), MIN_OPSET)
-    return version_converter.convert_version(model, MIN_OPSET)
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # noqa: BLE001 - onnx raises bare RuntimeErrors and its own
+        first = (str(exc).splitlines() or [""])[0]
+        raise InvalidInput(
+            f"{name}: cannot lift ONNX opset {opset_of(model)} to {MIN_OPSET} ({first}); "
+            f"export it at opset {MIN_OPSET} or newer"
+        ) from exc
 
 
 def opset_of(model) -> int:

@@ -90,6 +90,23 @@ def test_an_opset_12_export_is_converted_up_before_the_token_kind(tmp_path):
     assert np.abs(_run(out, x) - x @ w).max() < 0.05 * np.abs(x @ w).max()
 
 
+def test_an_export_the_converter_cannot_lift_is_refused_in_one_line(tmp_path, monkeypatch):
+    from onnx import version_converter
+
+    from edgerank.errors import InvalidInput
+
+    def broken(model, target):
+        raise RuntimeError("No Adapter For Foo\nmore detail")
+
+    monkeypatch.setattr(version_converter, "convert_version", broken)
+    one_matmul(tmp_path / "old.onnx", np.ones((K, N), np.float32), opset=12)
+    with pytest.raises(
+        InvalidInput,
+        match=r"old.onnx: cannot lift ONNX opset 12 to 13 \(No Adapter For Foo\); export",
+    ):
+        int8_files.prepare_fp32(tmp_path / "old.onnx", tmp_path)
+
+
 def test_the_token_kind_refuses_a_graph_older_than_opset_13(tmp_path):
     one_matmul(tmp_path / "old.onnx", np.ones((K, N), np.float32), opset=12)
     with pytest.raises(ValueError, match="opset >= 13"):
