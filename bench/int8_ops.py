@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--heldout", action="store_true", help="also each kind's held-out fidelity")
     args = ap.parse_args()
+    saturates = int8_kernel_here() in SATURATING_INT8  # build as an import here would
     for name in args.models:
         work = args.workdir / name
         loop, tok = work / "loop", work / "ckpt" / "tokenizer.json"
@@ -94,7 +95,7 @@ def main() -> None:
             _prepare(work, loop, smooth)
         files = {"fp32": prepared}
         for kind, src in (("dynamic", prepared), ("token", smooth), ("block", prepared)):
-            bounded = kind != "dynamic" and int8_kernel_here() in SATURATING_INT8
+            bounded = saturates and kind != "dynamic"
             files[kind] = int8_files.build(
                 src, work / f"ops.{kind}.onnx", {}, kind, bounded=bounded
             )

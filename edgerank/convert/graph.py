@@ -8,6 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 MS_DOMAIN = "com.microsoft"
+#: the oldest default-domain opset the INT8 rewrites build on (the token kind's per-axis
+#: QuantizeLinear); convert/int8._lifted converts older exports up
+MIN_OPSET = 13
+
+
+def opset_of(model) -> int:
+    """The default-domain opset ``model`` imports (17 where it names none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
 
 
 class Graph:
@@ -19,9 +27,7 @@ class Graph:
         self.model = model
         self._np = numpy_helper
         self.inits = {t.name: t for t in model.graph.initializer}
-        self.opset = next(
-            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17
-        )
+        self.opset = opset_of(model)
         self._n = 0
         self._taken: set[str] | None = None
         self._new_nodes: list = []

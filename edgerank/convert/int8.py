@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgerank.backends.padding import pad_batch
-from edgerank.convert.graph import MS_DOMAIN, Graph, quantizable
+from edgerank.convert.graph import MIN_OPSET, MS_DOMAIN, Graph, opset_of, quantizable
 from edgerank.errors import InvalidInput, missing_extra
 from edgerank.quality.texts import calibration_pairs
 
@@ -37,9 +37,6 @@ SESSION = {
     "padding": "right (the fused embedding derives key lengths from attention_mask)",
 }
 CALIBRATION_MAX_LENGTH = 128
-#: the oldest opset the INT8 kinds build on (per-axis QuantizeLinear); older exports are
-#: converted up first
-MIN_OPSET = 13
 
 
 # --------------------------------------------------------------------------- export
@@ -105,22 +102,18 @@ def _lifted(model, name: str):
     Cast and the like, which the converter lifts unchanged."""
     from onnx import version_converter
 
-    if opset_of(model) >= MIN_OPSET:
+    have = opset_of(model)
+    if have >= MIN_OPSET:
         return model
-    log.info("%s: opset %d -> %d", name, opset_of(model), MIN_OPSET)
+    log.info("%s: opset %d -> %d", name, have, MIN_OPSET)
     try:
         return version_converter.convert_version(model, MIN_OPSET)
     except Exception as exc:  # noqa: BLE001 - onnx raises bare RuntimeErrors and its own
         first = (str(exc).splitlines() or [""])[0]
         raise InvalidInput(
-            f"{name}: cannot lift ONNX opset {opset_of(model)} to {MIN_OPSET} ({first}); "
+            f"{name}: cannot lift ONNX opset {have} to {MIN_OPSET} ({first}); "
             f"export it at opset {MIN_OPSET} or newer"
         ) from exc
-
-
-def opset_of(model) -> int:
-    """The default-domain opset ``model`` imports."""
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _feeds(model_dir: Path, inputs: list[str], pairs, batch: int = 8) -> list[dict]:

@@ -184,11 +184,13 @@ def _per_token(model, names: list[str], bounded: bool = False):
     """
     import onnx
 
-    from edgerank.convert.graph import MS_DOMAIN, Graph
+    from edgerank.convert.graph import MIN_OPSET, MS_DOMAIN, Graph
 
     g = Graph(model)
-    if g.opset < 13:  # per-axis QuantizeLinear; prepare_fp32 converts older exports up
-        raise ValueError(f"the token kind needs ONNX opset >= 13, this graph has {g.opset}")
+    if g.opset < MIN_OPSET:  # per-axis QuantizeLinear; prepare_fp32 converts older exports up
+        raise ValueError(
+            f"the token kind needs ONNX opset >= {MIN_OPSET}, this graph has {g.opset}"
+        )
     wanted = set(names)
     quantized: dict[str, tuple[str, str, str, str]] = {}
     one, a_zero = g.const(1.0), g.const(128, dtype=np.uint8)
