@@ -1,22 +1,27 @@
-"""Issue-14 acceptance: the installed INT8 file vs torch FP32, ONNX FP32 and the peers' INT8.
+"""INT8 acceptance (issues 14 and 27): what `edgerank import` installs, against torch FP32,
+ONNX FP32 and the peers' INT8, on fidelity, on what a user sees, and on speed.
 
     python bench/int8_acceptance.py [--models faq-head gloss-head admin-e2e] [--rounds 5]
 
 For each test reranker of tests/support/minilm_rerankers.py (three real-weight MiniLM-L6
 cross-encoders built offline, none tuned for the recipe):
 
-1. `edgerank import`'s code path (ModelStore.import_onnx, default policy; ``--portable``:
-   as `--portable-int8`; ``--min-speedup 0``: install the INT8 point even where INT8 does
-   not pay, to measure it; ``--no-cascade``: INT8 alone), timed: wall and this process's
-   CPU seconds, the MatMuls it kept FP32 and its frontier;
-2. fidelity of every candidate against torch FP32 (512-token truncation) on the held-out
-   Debian FAQ groups (139 x 8; a document no calibration, probe or model training used),
-   scored through edgerank's own path (engine/load.py, as `edgerank score`: the file and,
-   when its recipe has one, the cascade's FP32 rescoring of near-ties; ``int8-alone``: the
-   same file without it);
+1. `edgerank import`'s code path (ModelStore.import_onnx), timed (wall and this process's
+   CPU seconds), with what it installed and why: ``edgerank-default`` with the default
+   policy (``--request-shape``, ``--portable``, ``--min-speedup``, ``--no-cascade`` change
+   it); where that installed the FP32 graph, ``edgerank-int8-cascade`` as well (the INT8
+   point forced, to measure it); with ``--with-no-cascade``, ``edgerank-no-cascade`` (the
+   ladder climbing to meet the floor without the cascade);
+2. on the held-out Debian FAQ groups (139 x 8; a document no calibration, probe or model
+   training used), every candidate against torch FP32 (512-token truncation): Spearman and
+   top-1 kept, and what a user sees: the labelled positive's (the section's own
+   paragraph) MRR and top-1 rate, torch FP32's own beside them. Entries are scored through
+   edgerank's own path (engine/load.py, as `edgerank score`: the file and, when its recipe
+   has one, the cascade's FP32 rescoring of near-ties; ``<row>-alone``: the same INT8 file
+   without it);
 3. speed in one run, candidates interleaved over ``--rounds`` rounds (medians), at 1 and 2
    threads, on s32 = 32 passages of ~128 tokens and s100 = 100 passages of 16-244 tokens:
-   torch FP32, ONNX FP32 (the plain export), the installed file, onnxruntime
+   torch FP32, ONNX FP32 (the plain export), the installed entries, onnxruntime
    quantize_dynamic per-channel QInt8 of the plain export, and sentence-transformers'
    CrossEncoder ONNX backend with its dynamic INT8 export (its own tokenizer and batching).
 Ratios are against torch FP32 and ONNX FP32 of the same round set. The machine is shared:
@@ -26,6 +31,7 @@ the spread (min/max over rounds, relative to the median) is printed beside each 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -45,6 +51,7 @@ from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.convert.backoff import Policy  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
 from edgerank.models.manifest import Manifest  # noqa: E402
+from edgerank.models.serving import RequestShape  # noqa: E402
 from edgerank.quality.fidelity import rank_agreement  # noqa: E402
 from edgerank.store.entries import ModelStore  # noqa: E402
 from tests.support import minilm_rerankers as mr  # noqa: E402
@@ -102,8 +109,10 @@ def open_st(d: Path, rel: Path, threads: int):
     return ce
 
 
-def candidates(ckpt: Path, installed: Path, work: Path, threads: int) -> dict:
-    """name -> (query, docs) -> raw scores, all at ``threads`` threads."""
+def candidates(ckpt: Path, installed: dict[str, Path], work: Path, threads: int) -> dict:
+    """name -> (query, docs) -> raw scores, all at ``threads`` threads. ``installed``: the
+    entries to score, by row name; each as `edgerank score` serves it (its cascade too),
+    and the INT8 file of a cascaded entry also alone (``<row>-alone``)."""
     import torch
 
     from edgerank.backends.torch import TorchBackend
@@ -114,14 +123,14 @@ def candidates(ckpt: Path, installed: Path, work: Path, threads: int) -> dict:
     dyn = work / "dyn" / "model.onnx"
     out = {"torch-fp32": TorchBackend(ckpt, precision="fp32", threads=threads, max_length=512)}
     out["onnx-fp32"] = OnnxBackend.from_file(plain, 512, threads=threads)
-    served = load(str(installed), threads=threads)
-    if served.cascade is not None:
-        out["int8-alone"] = served.backend
+    served = {row: load(str(d), threads=threads) for row, d in installed.items()}
+    for row, loaded in served.items():
+        if loaded.cascade is not None:
+            out[f"{row}-alone"] = loaded.backend
     out["ort-dynamic-int8"] = OnnxBackend.from_file(dyn, 512, threads=threads, precision="int8")
     fns = {k: (lambda q, ds, b=b: score_documents(b, q, ds).raw) for k, b in out.items()}
-    fns["edgerank-installed"] = lambda q, ds: (
-        score_documents(served.backend, q, ds, cascade=served.cascade).raw
-    )
+    for row, loaded in served.items():
+        fns[row] = lambda q, ds, x=loaded: score_documents(x.backend, q, ds, cascade=x.cascade).raw
     try:
         d, rel = st_int8(ckpt, work)
         ce = open_st(d, rel, threads)
@@ -152,28 +161,67 @@ def prepare(ckpt: Path, work: Path) -> None:
     )  # fmt: skip
 
 
+def positive_quality(scores: list[np.ndarray], labels: list[list[int]]) -> dict[str, float]:
+    """What a user sees: the labelled positive (label 2, the section's own paragraph) as
+    ranked by these scores: mean reciprocal rank of the first one, and the share of groups
+    whose top passage is one."""
+    rr, top = [], []
+    for s, lab in zip(scores, labels, strict=True):
+        order = np.argsort(-np.asarray(s), kind="stable")
+        ranks = [r for r, i in enumerate(order, 1) if lab[i] == 2]
+        rr.append(1.0 / ranks[0] if ranks else 0.0)
+        top.append(float(lab[order[0]] == 2))
+    return {"mrr": round(float(np.mean(rr)), 4), "top1": round(float(np.mean(top)), 4)}
+
+
+def imported(store: ModelStore, name: str, ckpt: Path, policy: Policy, lines: list) -> dict:
+    t0, c0 = time.perf_counter(), time.process_time()
+    path = store.import_onnx(name, ckpt, progress=lambda m: lines.append(f"[{name}] {m}"),
+                             policy=policy)  # fmt: skip
+    m = Manifest.read(path)
+    return {
+        "path": path, "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(time.process_time() - c0, 1), "precision": m.precision,
+        "fp32_matmuls": m.recipe.get("fp32_matmuls"),
+        "matmul_kinds": dict(Counter(m.recipe.get("matmul_kinds", {}).values())),
+        "reasons": m.recipe.get("reasons"), "verdict": m.serving.get("verdict"),
+        "frontier": m.recipe.get("frontier"), "probe_fidelity": m.fidelity,
+    }  # fmt: skip
+
+
 def run_model(
-    name: str, work: Path, rounds: int, threads: list[int], policy: Policy = Policy()
-) -> dict:
+    name: str, work: Path, rounds: int, threads: list[int], policy: Policy = Policy(),
+    no_cascade: bool = False,
+) -> dict:  # fmt: skip
+    """``policy``: the default import's (the table's first row); an INT8 + cascade import
+    is added where that one installed FP32, and a ``--no-cascade`` one when asked."""
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ckpt = mr.build(name, work / "ckpt")
     built = time.perf_counter() - t0
-    store = ModelStore(work / "home")
-    t0, c0 = time.perf_counter(), time.process_time()
     lines: list[str] = []
-    installed = store.import_onnx(name, ckpt, progress=lambda m: lines.append(m), policy=policy)
-    imp = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-    m = Manifest.read(installed)
+    imports = {"edgerank-default": imported(ModelStore(work / "home"), name, ckpt, policy, lines)}
+    if imports["edgerank-default"]["precision"] != "int8":
+        forced = dataclasses.replace(policy, min_speedup=0.0)
+        imports["edgerank-int8-cascade"] = imported(ModelStore(work / "home-int8"), name, ckpt,
+                                                    forced, lines)  # fmt: skip
+    if no_cascade:
+        alone = dataclasses.replace(policy, cascade=False)
+        imports["edgerank-no-cascade"] = imported(ModelStore(work / "home-alone"), name, ckpt,
+                                                  alone, lines)  # fmt: skip
+    installed = {row: x["path"] for row, x in imports.items()}
     prepare(ckpt, work)
-    groups = mr.heldout_groups()
+    rows = mr.load_groups(mr.HELDOUT)
+    groups = [(g["query"], g["documents"]) for g in rows]
+    labels = [g["labels"] for g in rows]
     fns = candidates(ckpt, installed, work, max(threads))
     ref = [fns["torch-fp32"](q, ds) for q, ds in groups]
-    fidelity = {}
+    fidelity, quality = {}, {"torch-fp32": positive_quality(ref, labels)}
     for k, fn in fns.items():
         if k != "torch-fp32":
-            got = rank_agreement(ref, [fn(q, ds) for q, ds in groups])
-            fidelity[k] = {x: round(v, 4) for x, v in got.items()}
+            got = [fn(q, ds) for q, ds in groups]
+            fidelity[k] = {x: round(v, 4) for x, v in rank_agreement(ref, got).items()}
+            quality[k] = positive_quality(got, labels)
     sets = speed_sets(ckpt / "tokenizer.json")
     speed = {}
     for t in threads:
@@ -198,13 +246,12 @@ def run_model(
                 }
                 for k, v in times.items()
             }
+    for x in imports.values():
+        x["path"] = str(x["path"])
     return {
         "model": name, "weights_sha256": mr.fingerprint(ckpt), "build_s": round(built, 1),
-        "import": {k: round(v, 1) for k, v in imp.items()}, "import_log": lines,
-        "precision": m.precision, "fp32_matmuls": m.recipe.get("fp32_matmuls"),
-        "matmul_kinds": dict(Counter(m.recipe.get("matmul_kinds", {}).values())),
-        "frontier": m.recipe.get("frontier"), "probe_fidelity": m.fidelity,
-        "heldout_fidelity_vs_torch_fp32": fidelity, "speed": speed,
+        "imports": imports, "import_log": lines, "heldout_fidelity_vs_torch_fp32": fidelity,
+        "heldout_positive_quality": quality, "speed": speed,
     }  # fmt: skip
 
 
@@ -221,26 +268,43 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--min-speedup", type=float, help="as Policy.min_speedup (0: never FP32)")
     ap.add_argument("--no-cascade", action="store_true", help="install INT8 alone")
+    ap.add_argument("--request-shape", help="as `edgerank import --request-shape`")
+    ap.add_argument(
+        "--with-no-cascade", action="store_true",
+        help="also import with --no-cascade (the ladder climbing to meet the floor alone)",
+    )  # fmt: skip
     args = ap.parse_args()
     policy = Policy(
-        portable=args.portable, min_speedup=args.min_speedup, cascade=not args.no_cascade
-    )
+        portable=args.portable, min_speedup=args.min_speedup, cascade=not args.no_cascade,
+        request_shape=RequestShape.parse(args.request_shape) if args.request_shape else None,
+    )  # fmt: skip
     reports = []
     for name in args.models:
-        rep = run_model(name, args.workdir / name, args.rounds, args.threads, policy)
+        rep = run_model(name, args.workdir / name, args.rounds, args.threads, policy,
+                        args.with_no_cascade)  # fmt: skip
         reports.append(rep)
         print(json.dumps(rep), flush=True)
         if args.out:
             args.out.write_text(json.dumps(reports, indent=1))
-    print("\n| model | MatMuls FP32 | import wall/CPU s | Spearman mean/min | top-1 kept |")
+    print("\n| model | import | installed | verdict | import wall / CPU s |")
     print("|---|---|---|---|---|")
     for r in reports:
-        f = r["heldout_fidelity_vs_torch_fp32"]["edgerank-installed"]
-        print(
-            f"| {r['model']} ({r['precision']}) | {len(r['fp32_matmuls'] or [])} | "
-            f"{r['import']['wall_s']}/{r['import']['cpu_s']} | "
-            f"{f['spearman_mean']}/{f['spearman_min']} | {f['top1_kept']:.1%} |"
-        )
+        for row, x in r["imports"].items():
+            why = (x["verdict"] or {}).get("reason") or "; ".join(x["reasons"] or [])
+            print(f"| {r['model']} | {row} | {x['precision']} {x['matmul_kinds']} | {why} | "
+                  f"{x['wall_s']} / {x['cpu_s']} |")  # fmt: skip
+    print("\n| model | candidate | Spearman mean/min vs torch FP32 | top-1 kept | positive MRR | "
+          "positive top-1 |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for r in reports:
+        for k, q in r["heldout_positive_quality"].items():
+            f = r["heldout_fidelity_vs_torch_fp32"].get(k, {})
+            fig = (
+                f"{f['spearman_mean']}/{f['spearman_min']} | {f['top1_kept']:.1%}"
+                if f
+                else "1 | 100%"
+            )
+            print(f"| {r['model']} | {k} | {fig} | {q['mrr']} | {q['top1']:.1%} |")
     print("\n| model | set@threads | candidate | ms | x torch fp32 | x onnx fp32 | spread |")
     print("|---|---|---|---|---|---|---|")
     for r in reports:

@@ -80,8 +80,8 @@ def run_model(name: str, work: Path, threads: int) -> dict:
         scores(fp32_file, held),
         scores(fp32_file, speed),
     )
-    out = {"model": name, "installed": found["recipe"]["matmul_kinds"], "points": []}
-    for f, p in _points(found, loop):
+    out = {"model": name, "installed": found.recipe["matmul_kinds"], "points": []}
+    for f, p in ((p.file, p.frontier_row()) for p in found.frontier):
         q_cal, q_held, q_speed = scores(f, cal), scores(f, held), scores(f, speed)
         err = np.abs(np.concatenate(q_cal) - np.concatenate(fp_cal))
         row = {
@@ -107,15 +107,6 @@ def run_model(name: str, work: Path, threads: int) -> dict:
             }  # fmt: skip
         out["points"].append(row)
         print(json.dumps(row), flush=True)
-    return out
-
-
-def _points(found: dict, loop: Path) -> list[tuple[Path, dict]]:
-    """Each frontier point's file (named by its counts, as backoff's ``point`` names it)."""
-    out = []
-    for p in found["frontier"]:
-        moved = {k[: -len("_matmuls")]: v for k, v in p.items() if k.endswith("_matmuls")}
-        out.append((loop / f"model.int8.{'-'.join(f'{k}{v}' for k, v in moved.items())}.onnx", p))
     return out
 
 

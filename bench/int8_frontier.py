@@ -45,7 +45,7 @@ def main() -> None:
             progress=lambda m, b=base: print(f"[{b}] {m}", flush=True),
         )  # fmt: skip
         print(json.dumps({"base": base, "seconds": round(time.perf_counter() - t0, 1),
-                          "frontier": got["frontier"]}))  # fmt: skip
+                          "frontier": [p.frontier_row() for p in got.frontier]}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from edgerank.convert import int8, int8_files  # noqa: E402
 from edgerank.convert.graph import Graph  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
-from edgerank.quality.scoring import Scorer  # noqa: E402
+from edgerank.quality.scoring import GraphScorer as Scorer  # noqa: E402
 from tests.support import minilm_rerankers as mr  # noqa: E402
 
 FLOOR_TOP1 = 0.97

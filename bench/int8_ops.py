@@ -40,7 +40,7 @@ from edgerank.hardware.facts import SATURATING_INT8  # noqa: E402
 from edgerank.hardware.probe import int8_kernel_here  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
 from edgerank.quality.fidelity import rank_agreement  # noqa: E402
-from edgerank.quality.scoring import Scorer  # noqa: E402
+from edgerank.quality.scoring import GraphScorer as Scorer  # noqa: E402
 from tests.support import minilm_rerankers as mr  # noqa: E402
 
 GEMM = {"MatMul", "FusedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
@@ -56,11 +56,12 @@ def profile(path: Path, tok: Path, threads: int, rows, runs: int) -> dict[str, f
     so = session_options(threads)
     so.enable_profiling = True
     so.profile_file_prefix = str(path.with_suffix(""))
-    s.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    s.run(rows, batch=len(rows))  # warm-up, also profiled: subtracted below
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    s.backend._session = sess  # the serving backend's batching, with profiling on
+    s.backend.score(rows)  # warm-up, also profiled: subtracted below
     for _ in range(runs):
-        s.run(rows, batch=len(rows))
-    trace = json.loads(Path(s.sess.end_profiling()).read_text())
+        s.backend.score(rows)
+    trace = json.loads(Path(sess.end_profiling()).read_text())
     per_op: dict[str, float] = collections.defaultdict(float)
     for ev in trace:
         if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):

@@ -1,21 +1,31 @@
 """Memory of one rerank request in the real daemon: idle, peak and after-request RSS.
 
-    python bench/memory.py                  # onnx, onnx with onnxruntime's arena, gguf, biencoder
-    python bench/memory.py --cases onnx,onnx_arena --requests 3 --json
+    python bench/memory.py                  # every case below
+    python bench/memory.py --cases onnx,onnx_alone,onnx_fp32 --requests 3 --json
 
 Each case is a fresh `python -m edgerank.server.daemon` (HTTP on a Unix socket) serving the
-MiniLM-L6 cross-encoder (tests/support/minilm_ce.py: real MiniLM weights, fitted head) as INT8 ONNX
-or GGUF q8_0, or the embedded all-MiniLM-L6-v2 bi-encoder. The request is the black-box
-probe's: 100 documents of ~256 tokens, POSTed to /v1/rerank `--requests` times. Read from
-/proc/PID/status: VmRSS idle (after the warm-up), VmHWM over the requests (the high-water
-mark is reset through /proc/PID/clear_refs first), VmRSS after the last one. `onnx_arena`
-is the same daemon with onnxruntime's defaults (CPU memory arena and memory patterns on,
-no shrinkage, whole batches per run: as edgerank ran before): the baseline of the memory
-fix, and of its speed (seconds per request, median, and the ratio to the baseline, measured
-in the same run).
+MiniLM-L6 cross-encoder (tests/support/minilm_ce.py: real MiniLM weights, fitted head):
 
-The plan it is held to is the chooser's (planning/memory.py): the model's memory_mib plus
-activations for max_batch_tokens (8192) plus the runtime overhead; `peak - idle` should
+- ``onnx``: the INT8 entry with its cascade (the FP32 reference beside it, its weights in
+  a mapped external-data file, opened unpacked: what `edgerank import` installs);
+- ``onnx_ref_packed``: the same entry with the reference as it was before: one file, read
+  into the process and its MatMul weights packed (the baseline of the reference's cost);
+- ``onnx_alone``: INT8 without the cascade (`--no-cascade`);
+- ``onnx_fp32``: the FP32 graph alone (what the import installs where INT8 does not pay);
+- ``onnx_arena``: ``onnx`` with onnxruntime's defaults (arena and memory patterns on, no
+  shrinkage, whole batches per run: the baseline of the arena fix, and of its speed);
+- ``gguf``: GGUF q8_0; ``biencoder``: the embedded all-MiniLM-L6-v2.
+
+The request is the black-box probe's: 100 documents of ~256 tokens, POSTed to /v1/rerank
+`--requests` times. Read from /proc/PID/status: VmRSS idle (after the warm-up), VmHWM over
+the requests (the high-water mark is reset through /proc/PID/clear_refs first), VmRSS after
+the last one, and RssAnon / RssFile idle (mapped weights are file pages: clean, shared
+between processes, given back under pressure). Seconds per request: the median, and the
+ratio to ``onnx_arena`` where both ran.
+
+The plan it is held to is the chooser's (planning/memory.py): the model's memory_mib (and
+the FP32 reference of an INT8 entry) plus activations for max_batch_tokens (8192) plus the
+runtime overhead; `idle` is what the overhead and weights must cover, `peak - idle` should
 stay within the activation budget, and `after - idle` near zero.
 """
 
@@ -61,22 +71,59 @@ ARENA_DAEMON = textwrap.dedent(
     daemon._main()
     """
 )
-CASES = ("onnx", "onnx_arena", "gguf", "biencoder")
+CASES = ("onnx", "onnx_ref_packed", "onnx_alone", "onnx_fp32", "onnx_arena", "gguf", "biencoder")
+#: the reference opened as before: packed weights from a one-file graph (read in)
+PACKED_REF_DAEMON = textwrap.dedent(
+    """
+    import sys
+    from edgerank.backends import registry
+    from edgerank.backends.onnx import OnnxBackend
+
+    def packed(model_dir, *, threads=1, manifest=None):
+        from pathlib import Path
+        return OnnxBackend.from_file(Path(model_dir) / "model.fp32.packed.onnx", 512,
+                                     threads=threads)
+
+    registry.open_reference = packed
+    from edgerank.server import daemon
+    sys.argv[0] = "edgerank.server.daemon"
+    daemon._main()
+    """
+)
+#: entry name per case (prepare installs them)
+ENTRIES = {
+    "onnx": "minilm-ce",
+    "onnx_ref_packed": "minilm-ce",
+    "onnx_arena": "minilm-ce",
+    "onnx_alone": "minilm-ce-alone",
+    "onnx_fp32": "minilm-ce-fp32",
+}
 
 
-def prepare(work: Path) -> None:
+def prepare(work: Path, gguf: bool = True) -> None:
     """The MiniLM-L6 cross-encoder as INT8 ONNX and GGUF q8_0 (imports torch: own process)."""
+    import onnx
+
+    from edgerank.convert.backoff import Policy
     from edgerank.store.entries import ModelStore
     from tests.support import minilm_ce
 
     store = ModelStore(work / "home")
-    installed = store.installed().get("minilm-ce", [])
-    if "onnx" in installed and "gguf" in installed:
-        return
+    installed = store.installed()
     ckpt = minilm_ce.build_minilm_cross_encoder(work / "minilm-ce")
-    if "onnx" not in installed:
-        store.import_onnx("minilm-ce", ckpt)
-    if "gguf" not in installed:
+    policies = {  # whatever the speed verdict here: each case needs its own file
+        "minilm-ce": Policy(min_speedup=0.0, allow_below_floor=True),
+        "minilm-ce-alone": Policy(min_speedup=0.0, allow_below_floor=True, cascade=False),
+        "minilm-ce-fp32": Policy(min_speedup=1e9),
+    }
+    for name, policy in policies.items():
+        if "onnx" not in installed.get(name, []):
+            store.import_onnx(name, ckpt, policy=policy)
+    entry = store.path("minilm-ce", "onnx")
+    packed = entry / "model.fp32.packed.onnx"
+    if not packed.exists():  # the reference in one file, outside the manifest's list
+        onnx.save(onnx.load(str(entry / "model.fp32.onnx")), str(packed))
+    if gguf and "gguf" not in installed.get("minilm-ce", []):
         store.import_gguf("minilm-ce", ckpt, quants=("q8_0",))
 
 
@@ -94,7 +141,7 @@ def _status(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) // 1024  # kB -> MiB
     return out
 
@@ -123,20 +170,18 @@ def measure(case: str, work: Path, docs: list[str], requests: int, threads: int)
 
     store = work / "home"
     entries = ModelStore(store)
-    model = {
-        "onnx": entries.path("minilm-ce", "onnx"),
-        "onnx_arena": entries.path("minilm-ce", "onnx"),
-        "gguf": entries.path("minilm-ce", "gguf"),
-        "biencoder": "all-minilm-l6-v2",
-    }[case]
+    if case in ENTRIES:
+        model = entries.path(ENTRIES[case], "onnx")
+    else:
+        model = {"gguf": entries.path("minilm-ce", "gguf"), "biencoder": "all-minilm-l6-v2"}[case]
     tmp = Path(tempfile.mkdtemp(prefix="edgerank-mem-"))
     http = tmp / "http.sock"
     flags = ["--model", str(model), "--listen", "", "--socket", str(tmp / "g.sock")]
     flags += ["--http-socket", str(http), "--threads", str(threads), "--home", str(store)]
     flags += ["--log-level", "warning"]
-    if case == "onnx_arena":
-        script = tmp / "arena_daemon.py"
-        script.write_text(ARENA_DAEMON)
+    if case in ("onnx_arena", "onnx_ref_packed"):
+        script = tmp / f"{case}_daemon.py"
+        script.write_text(ARENA_DAEMON if case == "onnx_arena" else PACKED_REF_DAEMON)
         cmd = [sys.executable, str(script), *flags]
     else:
         cmd = [sys.executable, "-m", "edgerank.server.daemon", *flags]
@@ -153,7 +198,8 @@ def measure(case: str, work: Path, docs: list[str], requests: int, threads: int)
                 break
             except (OSError, RuntimeError):
                 time.sleep(0.2)
-        idle = _status(proc.pid)["VmRSS"]
+        idle_status = _status(proc.pid)
+        idle = idle_status["VmRSS"]
         Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
         query = "how do winter storms affect the river ship and harbour traffic"
         seconds = []
@@ -175,6 +221,8 @@ def measure(case: str, work: Path, docs: list[str], requests: int, threads: int)
     return {
         "case": case,
         "idle_mib": idle,
+        "idle_anon_mib": idle_status["RssAnon"],
+        "idle_file_mib": idle_status["RssFile"],
         "peak_mib": peak,
         "after_mib": afters[-1],
         "after_each_mib": afters,
@@ -185,21 +233,25 @@ def measure(case: str, work: Path, docs: list[str], requests: int, threads: int)
     }
 
 
-def plan(max_batch_tokens: int) -> dict[str, int]:
-    """What the chooser budgets for MiniLM-L6 INT8 at this token budget."""
+def plan(max_batch_tokens: int) -> dict[str, dict]:
+    """What the chooser budgets for MiniLM-L6 at this token budget (planning/memory.py):
+    the ONNX INT8 candidate (its FP32 reference counted) and the FP32 graph, split up."""
     from edgerank.catalog.load import load_catalog
     from edgerank.planning import memory as choose
 
     spec = load_catalog().get("ms-marco-minilm-l6")
     activations = math.ceil(choose.activation_kib_per_token(spec.hidden) * max_batch_tokens / 1024)
-    weights = choose.weights_mib(spec, "int8")
-    overhead = choose.RUNTIME_OVERHEAD_MIB["onnx"]
-    return {
-        "weights_mib": weights,
-        "activations_mib": activations,
-        "overhead_mib": overhead,
-        "need_mib": weights + activations + overhead,
-    }
+    out = {}
+    for precision in ("int8", "fp32"):
+        weights = choose.weights_mib(spec, precision)
+        reference = choose.reference_mib(spec, "onnx", precision)
+        overhead = choose.RUNTIME_OVERHEAD_MIB["onnx"]
+        out[precision] = {
+            "weights_mib": weights, "reference_mib": reference,
+            "activations_mib": activations, "overhead_mib": overhead,
+            "need_mib": weights + reference + activations + overhead,
+        }  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -214,12 +266,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.prepare:
-        prepare(args.work)
-        return
     cases = [c for c in args.cases.split(",") if c]
-    if {"onnx", "onnx_arena", "gguf"} & set(cases):
+    if args.prepare:
+        prepare(args.work, gguf="gguf" in cases)
+        return
+    if (set(ENTRIES) | {"gguf"}) & set(cases):
         cmd = [sys.executable, __file__, "--prepare", "--work", str(args.work)]
+        cmd += ["--cases", ",".join(cases)]
         subprocess.run(cmd, check=True)
     docs = documents(args.docs, args.words)
     rows = [measure(c, args.work, docs, args.requests, args.threads) for c in cases]
@@ -227,17 +280,20 @@ def main() -> None:
     for r in rows:
         if base and r["case"].startswith("onnx"):
             r["x_speed_vs_arena"] = round(base / r["seconds"], 3)
-    report = {"plan_minilm_int8_8192_tokens": plan(8192), "rows": rows}
+    report = {"plan_minilm_8192_tokens": plan(8192), "rows": rows}
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"# {args.docs} documents x ~{args.words} tokens, /v1/rerank, {args.requests} requests")
-    print(f"# plan: {report['plan_minilm_int8_8192_tokens']}")
-    head = ("case", "idle", "peak", "after", "peak-idle", "after-idle", "s/request", "x speed")
-    print("{:<12} {:>6} {:>6} {:>6} {:>10} {:>11} {:>10} {:>8}".format(*head))
+    for precision, figures in report["plan_minilm_8192_tokens"].items():
+        print(f"# plan, {precision}: {figures}")
+    head = ("case", "idle", "anon", "file", "peak", "after", "peak-idle", "after-idle",
+            "s/request", "x speed")  # fmt: skip
+    print("{:<16} {:>6} {:>6} {:>6} {:>6} {:>6} {:>10} {:>11} {:>10} {:>8}".format(*head))
     for r in rows:
         print(
-            f"{r['case']:<12} {r['idle_mib']:>6} {r['peak_mib']:>6} {r['after_mib']:>6} "
+            f"{r['case']:<16} {r['idle_mib']:>6} {r['idle_anon_mib']:>6} "
+            f"{r['idle_file_mib']:>6} {r['peak_mib']:>6} {r['after_mib']:>6} "
             f"{r['peak_over_idle_mib']:>10} {r['after_over_idle_mib']:>11} "
             f"{r['seconds']:>10.2f} {r.get('x_speed_vs_arena', ''):>8}"
         )

@@ -55,6 +55,11 @@ class BelowFidelityFloor(EdgerankError):
     unless the user opts in (--allow-below-floor)."""
 
 
+class TooLittleMemory(EdgerankError):
+    """An install this box cannot hold, refused before it starts (it names the route that
+    can: quantize on a bigger box, carry the archive)."""
+
+
 class BackendFailure(EdgerankError):
     """The runtime failed while scoring: a bug or a broken model, not the caller's fault."""
 

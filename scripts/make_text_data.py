@@ -30,6 +30,8 @@ class Section:
     chapter: str
     title: str
     paragraphs: list[str] = field(default_factory=list)
+    #: the heading's number (numbered text only): the same section across translations
+    number: str = ""
 
 
 def _clip(text: str, max_words: int = MAX_WORDS) -> str:
@@ -77,7 +79,7 @@ def numbered_text(path: Path, min_words: int = 8) -> list[Section]:
             if (number, title) in seen_titles:  # the table of contents repeats them
                 continue
             seen_titles.add((number, title))
-            current = Section(number.split(".")[0], title.strip())
+            current = Section(number.split(".")[0], title.strip(), number=number)
             sections.append(current)
             continue
         if current is None or not block.startswith("    ") or block.startswith("        "):
@@ -220,13 +222,15 @@ def pair_groups(texts: list[str], n: int, rng: random.Random, domain: str, lang:
 
 def make_groups(
     sections: list[Section], n: int, rng: random.Random, domain: str, lang: str,
-    query=lambda s: s.title,
+    query=lambda s: s.title, queries: list[Section] | None = None,
 ) -> list[dict]:  # fmt: skip
-    """``n`` groups of PER_GROUP passages, graded 2 (own) / 1 (same chapter) / 0 (other)."""
+    """``n`` groups of PER_GROUP passages, graded 2 (own) / 1 (same chapter) / 0 (other);
+    the queries from ``queries`` (default: ``sections``), the passages from ``sections``."""
     by_chapter: dict[str, list[Section]] = {}
     for s in sections:
         by_chapter.setdefault(s.chapter, []).append(s)
-    candidates = [s for s in sections if len(by_chapter[s.chapter]) >= 3]
+    asked = sections if queries is None else queries
+    candidates = [s for s in asked if len(by_chapter[s.chapter]) >= 3]
     rng.shuffle(candidates)
     groups = []
     for s in candidates[:n]:
@@ -253,6 +257,25 @@ def split(sections: list[Section], rng: random.Random, parts: int) -> list[list[
     return [order[i::parts] for i in range(parts)]
 
 
+def more_probe(probe: list[dict], ref: dict[str, list[Section]], en_probe: list[Section]):
+    """The second held-out set (convert/backoff.py reads it when a probe figure lies within
+    noise of the floor): Debian Reference sections of the probe's half of the English
+    sections (none the admin-e2e test reranker trained on) that no probe group asks about,
+    in English and six translations (Portuguese is in no other set). Its own seed, drawn
+    after every other set, so those stay byte-identical."""
+    rng = random.Random(20270101)
+    asked = {g["query"] for g in probe}
+    used = {s.number for secs in ref.values() for s in secs if s.title in asked}
+    fresh = {s.number for s in en_probe} - used
+    groups: list[dict] = []
+    for lang, n in (("en", 44), ("fr", 16), ("es", 16), ("de", 16), ("pt", 16), ("ja", 16),
+                    ("zh-cn", 16)):  # fmt: skip
+        queries = [s for s in ref[lang] if s.number in fresh]
+        groups += make_groups(ref[lang], n, rng, "debian-reference", lang.split("-")[0],
+                              queries=queries)  # fmt: skip
+    return groups
+
+
 def main(deb: Path) -> None:
     rng = random.Random(20261202)
     doc = deb / "python3.11-doc/usr/share/doc/python3.11/html/_sources"
@@ -271,7 +294,7 @@ def main(deb: Path) -> None:
             / f"debian-reference-{lang}/usr/share/debian-reference"
             / f"debian-reference.{lang}.txt.gz"
         )
-        for lang in ("en", "de", "fr", "it", "es", "ja", "zh-cn")
+        for lang in ("en", "de", "fr", "it", "es", "ja", "zh-cn", "pt")
     }
     dfaq = numbered_text(deb / "debian-faq/usr/share/doc/debian/FAQ/debian-faq.en.txt.gz")
     named = [("python-faq", faq), ("python-docs", pydocs), ("wordnet", wn), ("debian-faq", dfaq)]
@@ -305,10 +328,12 @@ def main(deb: Path) -> None:
         + make_groups(ref["it"], 60, rng, "debian-reference", "it"),
         "heldout-debian-faq": make_groups(dfaq, 400, rng, "debian-faq", "en"),
     }
+    sets["probe-more"] = more_probe(sets["probe"], ref, ref_en_probe)
     shipped = ROOT / "edgerank" / "quality" / "data"
     tests = ROOT / "tests" / "support" / "data"
     for name, groups in sets.items():
-        out = (shipped if name in ("calibration", "probe") else tests) / f"{name}.jsonl"
+        where = shipped if name in ("calibration", "probe", "probe-more") else tests
+        out = where / f"{name}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as fh:
             for g in groups:

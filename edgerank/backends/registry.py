@@ -10,6 +10,7 @@ from typing import Any
 from edgerank.backends.base import Backend
 from edgerank.errors import BackendUnavailable
 from edgerank.models.manifest import Manifest
+from edgerank.models.serving import RequestShape, served
 from edgerank.store.layout import StoreLayout
 
 
@@ -19,11 +20,13 @@ def open_entry(
     *,
     threads: int = 1,
     verify: bool = True,
+    request_shape: RequestShape | None = None,
     **options: Any,
 ) -> Backend:
     """Open an entry directory. ``options`` go to the runtime: torch device, precision,
     cpu_precision, allow_remote_code (backends/torch.py); gguf precision (the quant) and
-    its knobs (backends/gguf.py)."""
+    its knobs (backends/gguf.py). An ONNX entry with INT8 and FP32 options opens the one
+    that pays at ``request_shape`` (models/serving.served; None: the install's shape)."""
     model_dir = Path(model_dir)
     manifest = manifest or Manifest.read(model_dir)
     if manifest.backend not in ("onnx", "torch", "gguf"):
@@ -33,7 +36,8 @@ def open_entry(
     if manifest.backend == "onnx":
         from edgerank.backends.onnx import OnnxBackend
 
-        return OnnxBackend(model_dir, manifest, threads)
+        manifest, verdict = served(manifest, request_shape)
+        return OnnxBackend(model_dir, manifest, threads, verdict=verdict)
     if manifest.backend == "torch":
         from edgerank.backends.torch import open_entry as opener
     else:
@@ -67,4 +71,6 @@ def open_reference(
     manifest.verify(model_dir)
     from edgerank.backends.onnx import OnnxBackend
 
-    return OnnxBackend.from_file(model_dir / ref, manifest.max_length, threads=threads)
+    # unpacked: a reference saved with external data keeps its weights in mapped pages
+    return OnnxBackend.from_file(model_dir / ref, manifest.max_length, threads=threads,
+                                 prepack=False)  # fmt: skip

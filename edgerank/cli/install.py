@@ -15,6 +15,11 @@ from edgerank.errors import InvalidInput
 def _int8_options(fn):
     """The accuracy-aware INT8 install's options, shared by pull and import."""
     fn = click.option(
+        "--request-shape", metavar="NxMIN-MAX",
+        help="The requests the model will serve: N passages of MIN-MAX tokens; INT8 is "
+        "installed where it pays at that size [default: 32x128-256, a RAG request].",
+    )(fn)  # fmt: skip
+    fn = click.option(
         "--portable-int8", is_flag=True,
         help="Build an INT8 file no CPU's int8 kernel can saturate, to copy to AVX2 boxes "
         "(always so when this CPU's kernel can saturate).",
@@ -38,12 +43,14 @@ def _int8_options(fn):
     )(fn)  # fmt: skip
 
 
-def _policy(allow_below_floor: bool, portable_int8: bool, no_cascade: bool):
+def _policy(allow_below_floor: bool, portable_int8: bool, no_cascade: bool, request_shape):
     from edgerank.convert.backoff import Policy
+    from edgerank.models.serving import RequestShape
 
     return Policy(
         allow_below_floor=allow_below_floor, portable=portable_int8 or None,
         cascade=not no_cascade,
+        request_shape=RequestShape.parse(request_shape) if request_shape else None,
     )  # fmt: skip
 
 
@@ -62,7 +69,7 @@ def _policy(allow_below_floor: bool, portable_int8: bool, no_cascade: bool):
 @friendly
 def pull(
     name, prebuilt_int8, revision, calibration, allow_below_floor, keep_fp32, no_cascade,
-    portable_int8, backend,
+    portable_int8, request_shape, backend,
 ):  # fmt: skip
     """Download a catalog model and install it (INT8 ONNX, or GGUF)."""
     from edgerank.catalog.load import load_catalog
@@ -76,7 +83,7 @@ def pull(
         backend=backend,
         progress=progress,
         calibration=calibration,
-        policy=_policy(allow_below_floor, portable_int8, no_cascade),
+        policy=_policy(allow_below_floor, portable_int8, no_cascade, request_shape),
         keep_reference=keep_fp32,
     )
     click.echo(f"installed {name} in {path}")
@@ -96,8 +103,9 @@ def pull(
 )
 @friendly
 def import_(
-    path, name, calibration, allow_below_floor, keep_fp32, no_cascade, portable_int8, backend
-):
+    path, name, calibration, allow_below_floor, keep_fp32, no_cascade, portable_int8,
+    request_shape, backend,
+):  # fmt: skip
     """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline;
     with --backend gguf, as GGUF files (or install the *.gguf files PATH holds); with
     --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one).
@@ -120,10 +128,11 @@ def import_(
         raise InvalidInput("importing a directory needs --name NAME")
     if backend != "onnx" and (
         calibration or allow_below_floor or keep_fp32 or no_cascade or portable_int8
-    ):
+        or request_shape
+    ):  # fmt: skip
         raise InvalidInput(
-            "--calibration, --allow-below-floor, --keep-fp32, --no-cascade and --portable-int8 "
-            "apply to --backend onnx only"
+            "--calibration, --allow-below-floor, --keep-fp32, --no-cascade, --portable-int8 "
+            "and --request-shape apply to --backend onnx only"
         )
     if backend == "gguf":
         target = store.import_gguf(name, Path(path), progress=progress)
@@ -134,7 +143,7 @@ def import_(
     else:
         target = store.import_onnx(
             name, Path(path), progress=progress, calibration=calibration,
-            policy=_policy(allow_below_floor, portable_int8, no_cascade),
+            policy=_policy(allow_below_floor, portable_int8, no_cascade, request_shape),
             keep_reference=keep_fp32,
         )  # fmt: skip
     from edgerank.models.manifest import Manifest

@@ -13,7 +13,6 @@ activation ranges of real sentences, and SmoothQuant. Torch-free (onnx + onnxrun
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from edgerank.backends.padding import pad_batch
 from edgerank.convert.graph import MIN_OPSET, MS_DOMAIN, Graph, opset_of, quantizable
 from edgerank.errors import InvalidInput, missing_extra
+from edgerank.models.checkpoint import read_config
 from edgerank.quality.texts import calibration_pairs
 
 log = logging.getLogger("edgerank.convert")
@@ -63,15 +63,15 @@ def _fused(path: Path):
     then lifted to MIN_OPSET where the export is older (_lifted).
 
     Returns (model, None), or (the unfused model, why) for a graph the fusions cannot read:
-    it still quantizes, slower, and the recipe records why (a warning says so too)."""
+    it still quantizes, slower, and the recipe records why instead of the fusions
+    (int8_files.prepare carries it; a warning says so too)."""
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = 0, 0  # 0 = let the optimizer detect them
-    cfg = path.parent / "config.json"
-    if cfg.exists():
-        conf = json.loads(cfg.read_text())
+    if (path.parent / "config.json").exists():
+        conf = read_config(path.parent)
         heads, hidden = conf.get("num_attention_heads", 0), conf.get("hidden_size", 0)
     options = FusionOptions("bert")
     options.use_multi_head_attention = True

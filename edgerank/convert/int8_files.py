@@ -2,36 +2,33 @@
 
 Each MatMul with a constant weight runs as one of four kinds, fastest first; the loop
 starts every MatMul at its base's fastest kind and moves the ones that measurably hurt
-most up the ladder. Figures: three real-weight MiniLM-L6 cross-encoders, all MatMuls of
-one kind, 139 held-out groups vs the FP32 graph, speed with VNNI at 1 thread
-(bench/int8_ops.py --heldout; README "Speed per ISA" for AVX2):
+most up the ladder. What each kind costs and keeps, measured per ISA, is in docs/int8.md
+(bench/int8_ops.py).
 
 - ``dynamic``: onnxruntime quantize_dynamic (MLAS DynamicQuantizeMatMul): int8 weights per
   output channel, uint8 activations with ONE scale per tensor, taken at run time over the
-  whole padded batch. The peers' recipe and the fastest (2.1-2.2x), but a few outlier
-  tokens squeeze every other token's range, and a score moves with its batch neighbours:
-  Spearman 0.944-0.958, top-1 kept 83-89%. SmoothQuant does not rescue it (0.921-0.962 on
-  the probe).
+  whole padded batch. The peers' recipe and the fastest, but a few outlier tokens squeeze
+  every other token's range, and a score moves with its batch neighbours; SmoothQuant
+  does not rescue it.
 - ``token``: SmoothQuant in front (convert/int8.smoothed_fp32), each row quantized over
   its own range by one per-axis QuantizeLinear, MLAS's u8 x s8 kernel
   (MatMulIntegerToFloat), the row's scale and offset applied back: one scale and zero
-  point per token, none taken from the batch. 0.985-0.991 / 94-96% at 1.8-1.9x, 0.79-0.87x
-  ``dynamic`` (0.77-0.97x on AVX2): the row statistics and the scale and offset on the
-  output are full passes that ``dynamic``'s fused kernel does not make.
+  point per token, none taken from the batch. Slower than ``dynamic``: the row statistics
+  and the scale and offset on the output are full passes that ``dynamic``'s fused kernel
+  does not make.
 - ``block``: MatMulNBits, 8-bit symmetric weights in blocks of 32 along K, accuracy level 4:
-  MLAS quantizes the activations to int8 per row and per block of 32. 0.992-0.994 / 96% at
-  1.05-1.2x.
+  MLAS quantizes the activations to int8 per row and per block of 32. The most faithful
+  8-bit kind, and the slowest.
 - ``fp32``: the MatMul as exported.
 
-Weight rounding alone (per-channel int8, FP32 activations) already costs these models
-0.992 Spearman; GPTQ-style rounding gave 0.995, but not with per-tensor activations
-(0.949).
+Weight rounding alone (per-channel int8, FP32 activations) already costs measurable
+agreement; GPTQ-style rounding helped, but not with per-tensor activations.
 
 On AVX2 (and AVX-512 without VNNI) MLAS's u8 x s8 kernel adds neighbouring products into
 int16 and saturates; ``token`` and ``dynamic`` files built ``bounded`` cannot (PAIR_BOUND,
 reduce_range). ``block`` cannot either: checked under qemu -cpu Haswell, its int8 path
 gives the same results as on VNNI. int8 activations (s8 x s8) would not saturate, but MLAS
-runs them 4x slower than u8 x s8 on this VNNI CPU.
+runs them several times slower than u8 x s8.
 """
 
 from __future__ import annotations
@@ -39,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -62,21 +60,37 @@ KIND_DOC = {
 }
 
 
-def prepare_fp32(fp32_onnx: Path, work: Path) -> tuple[Path, list[str]]:
-    """The fused FP32 graph with the first-token last layer where it applies (what every
-    kind starts from, and the FP32 reference the probe measures against), and the MatMuls
-    that now read one row per sequence.
+class Prepared(NamedTuple):
+    """The graph every kind starts from (prepare)."""
 
-    Those stay FP32 whatever the loop decides: they cost a few rows of compute, they feed
-    the score directly, and a one-row-per-sequence tensor is where a per-tensor scale
-    (``dynamic``) would make a passage's score depend on its batch neighbours.
+    path: Path
+    #: the MatMuls that now read one row per sequence (they stay FP32)
+    row_matmuls: list[str]
+    #: why onnxruntime's BERT fusions failed (the graph is then unfused); None: fused
+    unfused: str | None
+
+
+def prepare_fp32(fp32_onnx: Path, work: Path) -> tuple[Path, list[str]]:
+    """``prepare``'s graph and row MatMuls."""
+    got = prepare(fp32_onnx, work)
+    return got.path, got.row_matmuls
+
+
+def prepare(fp32_onnx: Path, work: Path) -> Prepared:
+    """The fused FP32 graph with the first-token last layer where it applies (what every
+    kind starts from, and the FP32 reference the probe measures against), the MatMuls
+    that now read one row per sequence, and why the fusions failed if they did.
+
+    Those MatMuls stay FP32 whatever the loop decides: they cost a few rows of compute,
+    they feed the score directly, and a one-row-per-sequence tensor is where a per-tensor
+    scale (``dynamic``) would make a passage's score depend on its batch neighbours.
     """
     import onnx
 
     from edgerank.convert.graph import Graph, first_token_last_layer, quantizable
     from edgerank.convert.int8 import _fused, _save
 
-    model, _why = _fused(fp32_onnx)
+    model, why = _fused(fp32_onnx)
     g = Graph(model)
     rows = first_token_last_layer(g)
     g.finish()
@@ -84,7 +98,7 @@ def prepare_fp32(fp32_onnx: Path, work: Path) -> tuple[Path, list[str]]:
     _save(g.model, out)
     g = Graph(onnx.load(str(out)))
     row_mms = [n.name for n in g.model.graph.node if quantizable(g, n) and n.input[0] in rows]
-    return out, row_mms
+    return Prepared(out, row_mms, why)
 
 
 def matmul_names(prepared) -> list[str]:

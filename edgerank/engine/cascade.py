@@ -10,11 +10,11 @@ the INT8 file; w is always among them, and passages outside the head sit below f
 the leader is alone within the margin, nothing is rescored.
 
 e is measured at install time on the calibration groups (convert/backoff.py), which share no
-text with the probe that then proves the result. The head is usually small: 2-3 passages of
-the probe's 8-passage groups, 4-7 of a 32-100 passage request, so the FP32 pass costs 7-12%
-of a full one (gloss-head, bench/int8_acceptance.py). A model whose scores sit close
-together for its margin rescores far more (admin-e2e: 50-70%); the back-off loop sees that
-on the probe, and under the default 1.1x cut-off installs the FP32 graph alone.
+text with the probe that then proves the result. The head grows slower than the request, so
+its FP32 pass is a smaller share of a RAG-sized request than of the probe's 8-passage
+groups; a model whose scores sit close together for its margin rescores far more. The
+install counts the head per request size and judges the speed at the size the deployment
+serves (convert/judge.py, models/serving.py; figures in docs/int8.md).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 
 from edgerank.backends.base import Backend, Encoded
 from edgerank.engine.rank import merge_max, plan_batches
+from edgerank.models.manifest import Manifest
 
 
 def head(raw: np.ndarray, margin: float) -> np.ndarray:
@@ -105,15 +106,19 @@ def margin_of(recipe: dict) -> float | None:
     return float(cascade["margin"]) if "margin" in cascade else None
 
 
-def open_cascade(model_dir: Path | str, *, threads: int = 1) -> Cascade | None:
+def open_cascade(
+    model_dir: Path | str, *, threads: int = 1, manifest: Manifest | None = None
+) -> Cascade | None:
     """The cascade of an installed INT8 ONNX entry, or None when its recipe has none (or the
-    directory is a bare export, with no manifest to hold a recipe)."""
+    directory is a bare export, with no manifest to hold a recipe). ``manifest``: the
+    entry as it serves (models/serving.served), when the backend opened it so."""
     from edgerank.backends.registry import open_reference
-    from edgerank.models.manifest import MANIFEST, Manifest
+    from edgerank.models.manifest import MANIFEST
 
-    if not (Path(model_dir) / MANIFEST).is_file():
-        return None
-    manifest = Manifest.read(Path(model_dir))
+    if manifest is None:
+        if not (Path(model_dir) / MANIFEST).is_file():
+            return None
+        manifest = Manifest.read(Path(model_dir))
     margin = margin_of(manifest.recipe) if manifest.backend == "onnx" else None
     if margin is None:
         return None

@@ -19,6 +19,7 @@ from edgerank.errors import EdgerankError, ModelNotFound
 from edgerank.hardware import probe as hw_probe
 from edgerank.hardware.facts import Hardware, recommended_threads
 from edgerank.models.manifest import MANIFEST, Manifest
+from edgerank.models.serving import RequestShape
 from edgerank.planning.candidates import Wishes, torch_placement
 from edgerank.planning.choice import choose
 from edgerank.planning.memory import CPU_TOKEN_BUDGETS
@@ -59,28 +60,36 @@ def load(
     languages: tuple[str, ...] = ("en",),
     allow_remote_code: bool = False,
     cascade: bool = True,
+    request_shape: str | None = None,
 ) -> Loaded:
     """``threads`` None: one per usable physical core. ``allow_remote_code``: let torch run
     modelling code a checkpoint ships (opt-in). An INT8 ONNX entry whose recipe rescores
     near-ties in FP32 comes with its cascade (engine/cascade.py), on the same threads,
-    unless ``cascade`` is False (the bench times the model alone)."""
+    unless ``cascade`` is False (the bench times the model alone). ``request_shape``
+    ('32x128-256'): the requests served, for an entry that holds INT8 and FP32 options
+    (models/serving.served); None: the shape it was installed for."""
     store = store or ModelStore()
-    loaded = _load(model, backend, threads, store, languages, allow_remote_code)
+    shape = RequestShape.parse(request_shape) if request_shape else None
+    loaded = _load(model, backend, threads, store, languages, allow_remote_code, shape)
     # only entries kept on disk (ONNX) have a directory where an FP32 reference can sit
     model_dir = getattr(loaded.backend, "model_dir", None)
     if cascade and model_dir is not None:
         try:
-            loaded.cascade = open_cascade(model_dir, threads=loaded.backend.info().threads)
+            loaded.cascade = open_cascade(
+                model_dir, threads=loaded.backend.info().threads,
+                manifest=getattr(loaded.backend, "manifest", None),
+            )  # fmt: skip
         except BaseException:
             loaded.backend.close()
             raise
     return loaded
 
 
-def _load(model, backend, threads, store: ModelStore, languages, allow_remote_code) -> Loaded:
+def _load(model, backend, threads, store: ModelStore, languages, allow_remote_code,
+          shape=None) -> Loaded:  # fmt: skip
     hardware = hw_probe.probe(store_path=store.root if store.root.exists() else None)
     threads = threads or recommended_threads(hardware)
-    opener = _Opener(hardware, threads, allow_remote_code)
+    opener = _Opener(hardware, threads, allow_remote_code, shape)
     if model and (Path(model) / MANIFEST).is_file():
         manifest = Manifest.read(Path(model))
         return opener.loaded(lambda **kw: open_entry(model, manifest, **kw), manifest.backend)
@@ -109,12 +118,14 @@ class _Opener:
     hardware: Hardware
     threads: int
     allow_remote_code: bool
+    request_shape: RequestShape | None = None
 
     def loaded(self, open_fn, backend: str, placement=None, **loaded) -> Loaded:
         """Open with the runtime's options; torch goes where the hardware (or the choice)
         says, and a CUDA fallback becomes a note."""
         if backend != "torch":
-            return Loaded(open_fn(threads=self.threads), self.hardware, **loaded)
+            be = open_fn(threads=self.threads, request_shape=self.request_shape)
+            return Loaded(be, self.hardware, **loaded)
         device, precision, cpu_precision = placement or torch_placement(self.hardware)
         be = open_fn(
             threads=self.threads,

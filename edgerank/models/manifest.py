@@ -43,6 +43,9 @@ class Manifest:
     fidelity: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     schema: int = SCHEMA
+    #: an ONNX entry holding an INT8 option: its files, resident memory, speed profile and
+    #: the verdict at the request shape of the install (models/serving.ServingPlan)
+    serving: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, model_dir: Path) -> Manifest:
@@ -68,7 +71,7 @@ class Manifest:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f'"{name}" must be an integer')
-        for name in ("files", "source", "recipe", "fidelity"):
+        for name in ("files", "source", "recipe", "fidelity", "serving"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f'"{name}" must be an object')
         for rel, meta in self.files.items():

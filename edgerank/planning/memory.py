@@ -56,11 +56,29 @@ def weights_mib(spec: ModelSpec, precision: str) -> int:
     raise KeyError(precision)
 
 
+def reference_mib(spec: ModelSpec, backend: str, precision: str) -> int:
+    """The FP32 graph an ONNX INT8 install keeps beside its INT8 file, for the cascade's
+    rescoring of near-ties (engine/cascade.py; on by default, `--no-cascade` drops it): its
+    encoder weights, which every rescored passage reads. Its embedding table is left out:
+    the install maps the reference's weights from their file (install/onnx.py), and a
+    rescore reads a few of its rows (bench/memory.py measures what stays). Counted for
+    every ONNX INT8 candidate, so an entry imported without it is planned on the safe side.
+    0 for everything else."""
+    if backend != "onnx" or precision != "int8" or "fp32" not in spec.memory_mib:
+        return 0
+    fp32 = weights_mib(spec, "fp32")
+    if not (spec.layers and spec.hidden and spec.params_m):
+        return fp32
+    encoder = 12 * spec.layers * spec.hidden**2 / 1e6  # millions of parameters
+    return math.ceil(fp32 * min(1.0, encoder / spec.params_m))
+
+
 def memory_need(
     spec: ModelSpec, backend: str, precision: str, on_gpu: bool, budget_mib: int
 ) -> tuple[int, int, str]:
     """(need, tokens, breakdown) at the largest token budget that fits; smallest if none."""
     weights = weights_mib(spec, precision)
+    reference = 0 if on_gpu else reference_mib(spec, backend, precision)
     per_token = activation_kib_per_token(spec.hidden)
     if precision in ("fp16", "bf16"):
         per_token /= 2
@@ -72,11 +90,12 @@ def memory_need(
         budgets, overhead = CPU_TOKEN_BUDGETS, RUNTIME_OVERHEAD_MIB[backend]
     for tokens in budgets:
         act = math.ceil(per_token * tokens / 1024)
-        need = weights + act + overhead
+        need = weights + reference + act + overhead
         if need <= budget_mib or tokens == budgets[-1]:
             what = "VRAM reserve" if on_gpu else "runtime"
+            ref = f" + FP32 reference {reference}" if reference else ""
             breakdown = (
-                f"weights {weights} + activations {act} at {tokens} tokens + {what} {overhead}"
+                f"weights {weights}{ref} + activations {act} at {tokens} tokens + {what} {overhead}"
             )
             return need, tokens, breakdown
     raise AssertionError("unreachable")
@@ -88,3 +107,23 @@ def full_batch_need(spec: ModelSpec, backend: str, precision: str) -> int:
     per_token += spec.kv_cache_kib_per_token or per_token
     act = math.ceil(per_token * CPU_TOKEN_BUDGETS[0] / 1024)
     return weights_mib(spec, precision) + act + RUNTIME_OVERHEAD_MIB[backend]
+
+
+#: an ONNX import at its peak (docs/int8.md, "The import a small box can run"): a fixed
+#: part (Python, onnxruntime, onnx, tokenizers, the probe and calibration text) and a
+#: multiple of the FP32 graph (the graphs the loop holds at once: fused FP32, smoothed, a
+#: candidate, its one-thread twin, the sensitivity switch graph, their sessions)
+IMPORT_FIXED_MIB = 700
+IMPORT_PER_FP32 = 8.0
+#: a checkpoint's export adds torch and the model it exports
+EXPORT_FIXED_MIB = 600
+EXPORT_PER_FP32 = 3.0
+
+
+def import_need_mib(fp32_mib: float, export: bool = False) -> int:
+    """Peak memory of quantizing an FP32 graph of ``fp32_mib`` here (``export``: from a
+    checkpoint, through torch first)."""
+    need = IMPORT_FIXED_MIB + IMPORT_PER_FP32 * fp32_mib
+    if export:
+        need = max(need, EXPORT_FIXED_MIB + EXPORT_PER_FP32 * fp32_mib)
+    return math.ceil(need)

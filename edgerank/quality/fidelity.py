@@ -21,7 +21,8 @@ from edgerank.backends.onnx import OnnxBackend
 from edgerank.engine.rank import score_documents
 from edgerank.quality.texts import probe_groups
 
-Scorer = Callable[[list[tuple[str, str]]], np.ndarray]
+#: (query, passage) pairs -> raw scores: an open Backend (backend_scorer) or a reference
+PairScorer = Callable[[list[tuple[str, str]]], np.ndarray]
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,16 +49,18 @@ def rank_agreement(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray]) -> dic
     rhos = [spearman(r, c) for r, c in pairs]
     kept = [int(np.argmax(r)) == int(np.argmax(c)) for r, c in pairs]
     diffs = [float(np.max(np.abs(np.asarray(r) - np.asarray(c)))) for r, c in pairs]
+    se = float(np.std(rhos, ddof=1) / np.sqrt(len(rhos))) if len(rhos) > 1 else 0.0
     return {
         "groups": len(rhos),
         "spearman_mean": float(np.mean(rhos)),
+        "spearman_se": se,
         "spearman_min": float(np.min(rhos)),
         "top1_kept": float(np.mean(kept)),
         "max_abs_diff": float(np.max(diffs)),
     }
 
 
-def measure(ref: Scorer, cand: Scorer, groups, gap_groups: int = 8) -> dict[str, float]:
+def measure(ref: PairScorer, cand: PairScorer, groups, gap_groups: int = 8) -> dict[str, float]:
     """Rank agreement of ``cand`` with ``ref`` per query group, and ``cand``'s batch gap: the
     largest |score alone - score inside the group's mixed-length batch| over the first
     ``gap_groups`` groups (every third pair)."""
@@ -69,7 +72,7 @@ def measure(ref: Scorer, cand: Scorer, groups, gap_groups: int = 8) -> dict[str,
     return {**rank_agreement(refs, cands), "batch_gap": batch_gap(cand, groups, gap_groups)}
 
 
-def batch_gap(cand: Scorer | Backend, groups, n_groups: int = 8) -> float:
+def batch_gap(cand: PairScorer | Backend, groups, n_groups: int = 8) -> float:
     """Largest |score alone - score inside its group's mixed-length batch| (every third pair
     of the first ``n_groups`` groups): a score must not depend on its batch mates."""
     score = backend_scorer(cand) if isinstance(cand, Backend) else cand
@@ -83,7 +86,7 @@ def batch_gap(cand: Scorer | Backend, groups, n_groups: int = 8) -> float:
     return gap
 
 
-def backend_scorer(backend: Backend) -> Scorer:
+def backend_scorer(backend: Backend) -> PairScorer:
     """An open Backend as a scorer of one query's pairs, batched the way the engine does."""
 
     def score(pairs: list[tuple[str, str]]) -> np.ndarray:

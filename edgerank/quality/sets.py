@@ -3,8 +3,10 @@
 Both shipped sets are real prose cut from Debian packages (edgerank/quality/data/SOURCES.md
 says which, under which licence, and how): calibration = Python tutorial/HOWTO paragraphs,
 WordNet glosses and German/Spanish/Italian quotations and recipes; probe = the Debian
-Reference in English, French, Spanish, German, Japanese and Chinese. The two share no
-source, so the figure the probe gives is for text the quantization never saw.
+Reference in English, French, Spanish, German, Japanese and Chinese; probe-more = other
+sections of it (and Portuguese), asked only when a probe figure is within noise of the
+floor. Calibration and probes share no source, so the figures the probes give are for text
+the quantization never saw.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from edgerank.errors import InvalidInput
 Group = tuple[str, list[str]]
 CALIBRATION = "calibration.jsonl"
 PROBE = "probe.jsonl"
+#: the second held-out set: more probe groups, read when a figure is within noise of the floor
+PROBE_MORE = "probe-more.jsonl"
 
 
 def shipped(name: str) -> tuple[list[Group], dict]:
@@ -26,6 +30,12 @@ def shipped(name: str) -> tuple[list[Group], dict]:
     text = resources.files("edgerank.quality").joinpath("data", name).read_text("utf-8")
     groups = parse(text.splitlines(), name)
     return groups, describe(name, text, groups, origin="shipped")
+
+
+def languages(name: str) -> list[str]:
+    """Each group's language in a shipped set ("?" where a line names none)."""
+    text = resources.files("edgerank.quality").joinpath("data", name).read_text("utf-8")
+    return [str(json.loads(line).get("lang", "?")) for line in text.splitlines() if line.strip()]
 
 
 def from_file(path: str | Path) -> tuple[list[Group], dict]:

@@ -71,6 +71,7 @@ def load_backend(settings: Settings) -> Opened:
         threads=settings.threads or None,
         store=store,
         allow_remote_code=settings.allow_remote_code,
+        request_shape=settings.request_shape or None,
     )
     if loaded.note:
         log.warning("%s", loaded.note)

@@ -88,6 +88,12 @@ class Settings:
     cache_timeout_ms: float = _opt(50.0, "Redis time budget per call; past it, go on without")
     cache_retry_s: float = _opt(10.0, "after a Redis failure, leave Redis alone this long")
     log_level: str = _opt("info", f"log level: {', '.join(LOG_LEVELS)}")
+    request_shape: str = _opt(
+        "",
+        "the requests this daemon serves, PASSAGESxMIN-MAX tokens (e.g. 32x128-256); an ONNX "
+        "entry with an INT8 option serves INT8 or FP32, whichever pays at that shape "
+        "(judged from the figures its install measured); empty = the shape it was installed for",
+    )
     fidelity_sample: float = _opt(
         0.0,
         "share of requests (0..1) rescored with the model's FP32 reference when the daemon is "
@@ -174,6 +180,13 @@ def _check(s: Settings) -> Settings:
         raise SettingsError("cache_url must start with redis://, rediss:// or unix://")
     if s.max_connection_age_s < 0:
         raise SettingsError(f"max_connection_age_s must be >= 0, got {s.max_connection_age_s}")
+    if s.request_shape:
+        from edgerank.models.serving import RequestShape
+
+        try:
+            RequestShape.parse(s.request_shape)
+        except InvalidInput as exc:
+            raise SettingsError(str(exc)) from None
     if s.backend not in BACKENDS:
         raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
     if s.log_level not in LOG_LEVELS:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from edgerank.catalog.spec import ModelSpec
 from edgerank.convert.backoff import Policy
-from edgerank.errors import BackendUnavailable, BelowFidelityFloor, InvalidInput
+from edgerank.convert.decision import Decision
+from edgerank.errors import BackendUnavailable, BelowFidelityFloor, InvalidInput, TooLittleMemory
+from edgerank.models import serving
 from edgerank.models.checkpoint import Checkpoint, max_length, read_config, stored_precision
 from edgerank.models.manifest import MANIFEST, Manifest, floor_line
 from edgerank.store import hub
@@ -56,12 +58,14 @@ class OnnxInstalls(StoreLayout):
 
         source_dir = checked_source(source_dir)
         int8.require_quantize()
+        fp32_found = _find_fp32_onnx(source_dir)
+        check_room(name, _weights_mib(source_dir, fp32_found), export=fp32_found is None)
         cal_groups, cal_info = (
             sets.from_file(calibration) if calibration else sets.shipped(sets.CALIBRATION)
         )
-        probe_groups, probe_info = sets.shipped(sets.PROBE)
+        probe_info = sets.shipped(sets.PROBE)[1]
         with self.staged(name, "onnx") as staging:
-            fp32 = _find_fp32_onnx(source_dir)
+            fp32 = fp32_found
             if fp32 is None:
                 progress("exporting to ONNX (fp32) with torch.onnx")
                 fp32 = onnx_export.export_onnx(source_dir, staging / "fp32")
@@ -71,18 +75,18 @@ class OnnxInstalls(StoreLayout):
             progress("quantizing to INT8 and measuring it against FP32 on the probe")
             found = backoff.quantize_accurate(
                 fp32, staging / "work", staging / "tokenizer.json",
-                probe=probe_groups, calibration=cal_groups, progress=progress, policy=policy,
-                max_length=min(length, backoff.PROBE_MAX_LENGTH),
+                calibration=cal_groups, progress=progress, policy=policy,
+                max_length=min(length, backoff.PROBE_MAX_LENGTH), window=length,
             )  # fmt: skip
             fidelity = {
                 "reference": "onnx fp32 (the same graph, fused)",
                 "int8_kernel": int8_kernel_here(),
                 "probe": probe_info,
-                **found["fidelity"],
-                "floor": found["floor"],
-                "meets_floor": found["meets_floor"],
+                **found.fidelity(),
+                "floor": found.floor,
+                "meets_floor": found.meets_floor,
             }
-            if not found["meets_floor"]:
+            if not found.meets_floor:
                 figures = floor_line(fidelity)
                 if not (policy and policy.allow_below_floor):
                     raise BelowFidelityFloor(
@@ -91,36 +95,29 @@ class OnnxInstalls(StoreLayout):
                     )
                 fidelity["below_floor_allowed"] = True
                 progress(f"installing BELOW the fidelity floor ({figures}), as asked")
-            int8_file = found["precision"] == "int8"
-            model_file = "model.int8.onnx" if int8_file else "model.fp32.onnx"
-            shutil.move(str(found["file"]), staging / model_file)
-            files = [model_file, *TOKENIZER_FILES]
+            files = _place(found, staging, keep_reference)
             recipe = {
-                **found["recipe"],
+                **found.recipe_json(),
                 "calibration": cal_info,
-                "frontier": found["frontier"],
-                "install_seconds": found["seconds"],
+                "install_seconds": found.seconds,
                 "session": int8.SESSION,
             }
-            if "int8_rejected" in found:
-                recipe["int8_rejected"] = found["int8_rejected"]
-            if (keep_reference or "cascade" in recipe) and int8_file:
-                shutil.move(str(staging / "work" / "model.fp32.onnx"), staging / "model.fp32.onnx")
-                recipe["reference_file"] = "model.fp32.onnx"
-                files.append("model.fp32.onnx")
+            if serving.FP32_FILE in files and found.precision == "int8":
+                recipe["reference_file"] = serving.FP32_FILE
             shutil.rmtree(staging / "work", ignore_errors=True)
             shutil.rmtree(staging / "fp32", ignore_errors=True)
             Manifest(
                 name=name,
                 backend="onnx",
-                precision=found["precision"],
-                model_file=model_file,
+                precision=found.precision,
+                model_file=serving.INT8_FILE if found.precision == "int8" else serving.FP32_FILE,
                 max_length=length,
                 normalise="sigmoid",
                 files={f: {} for f in files},
                 source=source or {"origin": f"local:{source_dir.resolve()}"},
                 recipe=recipe,
                 fidelity=fidelity,
+                serving=found.plan.to_dict() if found.plan else {},
             ).write(staging)
         return self.path(name, "onnx")
 
@@ -200,6 +197,8 @@ class OnnxInstalls(StoreLayout):
             from edgerank.convert.int8 import require_quantize
 
             require_quantize()  # before downloading anything
+            if "fp32" in spec.memory_mib:  # and before downloading what cannot be held
+                check_room(spec.name, spec.memory_mib["fp32"], export=not fp32_route)
         with tempfile.TemporaryDirectory(dir=self._ensure_models_dir(), prefix=".pull-") as tmp:
             tmp_dir = Path(tmp)
             fp32 = getattr(src, "fp32_file", None)
@@ -260,6 +259,64 @@ class OnnxInstalls(StoreLayout):
         publish(tmp_dir, target)
         tmp_dir.mkdir()  # the TemporaryDirectory that owned it still cleans up
         return target
+
+
+def _place(found: Decision, staging: Path, keep_reference: bool) -> list[str]:
+    """Move the decision's files into the entry: the INT8 file when it serves or is kept
+    for another request shape, the FP32 graph when it serves, when the cascade rescores
+    with it, when the INT8 file is kept beside it, or when ``keep_reference`` asks for it
+    (the fidelity watch)."""
+    files = []
+    if found.keeps_int8:
+        assert found.point is not None
+        files += _mapped(found.point.file, staging / serving.INT8_FILE)
+    if found.precision == "fp32" or found.cascaded or keep_reference:
+        files += _mapped(found.reference, staging / serving.FP32_FILE)
+    return [*files, *TOKENIZER_FILES]
+
+
+def _mapped(src: Path, dst: Path) -> list[str]:
+    """``src`` written to ``dst`` with its weights in ``dst``.data: onnxruntime maps that
+    file rather than reading it, so weights it does not repack (the embedding tables, which
+    an INT8 file keeps in FP32) sit in clean, shared page-cache pages the kernel can take
+    back, and only the rows requests touch are resident; the cascade's FP32 reference,
+    opened unpacked (backends/registry.open_reference), costs little memory beyond what its
+    few rescored passages touch (bench/memory.py)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    data = dst.name + ".data"
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data, size_threshold=1024)  # fmt: skip
+    return [dst.name, data]
+
+
+def check_room(name: str, fp32_mib: float, export: bool) -> None:
+    """Refuse, in one line and before anything starts, an import this box cannot hold
+    (planning/memory.import_need_mib against the memory left to this process), naming the
+    route that can: quantize on a bigger box, carry the archive here."""
+    from edgerank.hardware.probe import probe
+    from edgerank.planning.memory import import_need_mib
+
+    need, budget = import_need_mib(fp32_mib, export), probe().memory_budget_mib
+    if need > budget:
+        raise TooLittleMemory(
+            f"{name}: quantizing it needs ~{need} MiB and this box has {budget} MiB free; "
+            f"run `edgerank import`/`pull` and `edgerank export {name} {name}.tar` on a bigger "
+            f"box, then `edgerank import {name}.tar` here (checksums checked, no quantizing)"
+        )
+
+
+def _weights_mib(source_dir: Path, fp32: Path | None) -> float:
+    """The FP32 graph's size (its external data too), else the checkpoint's weights as FP32."""
+    if fp32 is not None:
+        files = [fp32, *fp32.parent.glob(fp32.name + "*.data"), *fp32.parent.glob("*.onnx_data")]
+        widen = 1
+    else:
+        files = [p for pat in ("*.safetensors", "pytorch_model*.bin") for p in source_dir.glob(pat)]
+        cfg = source_dir / "config.json"
+        widen = 2 if cfg.is_file() and stored_precision(read_config(source_dir)) != "fp32" else 1
+    return widen * sum(p.stat().st_size for p in files if p.is_file()) / 2**20
 
 
 def _find_fp32_onnx(d: Path) -> Path | None:

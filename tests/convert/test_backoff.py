@@ -7,6 +7,7 @@ depend on machine load.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -129,19 +130,19 @@ def test_backoff_keeps_exactly_the_outlier_layer_fp32(minilm_outlier_dir, tmp_pa
     never = ib.Policy(floor={"spearman_mean": 1.01}, min_speedup=0.0, cascade=False)
     seen = ib.quantize_accurate(d / "model.onnx", tmp_path / "w0", d / "tokenizer.json",
                                 policy=never, **kw)  # fmt: skip
-    points = seen["frontier"]
-    assert [p["fp32_matmuls"] for p in points] == [0, 1, seen["recipe"]["matmuls"]]
-    assert next(iter(seen["recipe"]["sensitivity"]["fp32"])) == MINILM_TARGET
-    gain = points[1]["spearman_mean"] - points[0]["spearman_mean"]
+    points = seen.frontier
+    assert [p.moved["fp32"] for p in points] == [0, 1, seen.recipe["matmuls"]]
+    assert next(iter(seen.recipe["sensitivity"]["fp32"])) == MINILM_TARGET
+    gain = points[1].alone.spearman_mean - points[0].alone.spearman_mean
     assert gain > 0.01, points[:2]  # keeping that one MatMul FP32 is what fixes the model
-    between = {"spearman_mean": points[0]["spearman_mean"] + gain / 2}
+    between = {"spearman_mean": points[0].alone.spearman_mean + gain / 2}
     got = ib.quantize_accurate(
         d / "model.onnx", tmp_path / "w1", d / "tokenizer.json",
         policy=ib.Policy(floor=between, min_speedup=0.0, cascade=False), **kw,
     )  # fmt: skip
-    assert got["meets_floor"] and got["precision"] == "int8"
-    assert got["recipe"]["fp32_matmuls"] == [MINILM_TARGET]
-    assert [p["fp32_matmuls"] for p in got["frontier"]] == [0, 1]
+    assert got.meets_floor and got.precision == "int8"
+    assert got.recipe["fp32_matmuls"] == [MINILM_TARGET]
+    assert [p.moved["fp32"] for p in got.frontier] == [0, 1]
 
 
 def test_backoff_stops_at_the_first_point_above_the_floor(fp32_dir, tmp_path):
@@ -155,21 +156,21 @@ def test_backoff_stops_at_the_first_point_above_the_floor(fp32_dir, tmp_path):
         policy=ib.Policy(floor={"spearman_mean": 0.0}, min_speedup=0.0, cascade=False), threads=1,
         max_length=128,
     )  # fmt: skip
-    assert [(p["block_matmuls"], p["fp32_matmuls"]) for p in first["frontier"]] == [(0, 0)]
+    assert [(p.moved["block"], p.moved["fp32"]) for p in first.frontier] == [(0, 0)]
     everything = ib.quantize_accurate(
         fp32_dir / "model.onnx", tmp_path / "w1", tok, probe=probe, calibration=cal,
         policy=ib.Policy(floor={"spearman_mean": 1.01}, min_speedup=0.0, cascade=False), threads=1,
         max_length=128,
     )  # fmt: skip
-    points = [(p["block_matmuls"], p["fp32_matmuls"]) for p in everything["frontier"]]
-    n = everything["recipe"]["matmuls"]
+    points = [(p.moved["block"], p.moved["fp32"]) for p in everything.frontier]
+    n = everything.recipe["matmuls"]
     assert points[:3] == [(0, 0), (2, 0), (4, 0)] and (n, 0) in points
     assert points[-1] == (0, n)  # every MatMul moved to the top rung
-    assert not everything["meets_floor"]
-    best = max(everything["frontier"], key=lambda p: (p["spearman_mean"], p["top1_kept"]))
-    kinds = everything["recipe"]["matmul_kinds"]
-    assert sum(k == "block" for k in kinds.values()) == best["block_matmuls"]
-    assert sum(k == "fp32" for k in kinds.values()) == best["fp32_matmuls"]
+    assert not everything.meets_floor
+    best = max(everything.frontier, key=lambda p: (p.judged.spearman_mean, p.judged.top1_kept))
+    kinds = everything.recipe["matmul_kinds"]
+    assert sum(k == "block" for k in kinds.values()) == best.moved["block"]
+    assert sum(k == "fp32" for k in kinds.values()) == best.moved["fp32"]
 
 
 def test_the_cascade_is_measured_per_point_recorded_and_opened(fp32_dir, tmp_path):
@@ -187,9 +188,10 @@ def test_the_cascade_is_measured_per_point_recorded_and_opened(fp32_dir, tmp_pat
     assert m.recipe["reference_file"] == "model.fp32.onnx" and (d / "model.fp32.onnx").is_file()
     for p in m.recipe["frontier"]:
         pc = p["cascade"]
-        assert 0.0 <= pc["rescored_share"] <= 1.0
-        want = 1 / (1 / p["speed_vs_onnx_fp32"] + pc["rescored_share"])
+        assert 0.0 <= pc["rescored_share"] <= 1.0 and 0.0 <= pc["rescored_share_at_shape"] <= 1.0
+        want = 1 / (1 / p["speed_vs_onnx_fp32"] + pc["rescored_share_at_shape"])
         assert pc["speed_vs_onnx_fp32"] == pytest.approx(want, rel=0.01)
+        assert p["verdict"]["shape"] == "32x128-256"
     served = next(p for p in m.recipe["frontier"] if p["cascade"]["margin"] == c["margin"])
     assert m.fidelity["spearman_mean"] == served["cascade"]["spearman_mean"]
     assert m.fidelity["int8_alone"]["spearman_mean"] == served["spearman_mean"]
@@ -206,6 +208,39 @@ def test_the_cascade_is_measured_per_point_recorded_and_opened(fp32_dir, tmp_pat
     alone = load(str(plain), threads=1)
     assert alone.cascade is None
     alone.close()
+
+
+def test_a_daemon_configured_for_another_shape_rejudges_from_the_installed_files(
+    fp32_dir, tmp_path
+):
+    """The entry keeps both graphs and the profile its install measured; the loader judges
+    again at the configured request shape (no quantizing, no timing) and opens the file
+    that pays there, with its own identity, and the cascade only with INT8."""
+    from edgerank.engine.load import load
+    from edgerank.models.serving import ServingPlan
+
+    first = ib.Policy(floor={"spearman_mean": 0.0}, min_speedup=0.0)  # the first point
+    d = ModelStore(tmp_path / "home").import_onnx("t", fp32_dir, policy=first)
+    m = Manifest.read(d)
+    plan = ServingPlan.from_dict(m.serving)
+    assert plan.verdict.serves == "int8" and str(plan.verdict.shape) == "32x128-256"
+    assert m.model_file == "model.int8.onnx" and {"model.fp32.onnx", "model.fp32.onnx.data"} <= set(
+        m.files
+    )
+    want = [n for n in (32, 64, 128, 256, 512) if n <= m.max_length]  # rows the model holds
+    assert [t.tokens for t in plan.profile.timings] == want
+    assert m.recipe["request_shape"] == "32x128-256" and m.recipe["reasons"]
+    # as if the install had measured INT8 slower than FP32 everywhere but at its own shape
+    m.serving["cutoff"] = 1e9
+    m.write(d)
+    here = load(str(d), threads=1)
+    assert here.backend.info().precision == "int8" and here.cascade is not None
+    there = load(str(d), threads=1, request_shape="100x64")
+    info = there.backend.info()
+    assert info.precision == "fp32" and there.cascade is None
+    assert "100x64" in info.details["serving"] and info.identity != here.backend.info().identity
+    for loaded in (here, there):
+        loaded.close()
 
 
 def test_cli_no_cascade_and_score_through_the_cascade(fp32_dir, tmp_path, monkeypatch):
@@ -244,36 +279,6 @@ def _largest_pair(path) -> int:
     return largest
 
 
-def test_speed_ratio_takes_each_graphs_fastest_round(monkeypatch):
-    """A disturbed round is slow, never fast: one slow FP32 round and two slow candidate
-    rounds must not move the ratio (the medians of these rounds would say 0.25x)."""
-    clock = [0.0]
-    monkeypatch.setattr(ib.time, "perf_counter", lambda: clock[0])
-
-    class Timed:
-        def __init__(self, seconds):
-            self.seconds = iter(seconds)
-
-        def run(self, rows):
-            clock[0] += next(self.seconds)
-
-    fp32 = Timed([9.0, 1.0, 1.0, 5.0, 5.0, 1.0])  # warm-up first, then 5 rounds
-    int8 = Timed([9.0, 0.5, 4.0, 4.0, 4.0, 0.5])
-    assert ib.speed_ratio(fp32, {"c": int8}, rows=[], rounds=5) == {"c": 2.0}
-
-
-def test_speed_rows_are_typical_lengths_not_the_truncated_tail():
-    """One batch pads to its longest row: a timed set holding a passage cut at max_length
-    would time every row at that length."""
-    lengths = [8 + (i * 37) % 90 for i in range(200)] + [256] * 12  # the truncated tail
-    groups = [[([1] * n, [0] * n) for n in lengths[k : k + 8]] for k in range(0, 212, 8)]
-    rows = ib.speed_rows(groups)
-    got = sorted(len(r[0]) for r in rows)
-    assert len(rows) == 16
-    assert max(got) < 256 and min(got) > 8
-    assert got[-1] - got[0] > 40  # spread over the typical range, not one length
-
-
 @pytest.mark.parametrize(
     "portable, kernel, bounded",
     [(True, "vnni", True), (None, "avx2", True), (None, "avx512", True), (None, "vnni", False)],
@@ -290,8 +295,8 @@ def test_portable_or_saturating_cpu_bounds_the_weights(
         policy=ib.Policy(floor={"spearman_mean": 0.0}, min_speedup=0.0, portable=portable),
         threads=1, max_length=128,
     )  # fmt: skip
-    assert got["recipe"]["saturation_safe"] is bounded
-    assert (_largest_pair(got["file"]) <= int8_files.PAIR_BOUND) is bounded
+    assert got.recipe["saturation_safe"] is bounded
+    assert (_largest_pair(got.file) <= int8_files.PAIR_BOUND) is bounded
 
 
 def test_below_floor_is_refused_unless_allowed(fp32_dir, tmp_path):
@@ -387,3 +392,54 @@ def test_bad_calibration_files_are_one_line_errors(tmp_path, line, why):
         sets.from_file(bad)
     with pytest.raises(InvalidInput, match="no query groups"):
         sets.parse([], "empty")
+
+
+def test_cli_request_shape_lands_in_the_manifest_and_a_bad_one_is_one_line(
+    fp32_dir, tmp_path, monkeypatch
+):
+    from edgerank.cli.main import main
+
+    monkeypatch.setenv("EDGERANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(ib, "FLOOR", {"spearman_mean": 0.0})
+    monkeypatch.setattr(ib, "MIN_SPEEDUP", 0.0)
+    runner = CliRunner()
+    done = runner.invoke(main, ["import", str(fp32_dir), "--name", "t", "--request-shape",
+                                "100x64-128"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    m = Manifest.read(tmp_path / "home" / "models" / "t" / "onnx")
+    assert m.recipe["request_shape"] == "100x64-128"
+    assert m.serving["verdict"]["shape"] == "100x64-128"
+    listed = runner.invoke(main, ["models"])
+    assert "t: onnx int8 + FP32 rescoring" in listed.output and "100x64-128" in listed.output
+    bad = runner.invoke(main, ["import", str(fp32_dir), "--name", "u", "--request-shape", "lots"])
+    assert bad.exit_code == 1 and "request shape 'lots'" in bad.output
+    assert "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
+    wrong = runner.invoke(main, ["import", str(fp32_dir), "--name", "g", "--backend", "gguf",
+                                 "--request-shape", "32x128"])  # fmt: skip
+    assert wrong.exit_code != 0 and "--request-shape" in wrong.output
+
+
+def test_an_import_the_box_cannot_hold_is_refused_before_it_starts(fp32_dir, tmp_path, monkeypatch):
+    """One line, naming the archive route, and nothing staged or installed: the check runs
+    on the FP32 graph's size before any quantizing."""
+    from edgerank.cli.main import main
+    from edgerank.hardware import probe as hw_probe
+    from edgerank.planning.memory import import_need_mib
+
+    real = hw_probe.probe()
+    size = (fp32_dir / "model.onnx").stat().st_size / 2**20
+    tight = dataclasses.replace(real, ram_available_mib=import_need_mib(size) - 1,
+                                cgroup_limit_mib=None)  # fmt: skip
+    monkeypatch.setattr(hw_probe, "probe", lambda *a, **k: tight)
+    monkeypatch.setenv("EDGERANK_HOME", str(tmp_path / "home"))
+    out = CliRunner().invoke(main, ["import", str(fp32_dir), "--name", "t"])
+    assert out.exit_code == 1, out.output
+    line = out.output.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "edgerank export t t.tar" in line and "edgerank import t.tar" in line
+    assert ModelStore(tmp_path / "home").installed() == {}
+    roomy = dataclasses.replace(tight, ram_available_mib=import_need_mib(size))
+    monkeypatch.setattr(hw_probe, "probe", lambda *a, **k: roomy)
+    monkeypatch.setattr(ib, "FLOOR", {"spearman_mean": 0.0})
+    monkeypatch.setattr(ib, "MIN_SPEEDUP", 0.0)
+    assert CliRunner().invoke(main, ["import", str(fp32_dir), "--name", "t"]).exit_code == 0

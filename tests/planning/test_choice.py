@@ -2,7 +2,9 @@
 
 Expected choices follow from the figures in models.toml (int8 weights, quality per group)
 and the memory model documented in edgerank/choose.py:
-  need = weights + activations (37.5 KiB/token at hidden 384 .. 68.75 at 1024, fp32) + 150.
+  need = weights + activations (37.5 KiB/token at hidden 384 .. 68.75 at 1024, fp32) + 150,
+  and for an ONNX INT8 candidate its FP32 reference (the cascade's): the FP32 weights' encoder
+  share, 12 x layers x hidden^2 of params_m (planning/memory.reference_mib).
 """
 
 from __future__ import annotations
@@ -86,11 +88,15 @@ def test_activation_model_matches_models_md():
 
 
 def test_memory_need_is_weights_plus_activations_plus_overhead():
-    c = run(2 * GIB)  # bge-reranker-v2-m3 int8 at the full batch
+    c = run(4 * GIB)  # bge-reranker-v2-m3 int8 at the full batch
     assert pick(c)[:3] == ("bge-reranker-v2-m3", "onnx", "int8")
     assert c.batch_token_budget == 8192
-    assert c.memory_need_mib == 570 + 550 + 150
-    assert c.memory_budget_mib == 2 * GIB
+    # int8 570 + its FP32 reference 1207 (2270 x 302M encoder / 568M params) + 550 + 150
+    assert c.memory_need_mib == 570 + 1207 + 550 + 150
+    assert c.memory_budget_mib == 4 * GIB
+    assert "FP32 reference 1207" in memory_need(c.model, "onnx", "int8", False, 4 * GIB)[2]
+    gguf = memory_need(c.model, "gguf", "q8_0", False, 4 * GIB)
+    assert "reference" not in gguf[2]  # only the ONNX INT8 install keeps one
 
 
 def test_budget_is_the_tighter_of_hardware_and_ceiling():
@@ -102,41 +108,42 @@ def test_budget_is_the_tighter_of_hardware_and_ceiling():
 
 # ------------------------------------------------------------------------- RAM tiers
 
-# en, base install (onnx + biencoder):
-#   512: v2-m3 (570) and mxbai-large (643) weights alone exceed the budget; the best en
-#        model left is jina-v1-turbo (49.60): its ready ONNX INT8 file runs no hub code,
-#        38 + 300 (8192 tokens at hidden 384) + 150 = 488 MiB.
-#   1 GiB: v2-m3 (55.36): 570 + 275 (4096 tokens) + 150 = 995 MiB.
-#   2 GiB+: v2-m3 at the full 8192 tokens (1270 MiB); no better en model on onnx.
-# zh: 512 -> bge-reranker-base (63.42): 280 + 56 (1024 tokens at hidden 768) + 150 = 486;
-#     1 GiB+ -> v2-m3 (72.16).
-# multi: 512 -> nothing multilingual fits (v2-m3 int8 570 MiB) -> the bi-encoder fallback;
-#        1 GiB+ -> v2-m3 (58.36).
+# en, base install (onnx + biencoder); an ONNX INT8 candidate carries its FP32 reference:
+#   512: v2-m3 (570 + 1207) and mxbai-large exceed the budget; the best en model left is
+#        jina-v1-turbo (49.60): its ready ONNX INT8 file runs no hub code,
+#        38 + 43 reference + 150 (4096 tokens at hidden 384) + 150 = 381 MiB.
+#   1 GiB: still jina-v1-turbo, now at 8192 tokens (531 MiB): v2-m3 needs 1962 at 512.
+#   2 GiB: v2-m3 (55.36) at 1024 tokens: 570 + 1207 + 69 + 150 = 1996 MiB.
+#   4 GiB+: v2-m3 at the full 8192 tokens (2477 MiB); no better en model on onnx.
+# zh: 512 -> nothing zh fits (bge-reranker-base 280 + 340 + ...) -> the bi-encoder fallback;
+#     1 GiB -> bge-reranker-base (63.42) at 4096 tokens (995); 16 GiB -> v2-m3 (72.16).
+# multi: 512 and 1 GiB -> nothing multilingual fits -> the bi-encoder fallback;
+#        8 GiB -> v2-m3 (58.36).
 # With gguf (LLMs only with half the budget at 8192 tokens):
 #   qwen3-0.6b q8_0: 639 + (112 KV + 68.75) KiB x 8192 + 150 = 2235 -> from 8 GiB (4096 half)
 #   qwen3-4b q8_0: 4300 + 2 x 143.75 KiB x 8192 + 150 = 6750 -> from 16 GiB
 #   qwen3-8b q8_0: 8600 + 2 x 218.75 KiB x 8192 + 150 = 12250 -> from 32 GiB (zh, multi)
 EXPECTED_RAM = {
     ("en", BASE): {
-        512: ("jina-reranker-v1-turbo-en", "onnx", "int8", 8192),
-        1 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 4096),
-        2 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 8192),
+        512: ("jina-reranker-v1-turbo-en", "onnx", "int8", 4096),
+        1 * GIB: ("jina-reranker-v1-turbo-en", "onnx", "int8", 8192),
+        2 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 1024),
         4 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 8192),
         8 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 8192),
         16 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 8192),
         32 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 8192),
     },
     ("en", WITH_GGUF): {
-        512: ("jina-reranker-v1-turbo-en", "onnx", "int8", 8192),
-        1 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 4096),
+        512: ("jina-reranker-v1-turbo-en", "onnx", "int8", 4096),
+        1 * GIB: ("bge-reranker-v2-m3", "gguf", "q8_0", 2048),  # 636 + 138 + 150: no reference
         4 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 8192),
         8 * GIB: ("qwen3-reranker-0.6b", "gguf", "q8_0", 8192),
         16 * GIB: ("qwen3-reranker-4b", "gguf", "q8_0", 8192),
         32 * GIB: ("qwen3-reranker-4b", "gguf", "q8_0", 8192),  # 8B is lower on en
     },
     ("zh", BASE): {
-        512: ("bge-reranker-base", "onnx", "int8", 1024),
-        1 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 4096),
+        512: ("all-minilm-l6-v2", "biencoder", "int8", 8192),
+        1 * GIB: ("bge-reranker-base", "onnx", "int8", 4096),
         16 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 8192),
     },
     ("zh", WITH_GGUF): {
@@ -146,7 +153,7 @@ EXPECTED_RAM = {
     },
     ("multi", BASE): {
         512: ("all-minilm-l6-v2", "biencoder", "int8", 8192),
-        1 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 4096),
+        1 * GIB: ("all-minilm-l6-v2", "biencoder", "int8", 8192),
         8 * GIB: ("bge-reranker-v2-m3", "onnx", "int8", 8192),
     },
     ("multi", WITH_GGUF): {
@@ -178,7 +185,7 @@ def test_german_wish_is_served_like_multi():
 
 def test_japanese_wish_accepts_bce_without_a_figure():
     """bce covers ja but has no figure for it: it ranks below v2-m3, which has one."""
-    c = run(2 * GIB, ("ja",), memory_ceiling_mib=700)  # v2-m3 needs ~857 at 512 tokens
+    c = run(2 * GIB, ("ja",), memory_ceiling_mib=900)  # v2-m3 needs ~1962 at 512 tokens
     assert pick(c)[0] == "bce-reranker-base_v1"
     assert c.quality is None
 
@@ -198,8 +205,9 @@ def test_a_512_mib_box_always_gets_something():
     for lang in ("en", "zh", "multi", "de"):
         c = run(512, (lang,))
         assert c.memory_need_mib <= 512
-    # 200 MiB: MiniLM-L6 at 512 tokens (23 + 19 + 150 = 192) is the best en model that fits
-    assert pick(run(200))[:3] == ("ms-marco-minilm-l6", "onnx", "int8")
+    # 240 MiB: MiniLM-L6 at 512 tokens (23 + 43 reference + 19 + 150 = 235) is the best en
+    # model that fits (jina-v1-turbo needs 250)
+    assert pick(run(240))[:3] == ("ms-marco-minilm-l6", "onnx", "int8")
     # the bi-encoder itself needs as little (23 + 19 + 150): zh on 200 MiB still gets it
     assert run(200, ("zh",)).model.name == "all-minilm-l6-v2"
 
@@ -363,12 +371,12 @@ def test_q4_only_when_ram_is_tight():
 
 
 def test_non_commercial_is_excluded_by_default_and_allowed_on_opt_in():
-    # 512 MiB, multilingual: only jina-v2 (280 MiB int8, CC-BY-NC) would fit
-    c = run(512, ("multi",))
+    # 1 GiB, multilingual: only jina-v2 (280 MiB int8 + 340 reference, CC-BY-NC) would fit
+    c = run(1 * GIB, ("multi",))
     assert c.model.name == "all-minilm-l6-v2"
     why = {str(v.candidate): v.reason for v in c.reasons}
     assert "non-commercial" in why["jina-reranker-v2-base-multilingual onnx/int8 on cpu"]
-    c = run(512, ("multi",), allow_non_commercial=True)
+    c = run(1 * GIB, ("multi",), allow_non_commercial=True)
     assert pick(c)[:3] == ("jina-reranker-v2-base-multilingual", "onnx", "int8")
     for ram in RAM_TIERS:
         for lang in ("en", "zh", "multi"):

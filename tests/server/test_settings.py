@@ -80,6 +80,7 @@ def test_broken_toml_and_missing_file(tmp_path):
         ({"read_timeout_s": 0}, "read_timeout_s must be > 0"),
         ({"max_batch_tokens": -1}, "max_batch_tokens must be >= 0"),
         ({"max_batch_pairs": -2}, "max_batch_pairs must be >= 0"),
+        ({"request_shape": "32 passages"}, "request shape '32 passages': write PASSAGESx"),
     ],
 )
 def test_out_of_range_values_are_refused(tmp_path, flags, message):

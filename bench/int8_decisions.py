@@ -1,0 +1,96 @@
+"""The same import, several times: does the install decide the same way every time?
+
+    python bench/int8_decisions.py --model faq-head --imports 5 [--request-shape 32x128-256]
+    stress-ng --cpu 2 --timeout 3600 & python bench/int8_decisions.py ...   # a busy neighbour
+
+Imports one checkpoint of tests/support/minilm_rerankers.py (`edgerank import`'s code
+path, default policy) ``--imports`` times into fresh stores, one after another, and prints
+per import: what it installed, the verdict at the request shape (speed with its interval,
+in units of the FP32 graph), INT8 alone's ratio at that shape, the floor figures each point
+was judged on (and on which evidence), the wall and CPU seconds, and the machine's load
+average over the import (the neighbours' share). The last line says whether every import
+installed the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edgerank.convert.backoff import Policy  # noqa: E402
+from edgerank.models.manifest import Manifest  # noqa: E402
+from edgerank.models.serving import RequestShape  # noqa: E402
+from edgerank.store.entries import ModelStore  # noqa: E402
+from tests.support import minilm_rerankers as mr  # noqa: E402
+
+
+def one(ckpt: Path, home: Path, name: str, policy: Policy) -> dict:
+    load0 = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    d = ModelStore(home).import_onnx(name, ckpt, policy=policy)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    m = Manifest.read(d)
+    points = []
+    for p in m.recipe["frontier"]:
+        judged = p.get("cascade") or p
+        points.append({
+            "moved": {k: v for k, v in p.items() if k.endswith("_matmuls")},
+            "int8_alone_x": p["speed_vs_onnx_fp32"], "int8_alone_interval": p["speed_interval"],
+            "served": p["verdict"]["speed"], "serves": p["verdict"]["serves"],
+            "spearman": judged["spearman_mean"], "top1": judged["top1_kept"],
+            "evidence": judged.get("evidence", "probe"), "meets_floor": p["meets_floor"],
+        })  # fmt: skip
+    return {
+        "installed": m.precision, "model_file": m.model_file,
+        "matmul_kinds": m.recipe.get("matmul_kinds"), "reasons": m.recipe.get("reasons"),
+        "points": points, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="faq-head", choices=sorted(mr.RECIPES))
+    ap.add_argument("--imports", type=int, default=5)
+    ap.add_argument("--request-shape", help="as `edgerank import --request-shape`")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgerank-int8-decisions"))
+    args = ap.parse_args()
+    ckpt = mr.build(args.model, args.workdir / args.model / "ckpt")
+    shape = RequestShape.parse(args.request_shape) if args.request_shape else None
+    rows = []
+    for k in range(args.imports):
+        home = args.workdir / args.model / f"home{k}"
+        if home.exists():
+            import shutil
+
+            shutil.rmtree(home)
+        rows.append(one(ckpt, home, args.model, Policy(request_shape=shape)))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| import | installed | verdict at shape (interval) | INT8 alone | Spearman / top-1 "
+          "(evidence) | wall / CPU s | load avg |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for k, r in enumerate(rows, 1):
+        last = r["points"][-1]
+        s = last["served"]
+        kinds = {}
+        for v in (r["matmul_kinds"] or {}).values():
+            kinds[v] = kinds.get(v, 0) + 1
+        print(
+            f"| {k} | {r['installed']} {kinds or ''} | {s['value']:.2f}x ({s['low']:.2f}-"
+            f"{s['high']:.2f}) -> {last['serves']} | {last['int8_alone_x']:.2f}x | "
+            f"{last['spearman']:.4f} / {last['top1']:.1%} ({last['evidence']}) | "
+            f"{r['wall_s']} / {r['cpu_s']} | {r['load_avg_1min']} |"
+        )
+    same = len({(r["installed"], json.dumps(r["matmul_kinds"], sort_keys=True)) for r in rows})
+    print(f"\nthe same file every time: {'yes' if same == 1 else f'no ({same} different)'}")
+
+
+if __name__ == "__main__":
+    main()
