@@ -48,9 +48,12 @@ class OnnxInstalls(StoreLayout):
         on the shipped natural-text probe; ``calibration`` (JSONL of {"query", "documents"})
         replaces the shipped calibration text. Below the fidelity floor the install is
         refused (BelowFidelityFloor) unless ``policy.allow_below_floor``; the manifest says
-        which. The FP32 graph stays beside the INT8 file (recipe reference_file) when the
-        recipe rescores near-ties with it (engine/cascade.py; ``policy.cascade``, the
-        default) or ``keep_reference`` asks for it (the daemon's fidelity watch).
+        which. INT8 or FP32 is decided at ``policy.request_shape`` and recorded (manifest
+        ``serving``), with both graphs kept where both can serve another shape. The FP32
+        graph also stays beside the INT8 file (recipe reference_file) when the recipe
+        rescores near-ties with it (engine/cascade.py; ``policy.cascade``, the default) or
+        ``keep_reference`` asks for it (the daemon's fidelity watch). An import this box
+        cannot hold is refused before it starts (check_room).
         """
         from edgerank.convert import backoff, int8, onnx_export
         from edgerank.hardware.probe import int8_kernel_here
