@@ -257,7 +257,7 @@ def quantize_accurate(
         smoothing = int8.smoothed_fp32(
             prep.path, source, tokenizer_json.parent, cal_pairs, SMOOTH_ALPHA
         )
-    fp32_mib = prep.path.stat().st_size / 2**20
+    fp32_mib = judge.file_mib(prep.path)
     lengths = sorted({min(n, window) for n in (shape.min_tokens, shape.max_tokens)})
     frontier: list[Point] = []
     rounds: dict[Path, dict] = {}

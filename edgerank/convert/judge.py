@@ -221,5 +221,10 @@ def pooled_meets(fid: dict[str, float], floor: dict[str, float]) -> bool:
 def resident_mib(int8_file: Path, fp32_file: Path, cascade: bool) -> float:
     """What the INT8 option keeps in memory, as weights: its file, and with a cascade the
     FP32 graph beside it (bench/memory.py measures what a daemon really holds)."""
-    mib = int8_file.stat().st_size / 2**20
-    return mib + (fp32_file.stat().st_size / 2**20 if cascade else 0.0)
+    return file_mib(int8_file) + (file_mib(fp32_file) if cascade else 0.0)
+
+
+def file_mib(path: Path) -> float:
+    """An ONNX file's size with its external data (convert/int8._save's ``<name>.data``)."""
+    data = path.with_name(path.name + ".data")
+    return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20

@@ -173,6 +173,28 @@ def test_backoff_stops_at_the_first_point_above_the_floor(fp32_dir, tmp_path):
     assert sum(k == "fp32" for k in kinds.values()) == best.moved["fp32"]
 
 
+def test_a_point_within_noise_of_the_floor_is_decided_on_more_evidence(fp32_dir, tmp_path):
+    """The floor set at the first point's own probe figure: no verdict from the probe alone
+    (it is within one standard error), so the point is judged on the probe and probe-more
+    pooled (280 groups), and the pooled figure against the floor decides, every time."""
+    kw = dict(calibration=sets.shipped(sets.CALIBRATION)[0], threads=1, max_length=128)
+    tok = fp32_dir / "tokenizer.json"
+    seen = ib.quantize_accurate(
+        fp32_dir / "model.onnx", tmp_path / "w0", tok,
+        policy=ib.Policy(floor={"spearman_mean": 0.0}, min_speedup=0.0, cascade=False), **kw,
+    )  # fmt: skip
+    first = seen.frontier[0].alone
+    assert first.evidence == "probe" and first.groups == 140
+    at = {"spearman_mean": first.spearman_mean}
+    again = ib.quantize_accurate(
+        fp32_dir / "model.onnx", tmp_path / "w1", tok,
+        policy=ib.Policy(floor=at, min_speedup=0.0, cascade=False), **kw,
+    )  # fmt: skip
+    p = again.frontier[0]
+    assert p.alone.evidence == "probe + probe-more" and p.alone.groups == 280
+    assert p.meets_floor is (p.alone.spearman_mean >= first.spearman_mean)
+
+
 def test_the_cascade_is_measured_per_point_recorded_and_opened(fp32_dir, tmp_path):
     """With the cascade (the default) every point carries its margin, figures and speed as
     served; the entry keeps the FP32 graph and records the margin, and the loader opens
