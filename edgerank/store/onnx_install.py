@@ -291,6 +291,7 @@ def _mapped(src: Path, dst: Path) -> list[str]:
     data = dst.name + ".data"
     onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data, size_threshold=1024)  # fmt: skip
+    (dst.parent / data).chmod(dst.stat().st_mode & 0o777)  # onnx writes it owner-only
     return [dst.name, data]
 
 
