@@ -40,6 +40,9 @@ def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_r
     from edgerank.startup import load as loader
 
     if server:
+        from edgerank.cli.score import check_grpc_address
+
+        check_grpc_address(server)
         _bench_server(server, clients, n_requests, n_docs, as_json)
         return
 
