@@ -107,12 +107,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--groups", type=int, default=140)
     ap.add_argument("--fidelity-only", action="store_true")
+    ap.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH",
+        help="more encoder files to compare (same inputs and output)",
+    )
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     fp32 = export_fp32(args.workdir)
     files = {"shipped": biencoder.shipped_path(), "fp32": fp32,
              "fp32-fused": fuse(fp32, args.workdir)}  # fmt: skip
+    for item in args.extra:
+        name, _, path = item.partition("=")
+        files[name] = Path(path)
     embedded = biencoder.encoder_path()
     if embedded.resolve() not in {p.resolve() for p in files.values()}:
         files["embedded"] = embedded

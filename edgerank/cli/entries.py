@@ -64,14 +64,18 @@ class Entry:
         return out
 
 
-def describe(manifest: Manifest, path: Path, catalog: bool, kernel: str | None = None) -> Entry:
-    """An installed entry in words; ``kernel``: this CPU's int8 kernel (for its warning)."""
+def describe(
+    manifest: Manifest, path: Path, catalog: bool, kernel: str | None = None,
+    name: str | None = None,
+) -> Entry:  # fmt: skip
+    """An installed entry in words; ``kernel``: this CPU's int8 kernel (for its warning);
+    ``name``: the one it is installed under, when not its manifest's (an archive renamed)."""
     recipe, fid = manifest.recipe or {}, manifest.fidelity or {}
     loaded = [manifest.model_file]
     if ref := recipe.get("reference_file"):
         loaded.append(ref)
     return Entry(
-        name=manifest.name,
+        name=name or manifest.name,
         backend=manifest.backend,
         path=path,
         catalog=catalog,
@@ -216,6 +220,6 @@ def installed(store, catalog, kernel: str | None = None) -> list[Entry]:
                 manifest = Manifest.read(path)
             except EdgerankError:
                 continue  # `score --model NAME` says what is wrong with it
-            out.append(describe(manifest, path, name in catalog, kernel))
+            out.append(describe(manifest, path, name in catalog, kernel, name=name))
     order = {n: i for i, n in enumerate(catalog.names())}
     return sorted(out, key=lambda e: (not e.catalog, order.get(e.name, 0), e.name, e.backend))

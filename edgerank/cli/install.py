@@ -173,7 +173,8 @@ def _installed(target: Path, how: str, status: Status, as_json: bool) -> None:
 
     seconds = time.perf_counter() - status.start
     manifest = Manifest.read(target)
-    entry = describe(manifest, target, manifest.name in load_catalog(), int8_kernel_here())
+    name = target.parent.name  # the name it is installed under
+    entry = describe(manifest, target, name in load_catalog(), int8_kernel_here(), name=name)
     peak = peak_rss_bytes()
     if as_json:
         out = {**entry.to_dict(), "seconds": round(seconds, 1), "peak_rss_bytes": peak}

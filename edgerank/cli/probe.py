@@ -144,7 +144,8 @@ def _entry(plan):
     from edgerank.models.manifest import Manifest
 
     in_catalog = plan.source != "directory" and plan.name in load_catalog()
-    return describe(Manifest.read(plan.path), plan.path, in_catalog, int8_kernel_here())
+    name = plan.name if plan.source != "directory" else None
+    return describe(Manifest.read(plan.path), plan.path, in_catalog, int8_kernel_here(), name)
 
 
 def _catalog_reasons(choice) -> str:
