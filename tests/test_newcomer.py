@@ -27,6 +27,7 @@ import pytest
 
 from edgerank.catalog.load import load_catalog
 from edgerank.catalog.spec import ModelSpec
+from edgerank.models.manifest import Manifest
 from tests.support.fake_hub import FakeHub
 
 REPO = Path(__file__).resolve().parent.parent
@@ -240,8 +241,11 @@ def test_the_newcomer_path_on_the_base_install(venv, hub, tmp_path, tiny_store):
     # the README's "Using it", line by line, with its files made here
     (cwd / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in DOCS) + "\n")
     (cwd / "docs.txt").write_text("\n".join(DOCS) + "\n")
-    shutil.copytree(tiny_store.path("tiny-bert", "onnx"), cwd / "dev" / "models" / "my-reranker"
-                    / "onnx")  # fmt: skip
+    entry = cwd / "dev" / "models" / "my-reranker" / "onnx"  # made on "a bigger box"
+    shutil.copytree(tiny_store.path("tiny-bert", "onnx"), entry)
+    renamed = Manifest.read(entry)
+    renamed.name = "my-reranker"
+    renamed.write(entry)
     from edgerank.install import archive
     from edgerank.install.store import ModelStore
 
