@@ -182,10 +182,9 @@ def _why(m: Manifest) -> str:
         return why
     floor = fid.get("floor")
     if m.precision == "int8" and floor and fid.get("meets_floor"):
-        return (
-            f"the fastest INT8 point meeting the floor (Spearman >= {floor['spearman_mean']}, "
-            f"top-1 kept >= {floor['top1_kept']:.0%})"
-        )
+        words = {"spearman_mean": "Spearman >= {:g}", "top1_kept": "top-1 kept >= {:.0%}"}
+        bars = ", ".join(words[k].format(v) for k, v in floor.items() if k in words)
+        return f"the fastest INT8 point meeting the floor ({bars})"
     if fid.get("below_floor_allowed"):
         return "installed below the floor, as asked (--allow-below-floor)"
     return ""
