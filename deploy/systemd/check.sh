@@ -159,7 +159,7 @@ if [ -n "$(prop ExecReload)" ]; then
   until_ok 600 traffic_done reload || fail "reload traffic did not stop"
   in_c systemd-analyze log-level info
   echo "RELOAD_TRAFFIC $(in_c python3 $T/traffic.py summary /tmp/reload.jsonl --mark /tmp/reload.mark)"
-  journal_since "$mark" | grep -E 'notification message.*(RELOADING=1|READY=1)|Reload|SIGHUP|reload' | sed 's/^/JOURNAL /'
+  journal_since "$mark" | grep -E 'notification message.*(RELOADING=1|READY=1)|Reloading|Reloaded|SIGHUP' | sed 's/^/JOURNAL /'
   echo "TOKEN_AFTER token-one: $(token_call token-one), token-two: $(token_call token-two)"
   [ "$(prop MainPID)" = "$pid" ] || fail "reload changed the main PID"
 else
