@@ -65,16 +65,15 @@ def _fused(path: Path):
     Returns (model, None), or (the unfused model, why) for a graph the fusions cannot read:
     it still quantizes, slower, and the recipe records why (a warning says so too)."""
     import onnx
-    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    heads, hidden = 0, 0  # 0 = let the optimizer detect them
+    heads, hidden, arch = 0, 0, ""  # 0 = let the optimizer detect them
     cfg = path.parent / "config.json"
     if cfg.exists():
         conf = json.loads(cfg.read_text())
         heads, hidden = conf.get("num_attention_heads", 0), conf.get("hidden_size", 0)
-    options = FusionOptions("bert")
-    options.use_multi_head_attention = True
+        arch = conf.get("model_type", "")
+    options = fusion_options(arch)
     try:
         opt = optimize_model(
             str(path), model_type="bert", num_heads=heads, hidden_size=hidden,
@@ -89,6 +88,30 @@ def _fused(path: Path):
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):  # fused ops live there
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return _lifted(model, path.name), None
+
+
+#: model types (config.json) whose attention onnxruntime's BERT fusions do not match:
+#: DeBERTa's disentangled attention (content and relative-position terms)
+UNFUSED_ATTENTION = frozenset({"deberta", "deberta-v2"})
+
+
+def fusion_options(model_type: str):
+    """onnxruntime's BERT fusion options for a config.json ``model_type``.
+
+    BERT and XLM-R (RoBERTa's graph, no token types; its embedding stays unfused, as
+    onnxruntime's fused embedding counts positions from 0 and RoBERTa's from 2) take the
+    full set. DeBERTa-v2 takes LayerNorm, SkipLayerNorm and (Bias)Gelu only, and no
+    symbolic shape inference: on its relative-position subgraphs that ran for minutes and
+    took 7 GB (deberta-base shape) before it was stopped."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.use_multi_head_attention = True
+    if model_type in UNFUSED_ATTENTION:
+        options.enable_attention = False
+        options.enable_embed_layer_norm = False
+        options.enable_shape_inference = False
+    return options
 
 
 def _lifted(model, name: str):
@@ -135,8 +158,8 @@ def _feeds(model_dir: Path, inputs: list[str], pairs, batch: int = 8) -> list[di
     return feeds
 
 
-def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, np.ndarray]:
-    """Per-channel |max| of the given activations over real (unpadded) tokens."""
+def _activations(g: Graph, model_dir: Path, names: list[str], pairs):
+    """Each batch's values of the given activations, as [real tokens, channels] arrays."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -148,17 +171,56 @@ def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, 
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in sess.get_inputs()]
-    amax: dict[str, np.ndarray] = {}
     for feed in _feeds(model_dir, inputs, pairs or calibration_pairs()):
         outs = sess.run(names, feed)
         valid = feed["attention_mask"].astype(bool)
+        batch = {}
         for name, value in zip(names, outs, strict=True):
-            v = np.abs(value)
-            if v.ndim == 3 and v.shape[:2] == valid.shape:
-                v = v[valid]
-            v = v.reshape(-1, v.shape[-1]).max(axis=0)
+            if value.ndim == 3 and value.shape[:2] == valid.shape:
+                value = value[valid]
+            batch[name] = value.reshape(-1, value.shape[-1])
+        yield batch
+
+
+def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, np.ndarray]:
+    """Per-channel |max| of the given activations over real (unpadded) tokens."""
+    amax: dict[str, np.ndarray] = {}
+    for batch in _activations(g, model_dir, names, pairs):
+        for name, v in batch.items():
+            v = np.abs(v).max(axis=0)
             amax[name] = np.maximum(amax[name], v) if name in amax else v
     return amax
+
+
+def row_ranges(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, dict]:
+    """How alike the rows (tokens) of each MatMul input are, over real tokens of natural
+    text: what convert/int8_files.py's ``token`` kind needs to pick a form per input.
+
+    For each input: ``lo``/``hi``, the whole range (widened to hold zero); ``zero``, the
+    uint8 zero point that fits the rows best when all rows must share one (rows then keep
+    their own scale); ``spread``, the bits a row loses on average when it is quantized
+    over the whole range instead of its own (log2 of the step ratio)."""
+    lows: dict[str, list] = {n: [] for n in names}
+    highs: dict[str, list] = {n: [] for n in names}
+    for batch in _activations(g, model_dir, names, pairs):
+        for name, v in batch.items():
+            lows[name].append(np.minimum(v.min(axis=1), 0.0))
+            highs[name].append(np.maximum(v.max(axis=1), 0.0))
+    out = {}
+    for name in names:
+        lo, hi = np.concatenate(lows[name]), np.concatenate(highs[name])
+        own = np.maximum(hi - lo, 1e-12) / 255
+        whole = (hi.max() - lo.min()) / 255
+        zs = np.arange(1, 255)
+        # a row with zero point z and its own scale: step = max(hi / (255 - z), -lo / z)
+        steps = np.maximum(hi[None, :] / (255 - zs[:, None]), -lo[None, :] / zs[:, None])
+        loss = np.log2(np.maximum(steps, 1e-12) / own).mean(axis=1)
+        out[name] = {
+            "lo": float(lo.min()), "hi": float(hi.max()), "rows": int(len(lo)),
+            "zero": int(zs[np.argmin(loss)]), "zero_loss_bits": round(float(loss.min()), 3),
+            "spread": round(float(np.log2(whole / own).mean()), 3),
+        }  # fmt: skip
+    return out
 
 
 def smoothed_fp32(
@@ -187,8 +249,29 @@ def smoothed_fp32(
         for node in groups[x]:
             node.input[0] = scaled
     g.finish()
+    g = Graph(g.model)
+    inputs = sorted({n.input[0] for n in g.model.graph.node if quantizable(g, n)})
+    rows = row_ranges(g, model_dir, inputs, pairs)
+    set_rows(g.model, rows)
     _save(g.model, out)
     return {"smooth_alpha": alpha, "smoothed": count, "explicit_mul": len(explicit)}
+
+
+#: where a graph carries row_ranges' figures for the ``token`` kind (model metadata)
+ROWS_KEY = "edgerank.rows"
+
+
+def set_rows(model, rows: dict[str, dict]) -> None:
+    for prop in [p for p in model.metadata_props if p.key == ROWS_KEY]:
+        model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ROWS_KEY, json.dumps(rows, sort_keys=True)
+
+
+def rows_of(model) -> dict[str, dict]:
+    """The row figures a smoothed graph carries ({} where it has none)."""
+    found = next((p.value for p in model.metadata_props if p.key == ROWS_KEY), None)
+    return json.loads(found) if found else {}
 
 
 def _smooth(g: Graph, groups, amax, alpha: float) -> tuple[dict[str, np.ndarray], int]:
