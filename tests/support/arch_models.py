@@ -80,15 +80,24 @@ def tokenizer(arch: str):
     return tok
 
 
-def build(name: str, out: Path | str, *, vocab_size: int | None = None, seed: int = 0) -> Path:
-    """Write the random-weight checkpoint of SHAPES[name] (cached by a marker file).
+def small(arch: str) -> Shape:
+    """A 2-layer, 64-wide model of ``arch`` for tests: the same graph patterns, seconds to
+    export."""
+    return Shape(arch, 64, 2, 4, 128, 30600, 130 if arch == "xlm-roberta" else 128, "tests")
+
+
+def build(
+    name: str | Shape, out: Path | str, *, vocab_size: int | None = None, seed: int = 0
+) -> Path:
+    """Write the random-weight checkpoint of SHAPES[name] (or of a Shape given; cached by a
+    marker file).
 
     ``vocab_size``: embedding rows (default: the real model's; at least the tokenizer's)."""
     out = Path(out)
-    shape = SHAPES[name]
+    shape = SHAPES[name] if isinstance(name, str) else name
     rows = max(vocab_size or shape.vocab, len(_pieces()) + 5)
     marker = out / "edgerank-arch-model.json"
-    want = {"shape": name, "vocab_size": rows, "seed": seed}
+    want = {"shape": repr(shape), "vocab_size": rows, "seed": seed}
     if marker.exists() and json.loads(marker.read_text()) == want:
         return out
     import torch
