@@ -94,12 +94,32 @@ def default_entry(name: str, ckpt: Path, work: Path) -> tuple[Path, dict]:
     if not (path / "manifest.json").exists():
         t0, c0 = time.perf_counter(), time.process_time()
         path = store.import_onnx(name, ckpt, progress=print)
-        print(f"import: {time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s")
+        print(
+            f"import: {time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s"
+        )
     m = Manifest.read(path)
     kinds: dict[str, int] = {}
     for k in m.recipe.get("matmul_kinds", {}).values():
         kinds[k] = kinds.get(k, 0) + 1
     return path, {"precision": m.precision, "kinds": kinds, "cascade": m.recipe.get("cascade")}
+
+
+def measured_shares(entry: Path, test_sets: dict) -> dict[str, float]:
+    """The share of each set's passages the entry's cascade rescores ({} without one)."""
+    from edgerank.engine.load import load
+
+    served = load(str(entry), threads=2)
+    try:
+        if served.cascade is None:
+            return {}
+        out = {}
+        for sname, (q, docs) in test_sets.items():
+            before = served.cascade.rescored
+            score_documents(served.backend, q, docs, cascade=served.cascade)
+            out[sname] = round((served.cascade.rescored - before) / len(docs), 4)
+        return out
+    finally:
+        served.close()
 
 
 def leaders(int8_be, ref_be, share: float):
@@ -180,9 +200,12 @@ def timed(fns: dict, q: str, docs: list[str], rounds: int) -> dict[str, dict]:
     ow, oc = med["onnx-fp32"]
     return {
         k: {
-            "ms": round(w * 1000, 1), "cpu_ms": round(c * 1000, 1),
-            "x_torch": round(tw / w, 2), "x_onnx": round(ow / w, 2),
-            "cpu_x_torch": round(tc / c, 2), "cpu_x_onnx": round(oc / c, 2),
+            "ms": round(w * 1000, 1),
+            "cpu_ms": round(c * 1000, 1),
+            "x_torch": round(tw / w, 2),
+            "x_onnx": round(ow / w, 2),
+            "cpu_x_torch": round(tc / c, 2),
+            "cpu_x_onnx": round(oc / c, 2),
             "spread": [round(min(wall[k]) / w, 2), round(max(wall[k]) / w, 2)],
         }  # fmt: skip
         for k, (w, c) in med.items()
@@ -201,6 +224,11 @@ def run_shape(shape: str, args) -> dict:
         entry, info = default_entry(args.minilm, ckpt, work)
     test_sets = {k: v for k, v in speed_sets(ckpt / "tokenizer.json").items() if k in args.sets}
     report = {"shape": shape, "entry": info, "speed": {}}
+    if entry is not None:
+        report["rescored_share"] = measured_shares(entry, test_sets)
+        if report["rescored_share"]:  # the shares the random shapes' rows then use
+            args.shares = dict(report["rescored_share"])
+        print(json.dumps({"shape": shape, "entry": info, "shares": report["rescored_share"]}))
     for t in args.threads:
         fns = candidates(shape, ckpt, work, t, args.shares, entry)
         for sname, (q, docs) in test_sets.items():
@@ -219,8 +247,10 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=["s32", "s100"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vocab", type=int, help="embedding rows of the random checkpoints")
-    ap.add_argument("--shares", nargs="+", default=["s32=0.06", "s100=0.03"],
-                    help="share of passages the cascade rescores per set (random shapes)")  # fmt: skip
+    ap.add_argument(
+        "--shares", nargs="+", default=["s32=0.06", "s100=0.03"],
+        help="share of passages the cascade rescores per set (random shapes)",
+    )  # fmt: skip
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgerank-int8-shapes"))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -237,8 +267,9 @@ def main() -> None:
     for r in reports:
         for key, row in r["speed"].items():
             for k, v in row.items():
-                print(f"| {r['shape']} | {key} | {k} | {v['ms']} | {v['cpu_ms']} | "
-                      f"{v['x_torch']} | {v['x_onnx']} | {v['cpu_x_onnx']} | {v['spread']} |")  # fmt: skip
+                cells = [v[c] for c in ("ms", "cpu_ms", "x_torch", "x_onnx", "cpu_x_onnx")]
+                print(f"| {r['shape']} | {key} | {k} | " + " | ".join(map(str, cells))
+                      + f" | {v['spread']} |")  # fmt: skip
 
 
 if __name__ == "__main__":
