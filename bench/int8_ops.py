@@ -86,12 +86,6 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--heldout", action="store_true", help="also each kind's held-out fidelity")
     ap.add_argument("--kinds", nargs="*", default=["dynamic", "token", "block"])
-    ap.add_argument(
-        "--forms", nargs="*", default=[],
-        help="the token kind with its inputs in other forms: v6 (each row its own scale and "
-        "zero point), row (each row its own scale, one calibrated zero point), static:BITS "
-        "(one calibrated range where the rows lose at most BITS under it, row elsewhere)",
-    )  # fmt: skip
     ap.add_argument("--sets", nargs="*", default=["s32", "s100"])
     args = ap.parse_args()
     saturates = int8_kernel_here() in SATURATING_INT8  # build as an import here would
@@ -108,8 +102,6 @@ def main() -> None:
                 files[kind] = int8_files.build(
                     src, work / f"ops.{kind}.onnx", {}, kind, bounded=bounded
                 )
-        for form in args.forms:
-            files[f"token:{form}"] = token_form(smooth, work, form, saturates)
         if args.heldout:
             _heldout(name, files, tok)
         for sname, (q, docs) in speed_sets(tok).items():
@@ -135,26 +127,6 @@ def main() -> None:
                 "x FP32: "
                 + ", ".join(f"{k} {base / sum(t.values()):.2f}" for k, t in table.items())
             )
-
-
-def token_form(smooth: Path, work: Path, form: str, bounded: bool) -> Path:
-    """The all-``token`` file with its inputs in ``form`` (see --forms)."""
-    import onnx
-
-    model = onnx.load(str(smooth))
-    keep = int8_files.STATIC_SPREAD
-    if form == "v6":  # no row figures: every input each row its own scale and zero point
-        int8.set_rows(model, {})
-        int8_files.STATIC_SPREAD = -1.0
-    else:
-        int8_files.STATIC_SPREAD = float(form.split(":")[1]) if ":" in form else -1.0
-    src = work / f"smooth.{form}.onnx"
-    onnx.save(model, str(src))
-    try:
-        tag = form.replace(":", "-")
-        return int8_files.build(src, work / f"ops.token-{tag}.onnx", {}, "token", bounded=bounded)
-    finally:
-        int8_files.STATIC_SPREAD = keep
 
 
 def _heldout(name: str, files: dict[str, Path], tok: Path) -> None:

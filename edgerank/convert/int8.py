@@ -192,37 +192,6 @@ def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, 
     return amax
 
 
-def row_ranges(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, dict]:
-    """How alike the rows (tokens) of each MatMul input are, over real tokens of natural
-    text: what convert/int8_files.py's ``token`` kind needs to pick a form per input.
-
-    For each input: ``lo``/``hi``, the whole range (widened to hold zero); ``zero``, the
-    uint8 zero point that fits the rows best when all rows must share one (rows then keep
-    their own scale); ``spread``, the bits a row loses on average when it is quantized
-    over the whole range instead of its own (log2 of the step ratio)."""
-    lows: dict[str, list] = {n: [] for n in names}
-    highs: dict[str, list] = {n: [] for n in names}
-    for batch in _activations(g, model_dir, names, pairs):
-        for name, v in batch.items():
-            lows[name].append(np.minimum(v.min(axis=1), 0.0))
-            highs[name].append(np.maximum(v.max(axis=1), 0.0))
-    out = {}
-    for name in names:
-        lo, hi = np.concatenate(lows[name]), np.concatenate(highs[name])
-        own = np.maximum(hi - lo, 1e-12) / 255
-        whole = (hi.max() - lo.min()) / 255
-        zs = np.arange(1, 255)
-        # a row with zero point z and its own scale: step = max(hi / (255 - z), -lo / z)
-        steps = np.maximum(hi[None, :] / (255 - zs[:, None]), -lo[None, :] / zs[:, None])
-        loss = np.log2(np.maximum(steps, 1e-12) / own).mean(axis=1)
-        out[name] = {
-            "lo": float(lo.min()), "hi": float(hi.max()), "rows": int(len(lo)),
-            "zero": int(zs[np.argmin(loss)]), "zero_loss_bits": round(float(loss.min()), 3),
-            "spread": round(float(np.log2(whole / own).mean()), 3),
-        }  # fmt: skip
-    return out
-
-
 def smoothed_fp32(
     prepared: Path, out: Path, model_dir: Path, pairs, alpha: float = 0.5
 ) -> dict[str, Any]:
@@ -249,29 +218,8 @@ def smoothed_fp32(
         for node in groups[x]:
             node.input[0] = scaled
     g.finish()
-    g = Graph(g.model)
-    inputs = sorted({n.input[0] for n in g.model.graph.node if quantizable(g, n)})
-    rows = row_ranges(g, model_dir, inputs, pairs)
-    set_rows(g.model, rows)
     _save(g.model, out)
     return {"smooth_alpha": alpha, "smoothed": count, "explicit_mul": len(explicit)}
-
-
-#: where a graph carries row_ranges' figures for the ``token`` kind (model metadata)
-ROWS_KEY = "edgerank.rows"
-
-
-def set_rows(model, rows: dict[str, dict]) -> None:
-    for prop in [p for p in model.metadata_props if p.key == ROWS_KEY]:
-        model.metadata_props.remove(prop)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = ROWS_KEY, json.dumps(rows, sort_keys=True)
-
-
-def rows_of(model) -> dict[str, dict]:
-    """The row figures a smoothed graph carries ({} where it has none)."""
-    found = next((p.value for p in model.metadata_props if p.key == ROWS_KEY), None)
-    return json.loads(found) if found else {}
 
 
 def _smooth(g: Graph, groups, amax, alpha: float) -> tuple[dict[str, np.ndarray], int]:
