@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import sys
@@ -236,6 +237,14 @@ def run_shape(shape: str, args) -> dict:
             report["speed"][f"{sname}@{t}"] = timed(row, q, docs, args.rounds)
             print(json.dumps({"shape": shape, f"{sname}@{t}": report["speed"][f"{sname}@{t}"]}),
                   flush=True)  # fmt: skip
+    report["files_mib"] = {
+        str(f.relative_to(work)): round(f.stat().st_size / 2**20, 1)
+        for f in [*work.glob("*/model*.onnx"), *work.glob("loop/model.int8*.onnx")]
+    }
+    # every candidate of the shape held at once, plus torch's checkpoint and the build
+    report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps({"shape": shape, "files_mib": report["files_mib"],
+                      "peak_rss_mib": report["peak_rss_mib"]}), flush=True)  # fmt: skip
     return report
 
 
