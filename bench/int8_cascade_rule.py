@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -48,8 +49,36 @@ def whole_head(int8: np.ndarray, fp32: np.ndarray, margin: float) -> tuple[np.nd
     return out, len(h)
 
 
-def run_model(name: str, work: Path) -> None:
-    served = load(str(work / "home" / "models" / name / "onnx"), threads=2)
+def first_point(name: str, work: Path):
+    """Without an installed entry: the file an import tries first (all ``token``, built as
+    bench/int8_shapes.py builds it) with the cascade the import would give it, margin = 2 x
+    the largest |INT8 - FP32| on the shipped calibration groups."""
+    from bench.int8_shapes import edgerank_file
+    from edgerank.backends.onnx import OnnxBackend
+    from edgerank.engine.cascade import Cascade
+    from edgerank.quality import sets
+
+    ckpt = mr.build(name, work / "ckpt")
+    if not (work / "fp32" / "model.onnx").exists():
+        from edgerank.convert.onnx_export import export_onnx
+
+        export_onnx(ckpt, work / "fp32")
+    file, ref = edgerank_file(ckpt, work)
+    int8 = OnnxBackend.from_file(file, 512, threads=2, precision="int8")
+    fp32 = OnnxBackend.from_file(ref, 512, threads=2)
+    cal, _ = sets.shipped(sets.CALIBRATION)
+    err = max(
+        float(np.max(np.abs(score_documents(int8, q, ds).raw - score_documents(fp32, q, ds).raw)))
+        for q, ds in cal
+    )
+    return SimpleNamespace(backend=int8, cascade=Cascade(fp32, 2 * err), close=lambda: None)
+
+
+def run_model(name: str, work: Path, build: bool = False) -> None:
+    if build:
+        served = first_point(name, work)
+    else:
+        served = load(str(work / "home" / "models" / name / "onnx"), threads=2)
     if served.cascade is None:
         sys.exit(f"{name}: the installed entry has no cascade (run int8_acceptance without it)")
     c = served.cascade
@@ -91,9 +120,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(mr.RECIPES))
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgerank-int8-acceptance"))
+    ap.add_argument(
+        "--build", action="store_true",
+        help="no installed entries: build the first point an import tries and its cascade",
+    )  # fmt: skip
     args = ap.parse_args()
     for name in args.models:
-        run_model(name, args.workdir / name)
+        run_model(name, args.workdir / name, args.build)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def timed(fns: dict, q: str, docs: list[str], rounds: int) -> dict[str, dict]:
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
-        fn(q, docs)  # warm-up
+        fn(q, docs[:4])  # warm-up: sessions and arenas, at a fraction of a round's work
     names = list(fns)
     for r in range(rounds):
         for k in names[r % len(names) :] + names[: r % len(names)]:
@@ -230,11 +230,15 @@ def run_shape(shape: str, args) -> dict:
         if report["rescored_share"]:  # the shares the random shapes' rows then use
             args.shares = dict(report["rescored_share"])
         print(json.dumps({"shape": shape, "entry": info, "shares": report["rescored_share"]}))
-    for t in args.threads:
+    big = shape != "minilm"
+    rounds = args.rounds_big if big and args.rounds_big else args.rounds
+    for t in args.threads_big if big and args.threads_big else args.threads:
         fns = candidates(shape, ckpt, work, t, args.shares, entry)
         for sname, (q, docs) in test_sets.items():
+            if big and args.sets_big and sname not in args.sets_big:
+                continue
             row = {k: f for k, f in fns.items() if "@" not in k or k.endswith(f"@{sname}")}
-            report["speed"][f"{sname}@{t}"] = timed(row, q, docs, args.rounds)
+            report["speed"][f"{sname}@{t}"] = timed(row, q, docs, rounds)
             print(json.dumps({"shape": shape, f"{sname}@{t}": report["speed"][f"{sname}@{t}"]}),
                   flush=True)  # fmt: skip
     report["files_mib"] = {
@@ -256,6 +260,9 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=["s32", "s100"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vocab", type=int, help="embedding rows of the random checkpoints")
+    ap.add_argument("--threads-big", type=int, nargs="+", help="--threads for the random shapes")
+    ap.add_argument("--rounds-big", type=int, help="--rounds for the random shapes")
+    ap.add_argument("--sets-big", nargs="+", help="--sets for the random shapes")
     ap.add_argument(
         "--shares", nargs="+", default=["s32=0.06", "s100=0.03"],
         help="share of passages the cascade rescores per set (random shapes)",
