@@ -1,15 +1,15 @@
 """INT8 speed at the catalog's model shapes: edgerank vs onnxruntime dynamic INT8 and
 sentence-transformers' INT8 export, in one run.
 
-    python bench/int8_shapes.py [--shapes minilm xlmr-base xlmr-large deberta-base]
+    python -m bench.int8_shapes [--shapes minilm xlmr-base xlmr-large deberta-base]
         [--threads 1 2] [--sets s32 s100] [--rounds 3] [--vocab 32000] [--workdir DIR]
         [--shares s32=0.05 s100=0.03] [--out FILE]
 
-Shapes: ``minilm`` is a real-weight MiniLM-L6 reranker (tests/support/minilm_rerankers.py,
+Shapes: ``minilm`` is a real-weight MiniLM-L6 reranker (edgerank/testing/minilm_rerankers.py,
 ``--minilm`` picks which), imported with edgerank's default policy (ModelStore.import_onnx)
-and served as `edgerank score` serves it (engine/load.py: the entry and, when its recipe has
+and served as `edgerank score` serves it (startup/load.py: the entry and, when its recipe has
 one, the cascade). The others are random-weight checkpoints at the real shapes of
-tests/support/arch_models.py (XLM-R base/large, DeBERTa-v2): random weights rank by noise,
+edgerank/testing/arch_models.py (XLM-R base/large, DeBERTa-v2): random weights rank by noise,
 so an import's fidelity judgement on them means nothing and the bench builds the file the
 import starts from instead (convert/int8_files.prepare_fp32, SmoothQuant on the shipped
 calibration text, every MatMul ``token`` but the first-token last layer's). Its rows:
@@ -46,9 +46,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from bench.int8_acceptance import open_st, prepare, speed_sets, st_int8  # noqa: E402
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.convert import backoff, int8, int8_files  # noqa: E402
@@ -56,7 +53,7 @@ from edgerank.engine.rank import plan_batches, score_documents  # noqa: E402
 from edgerank.hardware.facts import SATURATING_INT8  # noqa: E402
 from edgerank.hardware.probe import int8_kernel_here  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
-from tests.support import arch_models, minilm_rerankers  # noqa: E402
+from edgerank.testing import arch_models, minilm_rerankers  # noqa: E402
 
 
 def checkpoint(shape: str, work: Path, vocab: int | None, minilm: str) -> Path:
@@ -87,8 +84,8 @@ def edgerank_file(ckpt: Path, work: Path) -> tuple[Path, Path]:
 
 def default_entry(name: str, ckpt: Path, work: Path) -> tuple[Path, dict]:
     """edgerank's default import of a real checkpoint (cached in the workdir)."""
+    from edgerank.install.store import ModelStore
     from edgerank.models.manifest import Manifest
-    from edgerank.store.entries import ModelStore
 
     store = ModelStore(work / "home")
     path = store.path(name, "onnx")
@@ -107,7 +104,7 @@ def default_entry(name: str, ckpt: Path, work: Path) -> tuple[Path, dict]:
 
 def measured_shares(entry: Path, test_sets: dict) -> dict[str, float]:
     """The share of each set's passages the entry's cascade rescores ({} without one)."""
-    from edgerank.engine.load import load
+    from edgerank.startup.load import load
 
     served = load(str(entry), threads=2)
     try:
@@ -150,7 +147,7 @@ def candidates(shape, ckpt, work, threads, shares, entry):
     import torch
 
     from edgerank.backends.torch import TorchBackend
-    from edgerank.engine.load import load
+    from edgerank.startup.load import load
 
     torch.set_num_threads(threads)
     torch_be = TorchBackend(ckpt, precision="fp32", threads=threads, max_length=512)

@@ -2,7 +2,7 @@
 types, <s> q </s></s> p </s>) and DeBERTa-v2 (disentangled attention that onnxruntime's BERT
 fusions do not match, If subgraphs, relative-position projections through the Q/K weights).
 
-Small random-weight models of each (tests/support/arch_models.py): the graph patterns are
+Small random-weight models of each (edgerank/testing/arch_models.py): the graph patterns are
 the real ones, the numbers mean nothing, so every check here is against the same model's
 torch or FP32 scores, never a quality figure.
 """
@@ -25,7 +25,7 @@ from edgerank.convert import int8, int8_files  # noqa: E402
 from edgerank.convert.graph import Graph, needs, quantizable  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
-from tests.support import arch_models  # noqa: E402
+from edgerank.testing import arch_models  # noqa: E402
 
 PASSAGES = [
     "The river floods the valley every spring when the snow melts.",

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-VOCAB_FILE = Path(__file__).resolve().parents[2] / "edgerank/data/all-minilm-l6-v2-vocab.txt"
+VOCAB_FILE = Path(__file__).resolve().parent.parent / "data" / "all-minilm-l6-v2-vocab.txt"
 _BERT_SPECIALS = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
 
 
