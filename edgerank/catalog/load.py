@@ -248,16 +248,24 @@ def _parse_onnx(f: Fields) -> OnnxSource | None:
     t = f.table("onnx", required=False)
     if t is None:
         return None
-    no_unknown(t, {"repo", "int8_file", "fp32_file"}, f"{f.where}: field 'onnx'")
+    no_unknown(t, {"repo", "int8_file", "fp32_file", "int8_isa"}, f"{f.where}: field 'onnx'")
     sub = Fields(t, f"{f.where}: onnx")
     repo = sub.str_("repo")
     assert repo is not None
     if not _HUB_ID_RE.match(repo):
         raise sub.fail("repo", f"must look like org/name, got {repo!r}")
+    by_kernel = sub.table("int8_isa", required=False) or {}
+    for kernel, fname in by_kernel.items():
+        if not isinstance(fname, str) or not fname.endswith(".onnx"):
+            raise sub.fail(f"int8_isa.{kernel}", f"must be an .onnx file name, got {fname!r}")
+    int8_file = sub.str_("int8_file", required=False)
+    if by_kernel and int8_file is None:
+        raise sub.fail("int8_isa", "needs int8_file (the file for every other kernel)")
     return OnnxSource(
         repo=repo,
-        int8_file=sub.str_("int8_file", required=False),
+        int8_file=int8_file,
         fp32_file=sub.str_("fp32_file", required=False),
+        int8_isa=dict(by_kernel),
     )
 
 

@@ -59,6 +59,14 @@ class OnnxSource:
     #: a ready FP32 ONNX graph inside the repo: quantize it locally without an export
     #: (None = export the checkpoint with torch.onnx)
     fp32_file: str | None = None
+    #: ready INT8 files the publisher made for other int8 kernels (hardware.facts.int8_kernel
+    #: names: "avx2" and "avx512" saturate with int8 weights, so their file has uint8 ones;
+    #: "arm-dot", "arm-i8mm"); a kernel not listed takes int8_file
+    int8_isa: dict[str, str] = field(default_factory=dict)
+
+    def int8_file_for(self, kernel: str) -> str | None:
+        """The ready INT8 file for this CPU's int8 kernel."""
+        return self.int8_isa.get(kernel, self.int8_file)
 
 
 @dataclass(frozen=True)

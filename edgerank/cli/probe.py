@@ -64,6 +64,7 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
     choice = plan.choice
     threads = choice.threads if choice is not None else recommended_threads(hw)
     measured = choice.measured if choice is not None else ()
+    entry = _entry(plan)
     if as_json:
         out = {
             "hardware": hw.to_dict(),
@@ -76,6 +77,7 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
                 "batch_token_budget": plan.token_budget,
                 "batch_max_pairs": plan.max_pairs,
                 "why": plan.why(),
+                "entry": entry.to_dict() if entry is not None else None,
             },
             "calibration": [m.to_dict() for m in measured],
         }
@@ -101,17 +103,16 @@ def probe_cmd(as_json, explain, languages, memory_mib, prefer, allow_non_commerc
         f"would run: {plan.name} on {plan.backend} {_precision(plan, store)} "
         f"({device}, {threads} threads, batches of {shape})"
     )
+    for line in entry.lines() if entry is not None else ():
+        click.echo(f"  {line}")
     if explain:
         click.echo(f"because {plan.why()}")
-        if choice is not None:
+        if choice is not None and plan.source == "custom":
+            click.echo(_catalog_reasons(choice))
+        elif choice is not None:
             from edgerank.planning.explain import explain as explain_choice
 
             click.echo(explain_choice(choice))
-        from edgerank.cli.models import fidelity_notes
-
-        installed = store.installed()
-        for line in fidelity_notes(store, {plan.name: installed.get(plan.name, [])}).values():
-            click.echo(f"warning: {line}")
     elif measured:
         click.echo(f"measured here ({stored.FILE}):")
         for m in measured:
@@ -131,3 +132,27 @@ def _precision(plan, store) -> str:
 
         return Manifest.read(plan.path).precision
     return plan.choice.precision if plan.choice is not None else "int8"
+
+
+def _entry(plan):
+    """The store entry or directory that will serve, in words (None: embedded, checkpoint)."""
+    if plan.path is None or plan.source == "checkpoint":
+        return None
+    from edgerank.catalog.load import load_catalog
+    from edgerank.cli.entries import describe
+    from edgerank.hardware.probe import int8_kernel_here
+    from edgerank.models.manifest import Manifest
+
+    in_catalog = plan.source != "directory" and plan.name in load_catalog()
+    name = plan.name if plan.source != "directory" else None
+    return describe(Manifest.read(plan.path), plan.path, in_catalog, int8_kernel_here(), name)
+
+
+def _catalog_reasons(choice) -> str:
+    """What the planner weighed in the catalog, for a custom import that serves instead of
+    its last resort (the embedded bi-encoder, which it would have run)."""
+    rejected = [v for v in choice.reasons if not v.accepted]
+    lines = [f"catalog models: none installed can run here ({len(rejected)} candidates):"]
+    width = max((len(str(v.candidate)) for v in rejected), default=0)
+    lines += [f"  {str(v.candidate):<{width}}  {v.reason}" for v in rejected]
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ produce identical scores for identical input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -70,13 +70,19 @@ def score_documents(
     token_budget: int = 8192,
     max_batch: int | None = None,
     cascade: Cascade | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Scored:
     """Tokenize once, bucket by length, score, merge windows: one raw score per document;
-    with ``cascade`` (an INT8 entry's), the near-ties of the leader rescored in FP32."""
+    with ``cascade`` (an INT8 entry's), the near-ties of the leader rescored in FP32.
+    ``progress(done, total)`` hears of every batch scored (model inputs)."""
     items = backend.encode(query, documents, options)
     scores = np.empty(len(items), dtype=np.float32)
+    done = 0
     for batch in plan_batches([it.n_tokens for it in items], token_budget, max_batch):
         scores[batch] = backend.score([items[i] for i in batch])
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(items))
     raw = merge_max(items, scores, len(documents))
     if cascade is not None:
         raw = cascade.rescore(items, raw, token_budget=token_budget)

@@ -41,7 +41,8 @@ def check_reachable(timeout_s: float = 5.0) -> None:
     except OSError as exc:
         raise HubUnreachable(
             f"cannot reach {url.hostname}:{port} ({exc.strerror or exc}); offline? "
-            "set EDGERANK_HUB_ENDPOINT for a mirror, or use `edgerank import` on a local checkpoint"
+            "set EDGERANK_HUB_ENDPOINT for a mirror, or `edgerank import` an `edgerank export` "
+            "archive made on a box that reaches it"
         ) from None
 
 

@@ -204,16 +204,19 @@ class OnnxInstalls(StoreLayout):
             tmp_dir = Path(tmp)
             fp32 = getattr(src, "fp32_file", None)
             if prebuilt_int8:
-                if not src.int8_file:
+                from edgerank.hardware.probe import int8_kernel_here
+
+                ready = src.int8_file_for(int8_kernel_here())  # the file made for this CPU
+                if not ready:
                     raise InvalidInput(f"{spec.name}: its hub repo publishes no INT8 file")
-                progress(f"downloading {src.repo}/{src.int8_file}")
-                facts = hub.fetch(src.repo, [src.int8_file, *TOKENIZER_FILES], tmp_dir, revision)
+                progress(f"downloading {src.repo}/{ready}")
+                facts = hub.fetch(src.repo, [ready, *TOKENIZER_FILES], tmp_dir, revision)
                 ref = None
                 if fp32:  # measure the publisher's file against its FP32 original
                     progress(f"downloading {src.repo}/{fp32} to measure it against")
                     hub.fetch(src.repo, [fp32], tmp_dir / "ref", revision)
                     ref = tmp_dir / "ref" / fp32
-                return self._install_prebuilt(spec, tmp_dir, src.int8_file, facts, ref)
+                return self._install_prebuilt(spec, tmp_dir, ready, facts, ref)
             if fp32:
                 progress(f"downloading {src.repo}/{fp32}")
                 facts = hub.fetch(src.repo, [fp32, *TOKENIZER_FILES], tmp_dir, revision)

@@ -101,8 +101,10 @@ class Choice:
     reasons: tuple[Verdict, ...]
     #: things the user should know (fallback, remote code, a language not listed...)
     warnings: tuple[str, ...] = ()
-    #: `edgerank pull NAME` when a better model would run here once installed
+    #: `edgerank pull NAME` when a better model would run here once installed (the
+    #: composition root replaces it with a command this install can run, and says why)
     suggestion: str | None = None
+    suggestion_why: str = ""
     #: calibration figures of the chosen model's candidates on this machine, best first
     measured: tuple[Measured, ...] = ()
     #: pairs per batch at most (None = no cap), from the same shape as batch_token_budget
@@ -139,7 +141,11 @@ def quality_for(spec: ModelSpec, languages: tuple[str, ...]) -> float | None:
     return min(values)
 
 
-def extra_hint(backend: str) -> str:
+def extra_hint(backend: str, device: str | None = None) -> str:
+    """The pip command that brings ``backend``; torch for a CPU comes from the convert
+    extra's pinned CPU wheel (the cuda extra's unpinned torch pulls CUDA's libraries)."""
+    if backend == "torch" and device == "cpu":
+        return "pip install 'edgerank[convert]': torch's CPU wheel"
     extra = EXTRAS.get(backend)
     if extra:
         return f"pip install 'edgerank[{extra}]'"
@@ -282,7 +288,8 @@ def evaluate(spec: ModelSpec, cand: Candidate, ctx: Context) -> Evaluation:
                 "(trust_remote_code; opt in with --allow-remote-code)",
             )
     if cand.backend not in ctx.installed_backends:
-        fail("backend", f"backend {cand.backend} is not installed ({extra_hint(cand.backend)})")
+        hint = extra_hint(cand.backend, cand.device)
+        fail("backend", f"backend {cand.backend} is not installed ({hint})")
     if not _is_installed(ctx, spec, cand.backend):
         fail("store", f"not in the model store (run `edgerank pull {spec.name}`)")
 

@@ -111,7 +111,8 @@ def explain(choice: Choice) -> str:
     ]
     lines += [f"  warning: {w}" for w in choice.warnings]
     if choice.suggestion:
-        lines.append(f"  better once installed: {choice.suggestion}")
+        why = f" ({choice.suggestion_why})" if choice.suggestion_why else ""
+        lines.append(f"  better once installed: {choice.suggestion}{why}")
     if choice.measured:
         lines.append(f"measured on this machine (edgerank probe --calibrate), {choice.model.name}:")
         lines += [f"  {m.summary()}" for m in choice.measured]

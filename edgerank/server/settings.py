@@ -11,7 +11,7 @@ import difflib
 import os
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,23 +44,21 @@ class Settings:
     model: str = _opt("", "model name in the store, or a model directory")
     served_model_name: str = _opt(
         "",
-        "more names requests may ask for the model by, comma-separated (vLLM's "
-        "--served-model-name), e.g. rerank-v3.5,jina-reranker-v2-base-multilingual",
+        "other names clients may ask for the model by, comma-separated (e.g. rerank-v3.5)",
     )
     backend: str = _opt("auto", f"runtime: {', '.join(BACKENDS)}")
     allow_remote_code: bool = _opt(
-        False, "run modelling code the checkpoint ships (torch: the layerwise MiniCPM reranker)"
+        False, "run modelling code a checkpoint ships (torch: the layerwise MiniCPM reranker)"
     )
     threads: int = _opt(0, "inference threads; 0 = every usable core")
     max_batch_tokens: int = _opt(
         0,
-        "padded tokens per batch; 0 = auto: the planner's shape (the fastest `edgerank probe "
-        "--calibrate` measured within the memory budget, else the memory budget)",
+        "padded tokens per batch; 0 = the planner's (what `probe --calibrate` measured "
+        "fastest within the memory budget)",
     )
     max_batch_pairs: int = _opt(
         0,
-        "pairs per batch at most; 0 = auto: the planner's cap (none unless calibration "
-        "measured one faster); a cap as large as the token budget is no cap",
+        "pairs per batch at most; 0 = the planner's cap (none unless one measured faster)",
     )
     batch_wait_ms: float = _opt(2.0, "how long the batcher waits to fill a batch")
     max_queue_pairs: int = _opt(4096, "pairs queued or running at most; beyond = overloaded")
@@ -70,9 +68,7 @@ class Settings:
     max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, how long in-flight requests may finish")
     read_timeout_s: float = _opt(30.0, "how long an HTTP client may take to send its body")
-    drain_quiet_s: float = _opt(
-        0.5, "on SIGTERM, keep refusing new calls (UNAVAILABLE) until none came for this long"
-    )
+    drain_quiet_s: float = _opt(0.5, "on SIGTERM, refuse new calls until none came for this long")
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
     tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
     tls_key: str = _opt("", "PEM private key for TLS on the TCP listeners (gRPC and HTTP)")
@@ -91,8 +87,8 @@ class Settings:
     log_level: str = _opt("info", f"log level: {', '.join(LOG_LEVELS)}")
     fidelity_sample: float = _opt(
         0.0,
-        "share of requests (0..1) rescored with the model's FP32 reference when the daemon is "
-        "idle, to watch INT8 fidelity on live traffic; 0 = off",
+        "share of requests (0..1) rescored with the FP32 reference while idle, to watch INT8 "
+        "fidelity; 0 = off",
     )
 
     def engine(self) -> EngineConfig:
@@ -262,23 +258,34 @@ def click_options(func: Callable) -> Callable:
     """Decorate a click command with one --option per field (plus --config).
 
     Every option defaults to None so that load() can tell "not given" from a value and let
-    the environment and the file fill the gap.
+    the environment and the file fill the gap (a boolean is a flag, as in `score`, and None
+    until given). Each option's variable and file key follow one rule, said once (--config).
     """
     import click
 
-    ctypes = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
+    ctypes = {int: click.INT, float: click.FLOAT, str: click.STRING}
     types = _types()
     for f in reversed(fields(Settings)):
-        default = "" if f.default is MISSING or not f.repr else f" default {f.default!r};"
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [{default} env {env_name(f.name)}]"
-        func = click.option(flag, f.name, type=ctypes[types[f.name]], default=None, help=help_text)(
-            func
-        )
+        help_text = f.metadata["help"]
+        if f.repr and f.default not in ("", 0, 0.0, False):
+            help_text += f" [{f.default}]"
+        if types[f.name] is bool:
+            option = click.option(flag, f.name, is_flag=True, default=None, help=help_text)
+        else:
+            metavar = {int: "N", float: "X"}.get(types[f.name], "TEXT")
+            option = click.option(
+                flag, f.name, type=ctypes[types[f.name]], default=None, metavar=metavar,
+                help=help_text,
+            )  # fmt: skip
+        func = option(func)
     return click.option(
         "--config",
         "config",
         type=click.Path(dir_okay=False),
         default=None,
-        help=f"TOML settings file [default {DEFAULT_CONFIG} if present; env {CONFIG_ENV}]",
+        help=f"TOML settings file [{DEFAULT_CONFIG} if present; {CONFIG_ENV}]. Every option "
+        f"below is also a variable ({ENV_PREFIX}<NAME>: --max-queue-pairs is "
+        f"{env_name('max_queue_pairs')}) and a key of this file (max_queue_pairs); flags win "
+        "over variables, variables over the file.",
     )(func)

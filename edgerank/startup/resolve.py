@@ -17,12 +17,13 @@ from typing import Literal
 from edgerank.backends import available_backends, biencoder
 from edgerank.catalog.load import load_catalog
 from edgerank.catalog.spec import Catalog
-from edgerank.errors import EdgerankError, ModelNotFound
-from edgerank.hardware.facts import Hardware
+from edgerank.errors import EdgerankError, ModelNotFound, extras_here
+from edgerank.hardware.facts import Hardware, int8_kernel
 from edgerank.models.manifest import MANIFEST, Manifest
 from edgerank.planning.candidates import Choice, Wishes, torch_placement
 from edgerank.planning.choice import choose
 from edgerank.planning.memory import CPU_TOKEN_BUDGETS
+from edgerank.startup.suggest import suggest, with_pull_hints
 from edgerank.store.calibration import lookup
 from edgerank.store.layout import StoreLayout
 
@@ -121,26 +122,41 @@ def resolve(
     custom = sorted(n for n in installed if n not in catalog)
     if custom:
         first = installed[custom[0]][0]
+        choice = replace(choice, suggestion=None)  # how a custom import ranks is not known
         plan = Plan("custom", custom[0], first, store.entry(custom[0], first), choice=choice)
         return _placed(plan, hardware)
-    hint = choice.suggestion or "edgerank pull ms-marco-minilm-l6"
-    note = (
-        "no reranker installed: ranking with the embedded bi-encoder all-MiniLM-L6-v2 "
-        f"(weaker); run `{hint}` for a cross-encoder (`edgerank models` lists them)"
-    )
-    return Plan("fallback", biencoder.NAME, "biencoder", choice=choice, note=note)
+    return Plan("fallback", biencoder.NAME, "biencoder", choice=choice, note=fallback_note(choice))
+
+
+def fallback_note(choice: Choice) -> str:
+    """The line score, serve and probe show while the embedded bi-encoder serves."""
+    note = "no reranker installed: ranking with the embedded bi-encoder all-MiniLM-L6-v2 (weaker)"
+    if choice.suggestion:
+        note += f"; for a cross-encoder that suits this box, run `{choice.suggestion}`"
+    return note + " (`edgerank probe --explain` says why)"
 
 
 def _choose(catalog, hardware, wishes: Wishes, installed, store: StoreLayout) -> Choice:
     """The one call of the planner: over what is installed and openable here, with what
-    calibration measured on this machine."""
-    return choose(
+    calibration measured on this machine; its suggestion replaced by one that this install
+    can run and that fits this box (startup/suggest.py)."""
+    choice = choose(
         catalog,
         hardware,
         wishes,
         installed_backends=available_backends() & OPENABLE,
         installed_models=installed,
         calibration=lookup(store, hardware),
+    )
+    extras = extras_here()
+    choice = with_pull_hints(choice, catalog, int8_kernel(hardware.isa), extras)
+    if wishes.model is not None:
+        return choice
+    found = suggest(catalog, hardware, wishes, choice, extras)
+    return replace(
+        choice,
+        suggestion=found.command if found else None,
+        suggestion_why=found.why if found else "",
     )
 
 

@@ -399,7 +399,7 @@ def test_cli_import_and_score(ready_dir, tmp_path, monkeypatch):
         main, ["score", QUERY, *PASSAGES[:3], "--model", "t", "--threads", "1", "--json"]
     )
     assert scored.exit_code == 0, scored.output
-    out = json.loads(scored.output)
+    out = json.loads(scored.stdout)
     assert out["model"] == "t (gguf q8_0)" and len(out["results"]) == 3
 
 

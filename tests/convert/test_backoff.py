@@ -223,7 +223,7 @@ def test_cli_no_cascade_and_score_through_the_cascade(fp32_dir, tmp_path, monkey
         scored = runner.invoke(main, ["score", "--model", name, "--threads", "1", "--json",
                                       "cat", "a cat", "a dog", "the sea"])  # fmt: skip
         assert scored.exit_code == 0, scored.output
-        assert len(json.loads(scored.output)["results"]) == 3
+        assert len(json.loads(scored.stdout)["results"]) == 3
     wrong = runner.invoke(main, ["import", str(fp32_dir), "--name", "g", "--backend", "gguf",
                                  "--no-cascade"])  # fmt: skip
     assert wrong.exit_code != 0 and "--no-cascade" in wrong.output
