@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--heldout", action="store_true", help="also each kind's held-out fidelity")
+    ap.add_argument("--kinds", nargs="*", default=["dynamic", "token", "block"])
+    ap.add_argument("--sets", nargs="*", default=["s32", "s100"])
     args = ap.parse_args()
     saturates = int8_kernel_here() in SATURATING_INT8  # build as an import here would
     for name in args.models:
@@ -91,13 +93,16 @@ def main() -> None:
             _prepare(work, loop, smooth)
         files = {"fp32": prepared}
         for kind, src in (("dynamic", prepared), ("token", smooth), ("block", prepared)):
-            bounded = saturates and kind != "dynamic"
-            files[kind] = int8_files.build(
-                src, work / f"ops.{kind}.onnx", {}, kind, bounded=bounded
-            )
+            if kind in args.kinds:
+                bounded = saturates and kind != "dynamic"
+                files[kind] = int8_files.build(
+                    src, work / f"ops.{kind}.onnx", {}, kind, bounded=bounded
+                )
         if args.heldout:
             _heldout(name, files, tok)
         for sname, (q, docs) in speed_sets(tok).items():
+            if sname not in args.sets:
+                continue
             rows = Scorer(prepared, tok, 1, 512).encode([(q, d) for d in docs])
             table = {k: profile(f, tok, args.threads, rows, args.runs) for k, f in files.items()}
             print(f"\n{name} {sname} @ {args.threads} thread(s): ms per run")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgerank.convert import int8, int8_files
+from edgerank.engine import cascade as cascade_rule
 from edgerank.quality.scoring import Scorer
 
 #: mean Spearman per group and share of groups whose FP32 top-1 stays top-1
@@ -373,10 +374,7 @@ def quantize_accurate(
     return installed(best_int8, False)
 
 
-CASCADE_RULE = (
-    "passages scored within margin of the INT8 leader are rescored with the FP32 graph "
-    "(reference_file); margin = 2 x the largest |INT8 - FP32| on the calibration groups"
-)
+CASCADE_RULE = cascade_rule.RULE  # what engine/cascade.py serves, as the manifest says it
 _FIG = (
     "groups", "spearman_mean", "spearman_min", "top1_kept", "max_abs_diff", "speed_vs_onnx_fp32",
 )  # fmt: skip
