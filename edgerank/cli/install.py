@@ -66,7 +66,7 @@ def pull(
 ):  # fmt: skip
     """Download a catalog model and install it (INT8 ONNX, or GGUF)."""
     from edgerank.catalog.load import load_catalog
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     spec = load_catalog().get(name)
     path = ModelStore().pull(
@@ -115,7 +115,7 @@ def import_(
     PATH may also be an archive from `edgerank export`: installed unchanged, checksums checked,
     or one FILE.gguf of an LLM, downloaded alone: tokenized with its own vocabulary."""
     from edgerank.catalog.load import load_catalog
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     store = ModelStore()
     if Path(path).is_file() and _is_gguf(Path(path)):
@@ -130,7 +130,7 @@ def import_(
     if kind or rules:
         raise InvalidInput("--kind and --rules apply to a bare FILE.gguf only")
     if Path(path).is_file():
-        from edgerank.store import archive
+        from edgerank.install import archive
 
         target = archive.import_archive(store, Path(path), name)
         click.echo(
@@ -184,8 +184,8 @@ def _is_gguf(path: Path) -> bool:
 def export_(name, file, backend):
     """Pack an installed model into one archive FILE (.tar, or .tar.gz) for `edgerank import`
     on another box: the files and the manifest with their checksums, unchanged."""
-    from edgerank.store import archive
-    from edgerank.store.entries import ModelStore
+    from edgerank.install import archive
+    from edgerank.install.store import ModelStore
 
     out = archive.export(ModelStore(), name, backend, Path(file))
     click.echo(f"wrote {out} ({out.stat().st_size / (1 << 20):.1f} MiB)")

@@ -115,11 +115,11 @@ def _error(status: int, message: str, reason: str, headers: dict[str, str] | Non
 class Api:
     """The handlers, around one Service; `token` '' = no check."""
 
-    def __init__(self, service: Service, token: str = ""):
+    def __init__(self, service: Service, token: str = "", read_timeout_s: float = 30.0):
         self.service = service
         self._token = token.encode()
-        self._limit = service.settings.max_message_bytes
-        self._read_timeout = service.settings.read_timeout_s
+        self._limit = service.config.max_message_bytes
+        self._read_timeout = read_timeout_s
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._edge], client_max_size=self._limit + 1)
@@ -368,7 +368,7 @@ async def start(service: Service, settings: Settings) -> HttpListening:
     """Bind and serve the HTTP face on the running loop (the one grpc.aio uses)."""
     token = settings.bearer_token()
     runner = web.AppRunner(
-        Api(service, token).app(),
+        Api(service, token, settings.read_timeout_s).app(),
         access_log=None,  # one log line per request costs more than the request
         handler_cancellation=True,  # a client that hangs up drops its queued work
         shutdown_timeout=min(transport.FLUSH_S, settings.drain_timeout_s),

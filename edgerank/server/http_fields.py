@@ -109,7 +109,7 @@ def result_items(reranked: Reranked, documents: Sequence[str], with_docs: bool) 
 
 def tei_info(service: Service) -> dict[str, Any]:
     """TEI's /info body for this daemon (a single-label reranker), plus the served names."""
-    info, s = service.info, service.settings
+    info, s = service.info, service.config
     tokens, pairs = service.batch_shape  # what the batcher runs with, not 0 = auto
     labels = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
     return {

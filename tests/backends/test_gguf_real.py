@@ -2,7 +2,7 @@
 
 SmolLM2-135M-Instruct (Q4_1, byte-level BPE, ChatML template) and Gemma 3 270M (Q4_K_M,
 sentencepiece, no chat template) come from PyPI packages the dev extra installs
-(tests/support/gguf_models.py). Neither is a trained reranker: what is held here is that
+(edgerank/testing/gguf_models.py). Neither is a trained reranker: what is held here is that
 edgerank scores them exactly as llama.cpp does. The reference is llama-cpp-python's own
 high-level API (`Llama.tokenize`, `Llama.eval`, `Llama.scores`), each prompt decoded from
 scratch alone, its ids built by each rule's recipe written out again here.
@@ -21,15 +21,15 @@ from click.testing import CliRunner  # noqa: E402
 
 from edgerank.backends.base import ScoreOptions  # noqa: E402
 from edgerank.backends.llm import split_units  # noqa: E402
-from edgerank.backends.registry import open_installed  # noqa: E402
+from edgerank.backends.registry import open_entry  # noqa: E402
 from edgerank.catalog.load import load_catalog  # noqa: E402
 from edgerank.cli.main import main  # noqa: E402
 from edgerank.convert import gguf_prompt  # noqa: E402
+from edgerank.install.store import ModelStore  # noqa: E402
 from edgerank.models.gguf_file import GgufHeader  # noqa: E402
 from edgerank.models.manifest import Manifest  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
-from edgerank.store.entries import ModelStore  # noqa: E402
-from tests.support.gguf_models import REAL_LLMS, real_gguf  # noqa: E402
+from edgerank.testing.gguf_models import REAL_LLMS, real_gguf  # noqa: E402
 
 #: store name -> (GGUF, extra import arguments, the rules the import must choose)
 QWEN3, BAAI = "qwen3-reranker-0.6b", "bge-reranker-v2-gemma"
@@ -171,8 +171,8 @@ def test_scores_equal_llama_cpp_decoding_each_prompt_alone(home, references, sam
     m = Manifest.read(store.path(name, "gguf"))
     ref = references[ENTRIES[name][0]]
     answers = list(m.recipe["answer_ids"].values())
-    reuse = open_installed(store, name, "gguf", threads=1)
-    plain = open_installed(store, name, "gguf", threads=1, prefix_reuse=False)
+    reuse = open_entry(store.entry(name, "gguf"), threads=1)
+    plain = open_entry(store.entry(name, "gguf"), threads=1, prefix_reuse=False)
     fmt = reuse._spec.llm
     gaps, off = [], []
     try:
@@ -200,7 +200,7 @@ def test_chat_prompt_is_the_whole_text_tokenized(home, references, sample):
     """For a ChatML prompt the rule's pieces end at special tokens: the ids are those of the
     whole prompt text, tokenized in one go by llama-cpp-python."""
     root, _ = home
-    be = open_installed(ModelStore(root), "smollm2", "gguf")
+    be = open_entry(ModelStore(root).entry("smollm2", "gguf"))
     ref = references["smollm2"]
     fmt = be._spec.llm
     try:
@@ -227,7 +227,7 @@ def test_cli_scores_an_imported_gguf(home):
 
 def test_long_passages_truncate_at_the_gguf_vocabulary_boundaries(home, sample):
     root, _ = home
-    be = open_installed(ModelStore(root), "gemma3", "gguf")
+    be = open_entry(ModelStore(root).entry("gemma3", "gguf"))
     try:
         query, passages = sample[3]  # Chinese: multi-byte pieces
         long = " ".join(passages) * 4

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgerank.catalog import quants as gguf_quants
 from edgerank.catalog.spec import Catalog, ModelSpec
 from edgerank.errors import BackendUnavailable, InvalidInput, ModelNotFound
+from edgerank.install import hub
 from edgerank.models.checkpoint import Checkpoint
 from edgerank.models.gguf_file import read_header
 from edgerank.models.gguf_model import (
@@ -25,7 +26,6 @@ from edgerank.models.gguf_model import (
 )
 from edgerank.models.llm_format import LlmFormat
 from edgerank.models.manifest import Manifest
-from edgerank.store import hub
 from edgerank.store.layout import (
     GGUF_TOKENIZER_FILES,
     TOKENIZER_FILES,
