@@ -192,6 +192,7 @@ def test_scores_equal_llama_cpp_decoding_each_prompt_alone(home, references, sam
     finally:
         reuse.close()
         plain.close()
+    print(f"{name}: max |edgerank - llama.cpp| {max(gaps):.3g} over {len(gaps)} pairs")
     assert max(gaps) < TOLERANCE, gaps
     assert off[0] > 10 * TOLERANCE, off  # the check can tell a prompt apart
 
