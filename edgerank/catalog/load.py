@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgerank.catalog import quants
 from edgerank.catalog.fields import Fields, no_unknown
 from edgerank.catalog.spec import (
     BACKENDS,
@@ -337,8 +338,9 @@ def _check_backends(
             raise f.fail("backends", "llama.cpp has no per-layer score heads: no gguf")
         if gguf is None:
             raise f.fail("gguf", "missing (backends lists gguf)")
-        if not {"q8_0", "q4_k_m"} & set(memory):
-            raise f.fail("memory_mib", "needs q8_0 or q4_k_m (backends lists gguf)")
+        if not set(quants.SERVED) & set(memory):
+            served = " or ".join(quants.SERVED)
+            raise f.fail("memory_mib", f"needs {served} (backends lists gguf)")
     elif gguf is not None:
         raise f.fail("gguf", "given but backends does not list gguf")
     if "torch" in backends and not {"fp16", "fp32"} & set(memory):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from edgerank.catalog import quants
 from edgerank.errors import ModelNotFound
 
 Kind = Literal["cross-encoder", "llm-yes-logit", "llm-layerwise", "bi-encoder"]
@@ -41,10 +42,10 @@ SCORE_RULES: dict[str, frozenset[str]] = {
 }
 
 
-PRECISIONS = frozenset({"fp32", "fp16", "bf16", "int8", "q8_0", "q4_k_m"})
+PRECISIONS = frozenset({"fp32", "fp16", "bf16", "int8", *quants.SERVED})
 
 
-GGUF_QUANTS = frozenset({"f16", "q8_0", "q4_k_m"})
+GGUF_QUANTS = frozenset(quants.MADE)
 
 
 QUALITY_GROUPS = frozenset({"en", "zh", "multi"})
@@ -72,7 +73,7 @@ class OnnxSource:
 @dataclass(frozen=True)
 class GgufSource:
     repo: str
-    #: quant name ("f16", "q8_0", "q4_k_m") -> file name in the repo.
+    #: quant name (catalog/quants.py MADE) -> file name in the repo.
     #: Empty = no published GGUF: convert ``repo`` (the HF checkpoint) with llama.cpp's
     #: converter and quantize locally.
     files: dict[str, str] = field(default_factory=dict)

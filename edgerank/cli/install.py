@@ -111,21 +111,41 @@ def pull(
     help="gguf: f16, q8_0 and q4_k_m GGUFs (llama.cpp's converter), or the *.gguf files "
     "already in PATH; torch: the checkpoint as it is (the cuda extra serves it).",
 )
+@click.option(
+    "--kind", type=click.Choice(["llm"]),
+    help="A bare FILE.gguf: what it is (an LLM scored by its yes/no answer logits; the only "
+    "kind a GGUF without its tokenizer.json can be).",
+)  # fmt: skip
+@click.option(
+    "--rules", metavar="CATALOG_NAME",
+    help="A bare FILE.gguf: score it with this catalog LLM reranker's prompt and rule (found "
+    "from the GGUF's name when it is one; else a generic yes/no prompt).",
+)  # fmt: skip
 @_json_option
 @friendly
 def import_(
     path, name, calibration, allow_below_floor, keep_fp32, no_cascade, portable_int8, backend,
-    as_json,
+    kind, rules, as_json,
 ):  # fmt: skip
     """Install a local Hugging Face checkpoint (or FP32 ONNX dir) as INT8 ONNX, offline;
     with --backend gguf, as GGUF files (or install the *.gguf files PATH holds); with
     --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one).
-    PATH may also be an archive from `edgerank export`: installed unchanged, checksums checked."""
+    PATH may also be an archive from `edgerank export`: installed unchanged, checksums checked,
+    or one FILE.gguf of an LLM, downloaded alone: tokenized with its own vocabulary."""
     from edgerank.catalog.load import load_catalog
     from edgerank.install.store import ModelStore
 
     store = ModelStore()
     status = Status("import", enabled=interactive(as_json))
+    if Path(path).is_file() and _is_gguf(Path(path)):
+        if not name:
+            raise InvalidInput("importing a GGUF file needs --name NAME")
+        with status:
+            target, how = store.import_gguf_file(name, Path(path), kind=kind, rules=rules)
+        _installed(target, how, status, as_json)
+        return
+    if kind or rules:
+        raise InvalidInput("--kind and --rules apply to a bare FILE.gguf only")
     if Path(path).is_file():
         from edgerank.install import archive
 
@@ -193,6 +213,11 @@ def _quiet_hub_bars() -> None:
     except ImportError:  # pragma: no cover - a base dependency
         return
     disable_progress_bars()
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 @click.command("export")

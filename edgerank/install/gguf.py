@@ -10,13 +10,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from edgerank.catalog.spec import ModelSpec
+from edgerank.catalog import quants as gguf_quants
+from edgerank.catalog.spec import Catalog, ModelSpec
 from edgerank.errors import BackendUnavailable, InvalidInput, ModelNotFound
 from edgerank.install import hub
 from edgerank.models.checkpoint import Checkpoint
 from edgerank.models.gguf_file import read_header
 from edgerank.models.gguf_model import (
     LAYERWISE_ERROR,
+    TOKENIZER_GGUF,
     GgufModel,
     check_servable,
     file_precision,
@@ -25,7 +27,6 @@ from edgerank.models.gguf_model import (
 from edgerank.models.llm_format import LlmFormat
 from edgerank.models.manifest import Manifest
 from edgerank.store.layout import (
-    GGUF_QUANTS,
     GGUF_TOKENIZER_FILES,
     TOKENIZER_FILES,
     StoreLayout,
@@ -41,7 +42,7 @@ class GgufInstalls(StoreLayout):
         name: str,
         source_dir: Path,
         *,
-        quants: tuple[str, ...] = GGUF_QUANTS,
+        quants: tuple[str, ...] = gguf_quants.MADE,
         spec: ModelSpec | None = None,
         source: dict | None = None,
         progress: Callable[[str], None] = lambda msg: None,
@@ -90,6 +91,49 @@ class GgufInstalls(StoreLayout):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def import_gguf_file(
+        self,
+        name: str,
+        gguf: Path,
+        *,
+        kind: str | None = None,
+        rules: str | None = None,
+        catalog: Catalog | None = None,
+    ) -> tuple[Path, str]:
+        """Install one GGUF LLM downloaded alone (no tokenizer.json beside it): its own
+        vocabulary tokenizes, and the prompt, score rule and answer tokens are chosen here
+        (convert/gguf_prompt.py) and recorded. Returns the entry and a line saying what
+        was chosen."""
+        from edgerank.convert import gguf_prompt
+
+        gguf = Path(gguf)
+        if not gguf.is_file():
+            raise InvalidInput(f"{gguf}: no such file")
+        header = read_header(gguf)
+        if kind not in (None, "llm", "llm-yes-logit"):
+            raise InvalidInput(
+                f"--kind {kind}: a bare GGUF installs as an LLM reranker only; a "
+                "cross-encoder needs its tokenizer.json and config.json: import the "
+                "directory that holds them with the GGUF (`edgerank import DIR --backend gguf`)"
+            )
+        if catalog is None:
+            from edgerank.catalog.load import load_catalog
+
+            catalog = load_catalog()
+        choice = gguf_prompt.choose(gguf, header, name, catalog, rules)
+        quant = file_precision(header)
+        model = replace(choice.model, files={quant: gguf.name})
+        recipe = {
+            "origin": "a bare GGUF file (tokenized with its own vocabulary)",
+            "rules": choice.rules,
+            "answer_ids": choice.answer_ids,
+        }
+        origin = {"origin": f"local:{gguf.resolve()}"}
+        target = self._install_gguf(
+            name, gguf.parent, model.files, None, origin, copy=True, recipe=recipe, model=model
+        )
+        return target, choice.describe()
+
     def pull_gguf(
         self,
         spec: ModelSpec,
@@ -97,7 +141,7 @@ class GgufInstalls(StoreLayout):
         revision: str | None = None,
         progress: Callable[[str], None] = lambda msg: None,
     ) -> Path:
-        """The GGUF files the catalog names (q8_0 and q4_k_m where published, else f16), with
+        """The GGUF files the catalog names (the served quants where published, else all), with
         the tokenizer from the model's own repository; without published files, the
         checkpoint converted here."""
 
@@ -115,7 +159,7 @@ class GgufInstalls(StoreLayout):
                 return self.import_gguf(
                     spec.name, tmp_dir / "hf", spec=spec, source=facts, progress=progress
                 )
-            wanted = [q for q in ("q8_0", "q4_k_m") if q in src.files] or list(src.files)
+            wanted = [q for q in gguf_quants.SERVED if q in src.files] or list(src.files)
             names = [src.files[q] for q in wanted]
             progress(f"downloading {src.repo}: {', '.join(names)}")
             facts = hub.fetch(src.repo, names, tmp_dir, revision)
@@ -140,19 +184,23 @@ class GgufInstalls(StoreLayout):
         copy: bool,
         recipe: dict | None = None,
         progress: Callable[[str], None] = lambda msg: None,
+        model: GgufModel | None = None,
     ) -> Path:
         """Check, measure and publish GGUF files + tokenizer as <name>/gguf. ``copy``: copy
-        the files (a user's directory) rather than hard-link them (edgerank's own temp)."""
+        the files (a user's directory) rather than hard-link them (edgerank's own temp);
+        ``model``: how the entry scores, when not read from the checkpoint beside them."""
 
-        model = replace(_gguf_model(files_dir, spec), files=dict(files))
+        model = replace(model or _gguf_model(files_dir, spec), files=dict(files))
         for quant, rel in files.items():
             check_servable(read_header(files_dir / rel), model.kind, f"{name} ({quant})")
         staging = self._staging(name)
         try:
             extras = [f for f in GGUF_TOKENIZER_FILES if (files_dir / f).is_file()]
+            if model.tokenizer == TOKENIZER_GGUF:
+                extras = []  # whatever lies beside a bare GGUF is not part of it
             for rel in (*files.values(), *extras):
                 link_or_copy(files_dir / rel, staging / rel, copy)
-            default = next((q for q in ("q8_0", "f16", "q4_k_m", "f32") if q in files), None)
+            default = next((q for q in gguf_quants.OPEN_ORDER if q in files), None)
             default = default or next(iter(files))
             fidelity: dict = {"measured": False}
             if recipe is not None and model.kind == "cross-encoder" and len(files) > 1:
@@ -200,7 +248,7 @@ def _gguf_fidelity(model_dir: Path, model) -> dict:
     from edgerank.backends.gguf import open_gguf
     from edgerank.quality.fidelity import compare
 
-    order = [q for q in ("f32", "f16", "q8_0", "q4_k_m") if q in model.files]
+    order = [q for q in gguf_quants.PRECISE_FIRST if q in model.files]
     ref_q = order[0]
     small = replace(model, max_length=min(model.max_length, 256))
     ref = open_gguf(model_dir / model.files[ref_q], model_dir, small, threads=1)

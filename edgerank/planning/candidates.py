@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from edgerank.catalog import quants
 from edgerank.catalog.spec import ModelSpec
 from edgerank.hardware.facts import Gpu, Hardware
 from edgerank.planning.memory import (
@@ -45,10 +46,7 @@ BF16_ISA = frozenset({"amx_bf16", "avx512_bf16"})
 EXTRAS = {"gguf": "gguf", "torch": "cuda"}
 
 
-GGUF_QUANTS = ("q8_0", "q4_k_m")
-
-
-PRECISION_ORDER = ("fp16", "bf16", "int8", "q8_0", "q4_k_m", "fp32")
+PRECISION_ORDER = ("fp16", "bf16", "int8", *quants.SERVED, "fp32")
 
 
 @dataclass(frozen=True)
@@ -211,7 +209,7 @@ def candidates_for(spec: ModelSpec, hw: Hardware, gpu: Gpu | None) -> list[Candi
             out.append(Candidate(spec.name, backend, "int8", "cpu"))
         elif backend == "gguf":
             files = spec.gguf.files if spec.gguf else {}
-            for q in GGUF_QUANTS:
+            for q in quants.SERVED:
                 if q in spec.memory_mib and (not files or q in files):
                     out.append(Candidate(spec.name, backend, q, "cpu"))
         elif backend == "torch":

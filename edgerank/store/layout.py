@@ -25,8 +25,6 @@ GGUF_TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
-#: quants `import --backend gguf` produces (f16 from the converter, the rest quantized)
-GGUF_QUANTS = ("f16", "q8_0", "q4_k_m")
 #: what a torch entry copies from a checkpoint: weights, configs, tokenizer, modelling code
 TORCH_PATTERNS = ("*.safetensors", "*.json", "*.py", "*.txt", "*.model", "pytorch_model*.bin")
 

