@@ -147,7 +147,8 @@ def test_import_chooses_and_records_the_rules(home):
         fmt = m.recipe["llm"]
         ids = m.recipe["answer_ids"]
         assert len(set(ids.values())) == len(ids) >= 1, name
-        assert lines[name].startswith(f"installed {name} (gguf {m.precision}, llm)"), lines[name]
+        assert lines[name].startswith(f"installed {name} (gguf)"), lines[name]  # the summary
+        assert f"what:     {m.precision.upper()}" in lines[name] or m.precision in lines[name]
         for word, tid in ids.items():
             assert f"{word!r}={tid}" in lines[name]
         if rules == "chat-template":  # SmolLM2's ChatML, rendered by llama.cpp
@@ -222,7 +223,7 @@ def test_cli_scores_an_imported_gguf(home):
     args = ["score", "--model", "smollm2", "--backend", "gguf", "--json", "how long do cats sleep"]
     done = runner.invoke(main, [*args, *docs], env={"EDGERANK_HOME": str(root)})
     assert done.exit_code == 0, done.output
-    out = json.loads(done.output)
+    out = json.loads(done.stdout)
     assert len(out["results"]) == 2
 
 
