@@ -7,20 +7,24 @@ mid-run: the daemon must keep answering, warn once, and count the failures.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 
 from edgerank.backends.onnx import OnnxBackend
+from edgerank.engine.cache_entries import VALUE
 from edgerank.engine.rank import score_documents
 from edgerank.engine.service import Service
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.server.settings import Settings
 from edgerank.store.entries import ModelStore
+from tests.server.test_http import HttpServerThread, http_settings
 from tests.server.test_server import Gated, ServerThread, settings_for
 from tests.support import tiny_models
 from tests.support.redis import redis_server, redis_tcp  # noqa: F401  (fixtures)
@@ -224,3 +228,88 @@ def test_settings_and_a_missing_client(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # the extra is not installed
     with pytest.raises(BackendUnavailable, match=r"edgerank\[redis\]"):
         RedisTier("redis://localhost", ttl_s=1, timeout_s=0.05, retry_s=1)
+
+
+def _keys(server) -> list[bytes]:
+    """KEYS edgerank:score:* from the raw RESP reply (*N, then $len / key pairs)."""
+    lines = server.command("KEYS", "edgerank:score:*").split(b"\r\n")
+    return [line for line in lines[1:] if line and not line.startswith((b"$", b"*"))]
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+#: (raw score, model inputs, tokens) another process may leave under our keys
+FORGED = [
+    (np.nan, 1, 20),
+    (np.inf, 1, 20),
+    (-np.inf, 1, 20),
+    (1.5, 0xFFFFFFFF, 0xFFFFFFFF),  # usage 17179869180 from four of them, before
+    (1.5, 1, 0xFFFFFFFF),
+    (1.5, 0, 0),
+]
+
+
+def test_forged_values_in_redis_are_misses_never_answers(
+    tiny_onnx_dir,
+    tmp_path,
+    redis_server,  # noqa: F811
+    caplog,
+):
+    """Before: NaN and Infinity scores came back as `"relevance_score":NaN` (not JSON) and a
+    forged count as usage.total_tokens 17179869180. A shared cache is another process's
+    input: a value that is not a finite score with plausible counts is a miss."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    docs = CORPUS[100:106]
+    body = {"query": "forged values", "documents": docs}
+    writer = HttpServerThread(http_settings(tmp_path / "a", cache_url=redis_server.url))
+    reader = HttpServerThread(
+        http_settings(tmp_path / "b", cache_url=redis_server.url, cache_bytes=0)
+    )
+    try:
+        for server in (writer, reader):
+            server.load(OnnxBackend.from_dir(tiny_onnx_dir, threads=1))
+        truth = _strict_json(httpx.post(writer.base + "/v2/rerank", json=body, timeout=60).text)
+        writer.call(writer.service.cache.redis.flush())
+        keys = _keys(redis_server)
+        assert len(keys) == len(docs)
+        faces = ("http", "grpc", "tei")
+        for face in faces:
+            for key, forged in zip(keys, FORGED, strict=True):
+                value = np.array([forged], dtype=VALUE).tobytes()
+                assert redis_server.command("SET", key, value).startswith(b"+OK")
+            if face == "http":
+                answer = httpx.post(reader.base + "/v2/rerank", json=body, timeout=60)
+                got = _strict_json(answer.text)  # before: ValueError, NaN is not JSON
+                assert got["results"] == truth["results"]
+                assert got["usage"] == truth["usage"]
+            elif face == "tei":
+                tei_body = {"query": body["query"], "texts": docs}
+                answer = httpx.post(reader.base + "/rerank", json=tei_body, timeout=60)
+                got = _strict_json(answer.text)
+                assert {r["index"] for r in got} == set(range(len(docs)))
+            else:
+                stub = pb_grpc.RerankerStub(grpc.insecure_channel(reader.tcp))
+                reply = stub.Rerank(
+                    pb.RerankRequest(
+                        query=body["query"], documents=docs, truncation=pb.TRUNCATION_CHUNK
+                    )
+                )
+                assert [round(r.normalised_score, 6) for r in reply.results] == [
+                    round(r["relevance_score"], 6) for r in truth["results"]
+                ]
+                assert reply.metadata.tokens == truth["usage"]["total_tokens"]
+            reader.call(reader.service.cache.redis.flush())  # the overwrite has landed
+        # every forged value was refused, scored anew and overwritten; logged once
+        invalid = sample(reader.service, "edgerank_cache_redis_invalid_total")
+        assert invalid == len(FORGED) * len(faces)
+        warnings = [r for r in caplog.records if "not edgerank scores" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        for server in (writer, reader):
+            server.call(server.service.close_cache())
+            server.close()
