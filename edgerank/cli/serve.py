@@ -17,4 +17,5 @@ def serve(**flags):
     """Run the reranking daemon (gRPC; settings: flags > EDGERANK_* > TOML file)."""
     from edgerank.server import daemon, settings
 
-    sys.exit(daemon.run(settings.load(flags)))
+    # a SIGHUP reads the settings again by the same rules (server/reload.py)
+    sys.exit(daemon.run(settings.load(flags), fresh=lambda: settings.load(flags)))

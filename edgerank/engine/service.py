@@ -31,6 +31,7 @@ from edgerank.engine.rank import rank
 from edgerank.engine.requests import Group, Outcome, Reranked, group_pairs
 from edgerank.engine.watch import FidelityWatch
 from edgerank.errors import (
+    BackendFailure,
     EdgerankError,
     InvalidInput,
     Unavailable,
@@ -40,12 +41,19 @@ from edgerank.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: the answer of a call still being scored when the drain deadline passed
+CUT_OFF = (
+    "the server is shutting down and the drain timeout passed before this request was "
+    "scored; retry on another replica"
+)
 WARMUP_QUERY = "warm up"
 WARMUP_PASSAGES = ("a short passage", "a somewhat longer passage that is here to warm up the model")
 #: (padded tokens, pairs or None = no cap) per batch; a model the planner knows nothing of
 #: gets the memory model's CPU budget, uncapped
 Shape = tuple[int, int | None]
 PLAIN: Shape = (CPU_TOKEN_BUDGETS[0], None)
+#: threads that tokenize requests (TEI's Info reports the figure)
+TOKENIZATION_WORKERS = 2
 
 
 class Service(RequestLimits):
@@ -73,7 +81,14 @@ class Service(RequestLimits):
         #: the fidelity watch (fidelity_sample > 0) and its task; None costs nothing
         self.watch: FidelityWatch | None = None
         self._watching: asyncio.Task | None = None
-        self._tokenizers = concurrent.futures.ThreadPoolExecutor(2, "edgerank-tok")
+        self.tokenization_workers = TOKENIZATION_WORKERS
+        self._tokenizers = concurrent.futures.ThreadPoolExecutor(
+            TOKENIZATION_WORKERS, "edgerank-tok"
+        )
+        #: the tasks scoring a call right now, and those abandon() cut off
+        self._running: set[asyncio.Task] = set()
+        self._cut: set[asyncio.Task] = set()
+        self._abandoned = False
         #: the entry's FP32 rescoring of near-ties and the thread it runs on; None = INT8 alone
         self.cascade: Cascade | None = None
         self._cascading: concurrent.futures.ThreadPoolExecutor | None = None
@@ -204,8 +219,20 @@ class Service(RequestLimits):
                 return
             await asyncio.sleep(min(left, end - loop.time()))
 
-    def close(self, timeout: float | None = None) -> None:
-        """Finish queued work, stop the worker, release the model."""
+    def abandon(self) -> int:
+        """Past the drain deadline: every call still being scored is answered Unavailable
+        (retryable) at once and its queued work dropped; the running batch is not touched.
+        Returns how many calls were cut off."""
+        self._abandoned = True
+        for task in self._running:
+            if not task.done() and task not in self._cut:
+                self._cut.add(task)
+                task.cancel("the drain timeout passed")
+        return len(self._cut)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Finish queued work, stop the worker, release the model. False when the worker
+        is still inside a batch after `timeout`: the model is then left open under it."""
         self.state = "stopped"
         stopped = True
         if self.batcher is not None:
@@ -224,6 +251,7 @@ class Service(RequestLimits):
             self.backend.close()  # never under a batch the worker is still running
             if self.cascade is not None:
                 self.cascade.close()
+        return stopped
 
     @property
     def info(self) -> BackendInfo:
@@ -289,6 +317,16 @@ class Service(RequestLimits):
         self.require_ready()
         return await self._run(groups, n, deadline)
 
+    async def query_fits(self, query: str, options: ScoreOptions) -> bool:
+        """Does the backend feed `query` to the model whole under `options`? (TEI's
+        truncate=false refuses a query that would be cut.)"""
+        assert self.backend is not None
+        loop = asyncio.get_running_loop()
+        items = await loop.run_in_executor(
+            self._tokenizers, self.backend.encode, query, [""], options
+        )
+        return not any(it.query_cut for it in items)
+
     def _encode(self, groups: Sequence[Group]) -> list[Encoded]:
         assert self.backend is not None
         items: list[Encoded] = []
@@ -302,6 +340,10 @@ class Service(RequestLimits):
     async def _run(self, groups: Sequence[Group], n: int, deadline: float | None) -> Outcome:
         start = time.perf_counter_ns()
         cache = self.cache
+        task = asyncio.current_task()
+        if self._abandoned or task is None:
+            raise Unavailable(CUT_OFF)
+        self._running.add(task)
         self.in_flight += 1
         try:
             if cache is None:
@@ -309,8 +351,16 @@ class Service(RequestLimits):
             else:
                 resolved = await cache.resolve(groups, n, deadline, self._score)
                 scores, cached = resolved.scores, resolved.cached
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise  # the caller went away
+            if hasattr(task, "uncancel"):  # Python 3.11+: this cancel is handled here
+                task.uncancel()
+            raise Unavailable(CUT_OFF) from None
         finally:
             self.in_flight -= 1
+            self._running.discard(task)
+            self._cut.discard(task)
         self.completed += 1
         outcome = Outcome(
             raw=scores.raw,
@@ -354,6 +404,12 @@ class Service(RequestLimits):
                 self._cascading, self._rescore, items, scores.raw, groups
             )
             scores.inference_ns += time.perf_counter_ns() - at
+        finite = np.isfinite(scores.raw)
+        if not finite.all():  # never answered, never cached: no face may carry NaN/Infinity
+            where = int(np.flatnonzero(~finite)[0])
+            raise BackendFailure(
+                f"the model gave a non-finite score ({scores.raw[where]}) for position {where}"
+            )
         return scores
 
     def _rescore(self, items: Sequence[Encoded], raw: np.ndarray, groups: Sequence[Group]):
