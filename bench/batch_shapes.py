@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from edgerank.backends.base import Backend  # noqa: E402
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.backends.registry import open_reference  # noqa: E402
+from edgerank.install.store import ModelStore  # noqa: E402
 from edgerank.models.manifest import MANIFEST, Manifest  # noqa: E402
+from edgerank.planning.measured import shape_key  # noqa: E402
 from edgerank.quality import bench as b  # noqa: E402
 from edgerank.quality import shapes  # noqa: E402
-from edgerank.quality.measurements import shape_key  # noqa: E402
-from edgerank.store.entries import ModelStore  # noqa: E402
 
 DEFAULT = shape_key(shapes.BUDGETS[0], None)
 

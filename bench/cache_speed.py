@@ -39,7 +39,6 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb  # noqa: E402
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc  # noqa: E402
@@ -165,8 +164,8 @@ def main() -> None:
         work = Path(tmp)
         model = args.model
         if model is None:
-            from edgerank.store.entries import ModelStore
-            from tests.support import minilm_ce
+            from edgerank.install.store import ModelStore
+            from edgerank.testing import minilm_ce
 
             ckpt = minilm_ce.build_minilm_cross_encoder(work / "ckpt")
             model = str(ModelStore(work / "home").import_onnx("minilm-ce", ckpt))

@@ -15,7 +15,7 @@ The full 0.6B run is long on 2 vCPUs (~90 prompt tokens/s: 100 passages without 
    the template + query where Qwen's own vocabulary needs ~75): the table reports both
    counts, and the gain grows with the shared share of each prompt.
 2. The GGUF cross-encoder (q8_0, one pair per decode: the shipped default) against INT8
-   ONNX (baseline) on the same MiniLM-L6 cross-encoder (tests/support/minilm_ce.py), plus GGUF
+   ONNX (baseline) on the same MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py), plus GGUF
    with pairs packed into 512-token decodes: the measurement behind PACK_TOKENS = 0.
 
 Models are built once into --work (a subprocess that imports torch); the timing process
@@ -33,10 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from edgerank.backends.registry import open_installed  # noqa: E402
+from edgerank.backends.registry import open_entry  # noqa: E402
 from edgerank.models.gguf_model import GgufModel  # noqa: E402
 from edgerank.models.llm_format import LlmFormat  # noqa: E402
 from edgerank.quality import bench as b  # noqa: E402
@@ -65,14 +62,14 @@ def prepare(work: Path, shape: str) -> None:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from edgerank.convert import gguf as convert_gguf
-    from edgerank.store.entries import ModelStore
-    from tests.support import minilm_ce, tiny_models
+    from edgerank.install.store import ModelStore
+    from edgerank.testing import minilm_ce, tiny_llms
 
     llm_dir = work / f"qwen3-{shape}"
     gguf = work / f"qwen3-{shape}.q8_0.gguf"
     if not gguf.exists():
         llm_dir.mkdir(parents=True, exist_ok=True)
-        tok = tiny_models._qwen_tokenizer()
+        tok = tiny_llms._qwen_tokenizer()
         tok.save(str(llm_dir / "tokenizer.json"))
         torch.manual_seed(0)
         cfg = Qwen3Config(**SHAPES[shape], max_position_embeddings=40960,
@@ -80,7 +77,7 @@ def prepare(work: Path, shape: str) -> None:
                           pad_token_id=tok.token_to_id("<|endoftext|>"),
                           eos_token_id=tok.token_to_id("<|im_end|>"))  # fmt: skip
         Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(llm_dir)
-        tiny_models._llm_tokenizer_config(
+        tiny_llms._llm_tokenizer_config(
             llm_dir, 40960, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
         )
         files = convert_gguf.convert_and_quantize(llm_dir, work, ("q8_0",), base="f16")
@@ -102,7 +99,7 @@ def prepare(work: Path, shape: str) -> None:
 def passages(n: int, words: int, seed: int = 0) -> list[str]:
     """Words of the bench tokenizer's training corpus: about one token per word, as
     English prose is under Qwen's 151k vocabulary."""
-    from tests.support.tiny_models import WORDS
+    from edgerank.testing.tiny_models import WORDS
 
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(n)]
@@ -152,17 +149,17 @@ def llm_report(work: Path, shape: str, threads: list[int], counts: list[int], wo
 
 def cross_encoder_report(work: Path, threads: list[int], rounds: int, pairs: int,
                          tokens: int) -> list[dict]:  # fmt: skip
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     store = ModelStore(work / "home")
     refs = {
-        "onnx_int8": lambda t: open_installed(store, "minilm-ce", "onnx", threads=t),
-        "gguf_pack512": lambda t: open_installed(
-            store, "minilm-ce", "gguf", threads=t, pack_tokens=512
+        "onnx_int8": lambda t: open_entry(store.entry("minilm-ce", "onnx"), threads=t),
+        "gguf_pack512": lambda t: open_entry(
+            store.entry("minilm-ce", "gguf"), threads=t, pack_tokens=512
         ),
     }
     return b.backend_report(
-        lambda t: open_installed(store, "minilm-ce", "gguf", threads=t),
+        lambda t: open_entry(store.entry("minilm-ce", "gguf"), threads=t),
         refs, threads, pairs, tokens,
         rounds,
     )  # fmt: skip

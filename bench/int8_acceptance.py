@@ -2,7 +2,7 @@
 
     python bench/int8_acceptance.py [--models faq-head gloss-head admin-e2e] [--rounds 5]
 
-For each test reranker of tests/support/minilm_rerankers.py (three real-weight MiniLM-L6
+For each test reranker of edgerank/testing/minilm_rerankers.py (three real-weight MiniLM-L6
 cross-encoders built offline, none tuned for the recipe):
 
 1. `edgerank import`'s code path (ModelStore.import_onnx, default policy; ``--portable``:
@@ -11,7 +11,7 @@ cross-encoders built offline, none tuned for the recipe):
    CPU seconds, the MatMuls it kept FP32 and its frontier;
 2. fidelity of every candidate against torch FP32 (512-token truncation) on the held-out
    Debian FAQ groups (139 x 8; a document no calibration, probe or model training used),
-   scored through edgerank's own path (engine/load.py, as `edgerank score`: the file and,
+   scored through edgerank's own path (startup/, as `edgerank score`: the file and,
    when its recipe has one, the cascade's FP32 rescoring of near-ties; ``int8-alone``: the
    same file without it);
 3. speed in one run, candidates interleaved over ``--rounds`` rounds (medians), at 1 and 2
@@ -38,16 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.convert.backoff import Policy  # noqa: E402
+from edgerank.engine.agreement import rank_agreement  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
+from edgerank.install.store import ModelStore  # noqa: E402
 from edgerank.models.manifest import Manifest  # noqa: E402
-from edgerank.quality.fidelity import rank_agreement  # noqa: E402
-from edgerank.store.entries import ModelStore  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 
 def speed_sets(tok_json: Path) -> dict[str, tuple[str, list[str]]]:
@@ -107,7 +104,7 @@ def candidates(ckpt: Path, installed: Path, work: Path, threads: int) -> dict:
     import torch
 
     from edgerank.backends.torch import TorchBackend
-    from edgerank.engine.load import load
+    from edgerank.startup.load import load
 
     torch.set_num_threads(threads)
     plain = work / "fp32" / "model.onnx"

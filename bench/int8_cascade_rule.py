@@ -27,15 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from bench.int8_acceptance import speed_sets  # noqa: E402
+from edgerank.engine.agreement import rank_agreement  # noqa: E402
 from edgerank.engine.cascade import head, with_fp32_head  # noqa: E402
-from edgerank.engine.load import load  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
-from edgerank.quality.fidelity import rank_agreement  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.startup.load import load  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 
 def leader_first(int8: np.ndarray, fp32: np.ndarray, e: float) -> np.ndarray:

@@ -30,20 +30,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from edgerank.convert import int8, int8_files  # noqa: E402
 from edgerank.convert.graph import Graph  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
 from edgerank.quality.scoring import Scorer  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 FLOOR_TOP1 = 0.97
 DRAWS = 400

@@ -28,20 +28,16 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench.int8_acceptance import speed_sets  # noqa: E402
 from edgerank.convert import backoff, int8, int8_files  # noqa: E402
+from edgerank.engine.agreement import rank_agreement  # noqa: E402
 from edgerank.hardware.facts import SATURATING_INT8  # noqa: E402
 from edgerank.hardware.probe import int8_kernel_here  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
-from edgerank.quality.fidelity import rank_agreement  # noqa: E402
 from edgerank.quality.scoring import Scorer  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 GEMM = {"MatMul", "FusedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
 

@@ -4,8 +4,8 @@
     python bench/memory.py --cases onnx,onnx_arena --requests 3 --json
 
 Each case is a fresh `python -m edgerank.server.daemon` (HTTP on a Unix socket) serving the
-MiniLM-L6 cross-encoder (tests/support/minilm_ce.py: real MiniLM weights, fitted head) as INT8 ONNX
-or GGUF q8_0, or the embedded all-MiniLM-L6-v2 bi-encoder. The request is the black-box
+MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py: real MiniLM weights, fitted head) as
+INT8 ONNX or GGUF q8_0, or the embedded all-MiniLM-L6-v2 bi-encoder. The request is the black-box
 probe's: 100 documents of ~256 tokens, POSTed to /v1/rerank `--requests` times. Read from
 /proc/PID/status: VmRSS idle (after the warm-up), VmHWM over the requests (the high-water
 mark is reset through /proc/PID/clear_refs first), VmRSS after the last one. `onnx_arena`
@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 #: onnxruntime as edgerank configured it before the fix: its defaults (arena, patterns on)
 ARENA_DAEMON = textwrap.dedent(
@@ -66,8 +65,8 @@ CASES = ("onnx", "onnx_arena", "gguf", "biencoder")
 
 def prepare(work: Path) -> None:
     """The MiniLM-L6 cross-encoder as INT8 ONNX and GGUF q8_0 (imports torch: own process)."""
-    from edgerank.store.entries import ModelStore
-    from tests.support import minilm_ce
+    from edgerank.install.store import ModelStore
+    from edgerank.testing import minilm_ce
 
     store = ModelStore(work / "home")
     installed = store.installed().get("minilm-ce", [])
@@ -84,7 +83,7 @@ def documents(n: int, words: int, seed: int = 0) -> list[str]:
     """English words, about one MiniLM token each: ~`words` tokens per document."""
     import random
 
-    from tests.support.tiny_models import WORDS
+    from edgerank.testing.tiny_models import WORDS
 
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(n)]
@@ -119,7 +118,7 @@ def _post(path: Path, body: dict) -> dict:
 
 
 def measure(case: str, work: Path, docs: list[str], requests: int, threads: int) -> dict:
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     store = work / "home"
     entries = ModelStore(store)

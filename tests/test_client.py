@@ -30,7 +30,7 @@ from edgerank.cli.main import main
 from edgerank.engine.rank import score_documents
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
-from tests.support import tiny_models
+from edgerank.testing import tiny_models
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = tiny_models.corpus(200, seed=5)

@@ -34,10 +34,10 @@ def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_r
           as_json):  # fmt: skip
     """Throughput, latency and bucketing gain of the backend (ratios to torch when given), and
     this CPU's INT8 and FP32 GEMM throughput."""
-    from edgerank.engine import load as loader
     from edgerank.hardware.probe import probe
     from edgerank.quality import bench as b
     from edgerank.quality.gemm import gemm_report
+    from edgerank.startup import load as loader
 
     if server:
         _bench_server(server, clients, n_requests, n_docs, as_json)

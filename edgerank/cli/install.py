@@ -66,7 +66,7 @@ def pull(
 ):  # fmt: skip
     """Download a catalog model and install it (INT8 ONNX, or GGUF)."""
     from edgerank.catalog.load import load_catalog
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     spec = load_catalog().get(name)
     path = ModelStore().pull(
@@ -103,11 +103,11 @@ def import_(
     --backend torch, as the checkpoint itself (scored as its catalog entry, if NAME is one).
     PATH may also be an archive from `edgerank export`: installed unchanged, checksums checked."""
     from edgerank.catalog.load import load_catalog
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     store = ModelStore()
     if Path(path).is_file():
-        from edgerank.store import archive
+        from edgerank.install import archive
 
         target = archive.import_archive(store, Path(path), name)
         click.echo(
@@ -156,8 +156,8 @@ def import_(
 def export_(name, file, backend):
     """Pack an installed model into one archive FILE (.tar, or .tar.gz) for `edgerank import`
     on another box: the files and the manifest with their checksums, unchanged."""
-    from edgerank.store import archive
-    from edgerank.store.entries import ModelStore
+    from edgerank.install import archive
+    from edgerank.install.store import ModelStore
 
     out = archive.export(ModelStore(), name, backend, Path(file))
     click.echo(f"wrote {out} ({out.stat().st_size / (1 << 20):.1f} MiB)")

@@ -15,10 +15,10 @@ from edgerank.cli.common import friendly
 def models(as_json):
     """The catalog: what edgerank can run, and what is installed."""
     from edgerank.catalog.load import load_catalog
-    from edgerank.store.entries import ModelStore
+    from edgerank.store.layout import StoreLayout
 
     catalog = load_catalog()
-    store = ModelStore()
+    store = StoreLayout()
     installed = store.installed()
     notes = fidelity_notes(store, installed)
     rows = []

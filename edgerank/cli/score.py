@@ -123,8 +123,8 @@ def score(
 
 
 def _score_local(query, documents, options, model, backend, threads, top_n, allow_remote_code):
-    from edgerank.engine import load as loader
     from edgerank.engine.rank import rank, score_documents
+    from edgerank.startup import load as loader
 
     loaded = loader.load(
         model,

@@ -169,7 +169,7 @@ def batch_gap(scorer: Scorer, encoded_groups, n_groups: int = 8) -> float:
 
 
 def agreement(ref: list[np.ndarray], cand: list[np.ndarray]) -> dict[str, float]:
-    from edgerank.quality.fidelity import rank_agreement
+    from edgerank.engine.agreement import rank_agreement
 
     return rank_agreement(ref, cand)
 

@@ -54,8 +54,8 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 #: ggml's q8_0 also rounds each matmul's *input* to 8 bits per block of 32, and a block that
 #: holds one of the post-LayerNorm outlier channels loses the rest: on the MiniLM test model
 #: plain q8_0 kept the FP32 top-1 in 95% of 60 groups (Spearman 0.995), this mix in 100%
-#: (0.9986) at the same speed and 15% more bytes (tests/support/minilm_ce.py's model against torch
-#: FP32; tests/backends/test_gguf.py holds the recipe to the acceptance bar).
+#: (0.9986) at the same speed and 15% more bytes (edgerank/testing/minilm_ce.py's model against
+#: torch FP32; tests/backends/test_gguf.py holds the recipe to the acceptance bar).
 CROSS_ENCODER_KEEP = {r"attn_(q|k|v|qkv)\.weight": "f16", r"ffn_up\.weight": "f16"}
 
 

@@ -38,9 +38,9 @@ from edgerank.errors import Expired
 
 if TYPE_CHECKING:
     from edgerank.engine.cache_redis import RedisTier
+    from edgerank.engine.config import EngineConfig
     from edgerank.engine.metrics import Metrics
     from edgerank.engine.requests import Group
-    from edgerank.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -285,25 +285,25 @@ async def _wait(
 
 
 async def open_cache(
-    settings: Settings, info: BackendInfo, metrics: Metrics | None = None
+    config: EngineConfig, info: BackendInfo, metrics: Metrics | None = None
 ) -> ScoreCache | None:
-    """The cache the settings ask for, or None (off, or the model has no identity)."""
-    if settings.cache_bytes <= 0 and not settings.cache_url:
+    """The cache the config asks for, or None (off, or the model has no identity)."""
+    if config.cache_bytes <= 0 and not config.cache_url:
         return None
     model = model_digest(info)
     if model is None:
         log.info("score cache off: %s has no manifest identity to key scores on", info.model)
         return None
-    memory = MemoryLRU(settings.cache_bytes) if settings.cache_bytes > 0 else None
+    memory = MemoryLRU(config.cache_bytes) if config.cache_bytes > 0 else None
     redis = None
-    if settings.cache_url:
+    if config.cache_url:
         from edgerank.engine.cache_redis import RedisTier
 
         redis = RedisTier(
-            settings.cache_url,
-            ttl_s=settings.cache_ttl_s,
-            timeout_s=settings.cache_timeout_ms / 1000,
-            retry_s=settings.cache_retry_s,
+            config.cache_url,
+            ttl_s=config.cache_ttl_s,
+            timeout_s=config.cache_timeout_ms / 1000,
+            retry_s=config.cache_retry_s,
             metrics=metrics,
         )
         await redis.ping()

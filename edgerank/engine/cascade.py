@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from edgerank.backends.base import Backend, Encoded
-from edgerank.engine.rank import merge_max, plan_batches
+from edgerank.backends.padding import plan_batches
+from edgerank.engine.rank import merge_max
 
 
 def head(raw: np.ndarray, margin: float) -> np.ndarray:

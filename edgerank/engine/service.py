@@ -25,6 +25,7 @@ from edgerank.engine.batcher import Batcher, run_job
 from edgerank.engine.cache import ScoreCache, open_cache
 from edgerank.engine.cache_entries import Scores
 from edgerank.engine.cascade import Cascade
+from edgerank.engine.config import EngineConfig
 from edgerank.engine.limits import RequestLimits
 from edgerank.engine.metrics import Metrics
 from edgerank.engine.rank import rank
@@ -37,7 +38,6 @@ from edgerank.errors import (
     Unavailable,
 )
 from edgerank.planning.memory import CPU_TOKEN_BUDGETS
-from edgerank.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,13 @@ TOKENIZATION_WORKERS = 2
 class Service(RequestLimits):
     """One loaded backend behind admission control and the batcher."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, config: EngineConfig):
+        self.config = config
         self.state = "loading"  # -> serving -> draining -> stopped
         self.backend: Backend | None = None
         self.batcher: Batcher | None = None
         self.admission = Admission(
-            settings.max_queue_pairs, settings.max_queue_tokens, drain_rate=self._rate
+            config.max_queue_pairs, config.max_queue_tokens, drain_rate=self._rate
         )
         self.model_names: frozenset[str] = frozenset()
         self.batch_shape: Shape = PLAIN  # what the batcher runs with (Info reports it)
@@ -112,13 +112,13 @@ class Service(RequestLimits):
         """Take a loaded backend, start its worker, warm it up end to end, then serve.
         ``shape``: the planner's batch shape for it, which settings left at 0 (auto) take;
         ``cascade``: the entry's FP32 rescoring of near-ties (engine/cascade.py)."""
-        s = self.settings
+        s = self.config
         self.backend = backend
         if cascade is not None:
             self.cascade = cascade
             self._cascading = concurrent.futures.ThreadPoolExecutor(1, "edgerank-cascade")
         self._info = backend.info()
-        served = (self._info.model, *aliases, *s.served_names())
+        served = (self._info.model, *aliases, *s.served_names)
         self.model_names = frozenset(a for a in served if a)
         self.metrics.describe(self._info)
         self.batch_shape = s.batch_shape(shape)

@@ -21,7 +21,7 @@ from edgerank.planning.memory import (
 )
 
 if TYPE_CHECKING:
-    from edgerank.quality.measurements import Measured
+    from edgerank.planning.measured import Measured
 
 #: (model, backend, precision, device) -> what calibration measured for it
 Calibration = Mapping[tuple[str, str, str, str], "Measured"]

@@ -67,7 +67,7 @@ def batch_shape(tokens: int, max_pairs: int | None) -> str:
 
 def batch_reason(e: Evaluation, shape: tuple[int, int | None] | None) -> str:
     """Where the batch shape came from: calibration, or the memory budget (``e.tokens``)."""
-    from edgerank.quality.measurements import SHAPE_SLACK, shape_key
+    from edgerank.planning.measured import SHAPE_SLACK, shape_key
 
     m = e.measured
     if shape is None:

@@ -67,14 +67,14 @@ BackendFactory = Callable[[Settings], tuple]
 
 
 def load_backend(settings: Settings) -> Opened:
-    """Open the configured model the way `edgerank score` does (engine/load.py), with the
+    """Open the configured model the way `edgerank score` does (startup/), with the
     batch shape the planner gives it."""
     from pathlib import Path
 
-    from edgerank.engine import load as loader
-    from edgerank.store.entries import ModelStore
+    from edgerank.startup import load as loader
+    from edgerank.store.layout import StoreLayout
 
-    store = ModelStore(Path(settings.home)) if settings.home else ModelStore()
+    store = StoreLayout(Path(settings.home) if settings.home else None)
     loaded = loader.load(
         settings.model or None,
         backend=None if settings.backend == "auto" else settings.backend,
@@ -126,10 +126,10 @@ def load_reference(settings: Settings, served: str) -> Backend:
     from pathlib import Path
 
     from edgerank.backends.registry import open_reference
-    from edgerank.engine.load import reference_dir
-    from edgerank.store.entries import ModelStore
+    from edgerank.startup.load import reference_dir
+    from edgerank.store.layout import StoreLayout
 
-    store = ModelStore(Path(settings.home)) if settings.home else ModelStore()
+    store = StoreLayout(Path(settings.home) if settings.home else None)
     return open_reference(reference_dir(settings.model, served, store), threads=1)
 
 
@@ -145,7 +145,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    service = Service(settings)
+    service = Service(settings.engine())
     try:
         token = Token(settings.bearer_token())
         tls = TlsPair(settings.tls_cert, settings.tls_key) if settings.tls_cert else None

@@ -123,11 +123,11 @@ def _error(status: int, message: str, reason: str, headers: dict[str, str] | Non
 class Api:
     """The handlers, around one Service; a `token` of '' = no check."""
 
-    def __init__(self, service: Service, token: Token | None = None):
+    def __init__(self, service: Service, token: Token | None = None, read_timeout_s: float = 30.0):
         self.service = service
         self.token = token if token is not None else Token()
-        self._limit = service.settings.max_message_bytes
-        self._read_timeout = service.settings.read_timeout_s
+        self._limit = service.config.max_message_bytes
+        self._read_timeout = read_timeout_s
         #: the open connections (set once the server exists: start())
         self.guard: ConnectionGuard | None = None
 
@@ -409,7 +409,7 @@ async def start(
         token = Token(settings.bearer_token())
     if tls is None and settings.tls_cert:
         tls = TlsPair(settings.tls_cert, settings.tls_key)
-    api = Api(service, token)
+    api = Api(service, token, settings.read_timeout_s)
     runner = web.AppRunner(
         api.app(),
         access_log=None,  # one log line per request costs more than the request

@@ -114,7 +114,7 @@ LIMITS = (
 def info_to(service: Service) -> pb.InfoResponse:
     """What is served and under which limits; `probe` carries the hardware summary. The batch
     shape is the one the batcher runs with, not the settings' 0 = auto."""
-    info, s = service.info, service.settings
+    info, s = service.info, service.config
     tokens, pairs = service.batch_shape
     limits = {name: getattr(s, name) for name in LIMITS}
     return pb.InfoResponse(
@@ -189,13 +189,13 @@ class _Guarded:
         await authorise(self.token, context)
 
     def _check_size(self, nbytes: int) -> None:
-        limit = self.service.settings.max_message_bytes
+        limit = self.service.config.max_message_bytes
         if nbytes > limit:
             raise TooLarge(f"request of {nbytes} bytes, over max_message_bytes ({limit})")
 
     def _check_count(self, n: int, what: str, setting: str) -> None:
         """A client stream may not carry more items than one request may (max_documents)."""
-        limit = self.service.settings.max_documents
+        limit = self.service.config.max_documents
         if n > limit:
             raise TooLarge(f"more than {limit} {what} in the stream ({setting})")
 

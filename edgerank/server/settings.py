@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgerank.engine.config import EngineConfig
 from edgerank.errors import InvalidInput, SettingsError
 from edgerank.server.transport import socket_path, split_host_port
 
@@ -111,11 +112,12 @@ class Settings:
         "idle, to watch INT8 fidelity on live traffic; 0 = off",
     )
 
-    def batch_shape(self, planned: tuple[int, int | None]) -> tuple[int, int | None]:
-        """(padded tokens, pairs or None = no cap) the batcher runs with: each setting that is
-        0 (auto) takes the planner's value for the model, an explicit one wins."""
-        tokens, pairs = planned
-        return self.max_batch_tokens or tokens, self.max_batch_pairs or pairs
+    def engine(self) -> EngineConfig:
+        """The engine's part of the settings."""
+        own = {f.name for f in fields(EngineConfig)} - {"served_names"}
+        return EngineConfig(
+            served_names=tuple(self.served_names()), **{k: getattr(self, k) for k in own}
+        )
 
     def served_names(self) -> list[str]:
         """served_model_name split into names, in order, each once."""

@@ -102,7 +102,7 @@ async def answer(
 
 def info(service: Service) -> TeiInfo:
     """What both Info answers report: the first served name, the shape the batcher runs."""
-    backend, s = service.info, service.settings
+    backend, s = service.info, service.config
     tokens, pairs = service.batch_shape
     return TeiInfo(
         model_id=service.served_name(None),

@@ -60,14 +60,18 @@ class StoreLayout:
             out.setdefault(manifest.parent.parent.name, []).append(manifest.parent.name)
         return out
 
-    def manifest(self, name: str, backend: str = "onnx") -> Manifest:
+    def entry(self, name: str, backend: str = "onnx") -> Path:
+        """The directory of an installed entry; a missing one is one clear ModelNotFound."""
         d = self.path(name, backend)
         if not d.exists():
             raise ModelNotFound(
                 f"model {name!r} ({backend}) is not installed in {self.root}: "
                 f"run `edgerank pull {name}`"
             )
-        return Manifest.read(d)
+        return d
+
+    def manifest(self, name: str, backend: str = "onnx") -> Manifest:
+        return Manifest.read(self.entry(name, backend))
 
     @contextlib.contextmanager
     def staged(self, name: str, backend: str) -> Iterator[Path]:

@@ -211,12 +211,12 @@ def test_score_runs_a_checkpoints_own_code_only_with_the_flag(run, tmp_path):
     import dataclasses
 
     from edgerank.catalog.load import load_catalog
-    from edgerank.store.entries import ModelStore
-    from tests.support import tiny_models
+    from edgerank.install.store import ModelStore
+    from edgerank.testing import tiny_llms
 
     spec = load_catalog().get("bge-reranker-v2-minicpm-layerwise")
     spec = dataclasses.replace(spec, max_length=256, cutoff_layer=4)  # the tiny one has 6
-    ckpt = tiny_models.build_tiny_layerwise(tmp_path / "layerwise")
+    ckpt = tiny_llms.build_tiny_layerwise(tmp_path / "layerwise")
     ModelStore(tmp_path / "home").import_torch("layerwise", ckpt, spec=spec)
     args = ("score", "cats", "cats sleep", "dogs bark", "--model", "layerwise")
     _one_error_line(run(*args), "--allow-remote-code")

@@ -19,9 +19,9 @@ from edgerank.convert import int8_files
 from edgerank.errors import BelowFidelityFloor, InvalidInput
 from edgerank.hardware.facts import SATURATING_INT8
 from edgerank.hardware.probe import int8_kernel_here
+from edgerank.install.store import ModelStore
 from edgerank.models.manifest import Manifest
 from edgerank.quality import sets
-from edgerank.store.entries import ModelStore
 
 #: installs whatever the loop finds, whatever the machine's load
 ANY = ib.Policy(min_speedup=0.0, allow_below_floor=True)
@@ -176,7 +176,7 @@ def test_the_cascade_is_measured_per_point_recorded_and_opened(fp32_dir, tmp_pat
     """With the cascade (the default) every point carries its margin, figures and speed as
     served; the entry keeps the FP32 graph and records the margin, and the loader opens
     both. Without it (--no-cascade) the entry is the INT8 file alone."""
-    from edgerank.engine.load import load
+    from edgerank.startup.load import load
 
     store = ModelStore(tmp_path / "home")
     d = store.import_onnx("t", fp32_dir, policy=ANY)

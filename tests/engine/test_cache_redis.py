@@ -20,13 +20,13 @@ from edgerank.backends.onnx import OnnxBackend
 from edgerank.engine.cache_entries import VALUE
 from edgerank.engine.rank import score_documents
 from edgerank.engine.service import Service
+from edgerank.install.store import ModelStore
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.server.settings import Settings
-from edgerank.store.entries import ModelStore
+from edgerank.testing import tiny_models
 from tests.server.test_http import HttpServerThread, http_settings
 from tests.server.test_server import Gated, ServerThread, settings_for
-from tests.support import tiny_models
 from tests.support.redis import redis_server, redis_tcp  # noqa: F401  (fixtures)
 
 CORPUS = tiny_models.corpus(200, seed=5)
@@ -52,7 +52,7 @@ def settings(url: str, **overrides) -> Settings:
 
 async def started(model_dir, config: Settings) -> tuple[Service, Gated]:
     backend = Gated(OnnxBackend.from_dir(model_dir, threads=1))
-    service = Service(config)
+    service = Service(config.engine())
     await service.start(backend)
     backend.items = 0  # the warm-up's
     return service, backend

@@ -129,7 +129,7 @@ def test_the_daemon_answers_what_the_one_off_path_does():
     settings = Settings(max_documents=50, batch_wait_ms=0.5)
 
     async def scenario():
-        service = Service(settings)
+        service = Service(settings.engine())
         ref = Shifted()
         await service.start(FakeBackend(), cascade=Cascade(ref, margin=0.4))
         passages = docs(4, 30)
@@ -177,9 +177,9 @@ def test_a_real_entry_serves_its_cascade_in_the_daemon(tiny_bert_hf, tmp_path):
     """A tiny model installed with the cascade, opened as `serve` opens it: the daemon's
     answer is the one-off path's, and the rescored positions carry the FP32 graph's scores."""
     from edgerank.backends.onnx import OnnxBackend
-    from edgerank.engine.load import load
+    from edgerank.install.store import ModelStore
     from edgerank.models.manifest import Manifest
-    from edgerank.store.entries import ModelStore
+    from edgerank.startup.load import load
     from tests.support.install import any_int8
 
     d = ModelStore(tmp_path / "home").import_onnx("t", tiny_bert_hf, policy=any_int8(True))
@@ -188,7 +188,7 @@ def test_a_real_entry_serves_its_cascade_in_the_daemon(tiny_bert_hf, tmp_path):
     async def scenario():
         loaded = load(str(d), threads=1)
         assert loaded.cascade is not None
-        service = Service(Settings(batch_wait_ms=0.5))
+        service = Service(Settings(batch_wait_ms=0.5).engine())
         await service.start(loaded.backend, cascade=loaded.cascade)
         got = await service.rerank("which river", passages)
         service.close()

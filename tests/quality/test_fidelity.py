@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from edgerank.quality.fidelity import rank_agreement, spearman
+from edgerank.engine.agreement import rank_agreement, spearman
 from edgerank.quality.texts import probe_groups
 
 

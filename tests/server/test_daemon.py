@@ -22,7 +22,7 @@ from edgerank.backends.onnx import OnnxBackend
 from edgerank.engine.rank import score_documents
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
-from tests.support import tiny_models
+from edgerank.testing import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = tiny_models.corpus(200, seed=5)
@@ -238,9 +238,9 @@ def test_sigterm_while_loading_exits_0(tmp_path, notify):
 )
 def test_remote_code_opt_in_reaches_the_loader(monkeypatch, env, expected):
     """Hub modelling code runs only when the daemon's settings allow it (off by default)."""
-    from edgerank.engine import load as loader
     from edgerank.server import daemon
     from edgerank.server.settings import load
+    from edgerank.startup import load as loader
 
     seen = {}
 
@@ -255,9 +255,9 @@ def test_remote_code_opt_in_reaches_the_loader(monkeypatch, env, expected):
 
 
 def test_load_backend_hands_on_the_loaders_batch_shape(monkeypatch):
-    from edgerank.engine import load as loader
     from edgerank.server import daemon
     from edgerank.server.settings import load
+    from edgerank.startup import load as loader
     from tests.support.hardware import avx2_machine
 
     loaded = loader.Loaded(object(), avx2_machine(), token_budget=1024, max_pairs=8)

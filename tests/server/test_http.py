@@ -38,8 +38,8 @@ from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
 from edgerank.server import http as http_server
 from edgerank.server import status as status_table
 from edgerank.server.settings import http_address, load
+from edgerank.testing import tiny_models
 from tests.server.test_server import Gated, ServerThread, settings_for
-from tests.support import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = tiny_models.corpus(300, seed=23)

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from edgerank.backends.onnx import OnnxBackend
+from edgerank.testing import tiny_models
 from tests.server.test_http import HttpServerThread, http_settings, ok
-from tests.support import tiny_models
 
 CORPUS = tiny_models.corpus(60, seed=41)
 ALIASES = "rerank-v3.5,jina-reranker-v2-base-multilingual"

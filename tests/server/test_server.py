@@ -35,7 +35,7 @@ from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
 from edgerank.server import grpc as grpc_server
 from edgerank.server.settings import Settings
-from tests.support import tiny_models
+from edgerank.testing import tiny_models
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -77,7 +77,7 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.service = Service(settings)
+        self.service = Service(settings.engine())
         self.listening = self.call(grpc_server.start(self.service, settings))
 
     def call(self, coro, timeout: float = 60):

@@ -91,12 +91,12 @@ def test_out_of_range_values_are_refused(tmp_path, flags, message):
 def test_batch_settings_default_to_the_planners_shape_and_an_explicit_value_wins(tmp_path):
     s = load({}, env={}, config=write(tmp_path, ""))
     assert (s.max_batch_tokens, s.max_batch_pairs) == (0, 0)  # auto
-    assert s.batch_shape((4096, 8)) == (4096, 8)
-    assert s.batch_shape((2048, None)) == (2048, None)
+    assert s.engine().batch_shape((4096, 8)) == (4096, 8)
+    assert s.engine().batch_shape((2048, None)) == (2048, None)
     env = {"EDGERANK_MAX_BATCH_PAIRS": "16"}
     s = load({"max_batch_tokens": 1024}, env=env, config=write(tmp_path, ""))
-    assert s.batch_shape((4096, 8)) == (1024, 16)
-    assert s.batch_shape((4096, None)) == (1024, 16)
+    assert s.engine().batch_shape((4096, 8)) == (1024, 16)
+    assert s.engine().batch_shape((4096, None)) == (1024, 16)
 
 
 def test_token_file_and_hidden_token(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
-from tests.support import tiny_models
+from edgerank.testing import tiny_models
 from tests.support.daemon import DaemonProcess
 
 CORPUS = tiny_models.corpus(200, seed=31)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.support import tiny_models
+from edgerank.testing import tiny_llms, tiny_models
 
 #: name -> builder; wide (init 0.1) cross-encoders so that precision has something to lose.
 #: The Qwen3 copy named like a Qwen3-Reranker gets the converter's native rank head.
 BUILDERS = {
     "bert": lambda d: tiny_models.build_tiny_bert(d, init_range=0.1),
     "xlmr": lambda d: tiny_models.build_tiny_xlmr(d, init_range=0.1),
-    "qwen3": tiny_models.build_tiny_qwen3,
-    "gemma": tiny_models.build_tiny_gemma,
+    "qwen3": tiny_llms.build_tiny_qwen3,
+    "gemma": tiny_llms.build_tiny_gemma,
 }
 RANK_HEAD = "qwen3-reranker-tiny"
 CROSS_ENCODERS = ("bert", "xlmr")

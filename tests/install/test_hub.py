@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from edgerank.errors import HubUnreachable, ModelNotFound
-from edgerank.store import hub
+from edgerank.install import hub
 from tests.support.fake_hub import COMMIT, FakeHub
 
 

