@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from edgerank.engine.cache import ScoreCache, open_cache
 from edgerank.engine.cache_entries import Scores
 from edgerank.engine.cascade import Cascade
 from edgerank.engine.config import EngineConfig
+from edgerank.engine.drain import Drain
 from edgerank.engine.limits import RequestLimits
 from edgerank.engine.metrics import Metrics
 from edgerank.engine.rank import rank
@@ -41,11 +41,6 @@ from edgerank.planning.memory import CPU_TOKEN_BUDGETS
 
 log = logging.getLogger(__name__)
 
-#: the answer of a call still being scored when the drain deadline passed
-CUT_OFF = (
-    "the server is shutting down and the drain timeout passed before this request was "
-    "scored; retry on another replica"
-)
 WARMUP_QUERY = "warm up"
 WARMUP_PASSAGES = ("a short passage", "a somewhat longer passage that is here to warm up the model")
 #: (padded tokens, pairs or None = no cap) per batch; a model the planner knows nothing of
@@ -56,7 +51,7 @@ PLAIN: Shape = (CPU_TOKEN_BUDGETS[0], None)
 TOKENIZATION_WORKERS = 2
 
 
-class Service(RequestLimits):
+class Service(RequestLimits, Drain):
     """One loaded backend behind admission control and the batcher."""
 
     def __init__(self, config: EngineConfig):
@@ -72,10 +67,8 @@ class Service(RequestLimits):
         #: the hardware summary Info reports (proto field `probe`)
         self.hardware: dict[str, str] = {}
         self.in_flight = 0  # requests past admission
-        self.calls = 0  # RPCs inside a handler, streaming ones included
         self.completed = 0
-        self._last_knock = 0.0  # monotonic time of the drain, or of the last call it refused
-        self._idle: asyncio.Event | None = None
+        self._init_drain()  # calls in flight, the drain and its cut-off (engine/drain.py)
         self._info: BackendInfo | None = None
         self._health_items: list[Encoded] = []
         #: the fidelity watch (fidelity_sample > 0) and its task; None costs nothing
@@ -85,10 +78,6 @@ class Service(RequestLimits):
         self._tokenizers = concurrent.futures.ThreadPoolExecutor(
             TOKENIZATION_WORKERS, "edgerank-tok"
         )
-        #: the tasks scoring a call right now, and those abandon() cut off
-        self._running: set[asyncio.Task] = set()
-        self._cut: set[asyncio.Task] = set()
-        self._abandoned = False
         #: the entry's FP32 rescoring of near-ties and the thread it runs on; None = INT8 alone
         self.cascade: Cascade | None = None
         self._cascading: concurrent.futures.ThreadPoolExecutor | None = None
@@ -157,78 +146,11 @@ class Service(RequestLimits):
     def _is_idle(self) -> bool:
         return self.in_flight == 0 and (self.batcher is None or self.batcher.queued[0] == 0)
 
-    def drain(self) -> None:
-        """Refuse new calls from now on; the ones already inside still finish."""
-        if self.state in ("serving", "warming"):
-            self.state = "draining"
-            self._last_knock = time.monotonic()
-
-    def accepting(self) -> None:
-        """Refuse (UNAVAILABLE) unless serving: checked before a request is even read."""
-        if self.state == "draining":
-            self._last_knock = time.monotonic()
-            raise Unavailable("the server is draining for shutdown; retry on another replica")
-        self.require_ready()
-
-    def begin_call(self) -> None:
-        """A call whose request is read in full: the drain waits for it (one still receiving
-        its request is not counted, so a client stalled mid-body cannot hold SIGTERM)."""
-        self.accepting()
-        self.calls += 1
-
-    @contextlib.contextmanager
-    def call(self) -> Iterator[None]:
-        self.begin_call()
-        try:
-            yield
-        finally:
-            self.end_call()
-
-    def end_call(self) -> None:
-        self.calls -= 1
-        if self.calls == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """After drain(): wait until every accepted call has answered. False on timeout."""
-        if self.calls == 0:
-            return True
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
     async def close_cache(self) -> None:
         """Let the cache's last Redis writes land and close its connections (on the loop)."""
         cache, self.cache = self.cache, None
         if cache is not None:
             await cache.close()
-
-    async def wait_quiet(self, quiet_s: float, timeout: float) -> None:
-        """After drain(): linger while clients still send calls (each refused UNAVAILABLE,
-        which a balancing client retries on another replica) until none came for
-        `quiet_s`, at most `timeout`. Closing the listener sooner cancels the calls that
-        race the close; lingering gives health-checking clients time to see NOT_SERVING."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            left = self._last_knock + quiet_s - time.monotonic()
-            if left <= 0 or loop.time() >= end:
-                return
-            await asyncio.sleep(min(left, end - loop.time()))
-
-    def abandon(self) -> int:
-        """Past the drain deadline: every call still being scored is answered Unavailable
-        (retryable) at once and its queued work dropped; the running batch is not touched.
-        Returns how many calls were cut off."""
-        self._abandoned = True
-        for task in self._running:
-            if not task.done() and task not in self._cut:
-                self._cut.add(task)
-                task.cancel("the drain timeout passed")
-        return len(self._cut)
 
     def close(self, timeout: float | None = None) -> bool:
         """Finish queued work, stop the worker, release the model. False when the worker
@@ -340,27 +262,16 @@ class Service(RequestLimits):
     async def _run(self, groups: Sequence[Group], n: int, deadline: float | None) -> Outcome:
         start = time.perf_counter_ns()
         cache = self.cache
-        task = asyncio.current_task()
-        if self._abandoned or task is None:
-            raise Unavailable(CUT_OFF)
-        self._running.add(task)
-        self.in_flight += 1
-        try:
-            if cache is None:
-                scores, cached = await self._score(groups, n, deadline), 0
-            else:
-                resolved = await cache.resolve(groups, n, deadline, self._score)
-                scores, cached = resolved.scores, resolved.cached
-        except asyncio.CancelledError:
-            if task not in self._cut:
-                raise  # the caller went away
-            if hasattr(task, "uncancel"):  # Python 3.11+: this cancel is handled here
-                task.uncancel()
-            raise Unavailable(CUT_OFF) from None
-        finally:
-            self.in_flight -= 1
-            self._running.discard(task)
-            self._cut.discard(task)
+        with self.cut_off_point():
+            self.in_flight += 1
+            try:
+                if cache is None:
+                    scores, cached = await self._score(groups, n, deadline), 0
+                else:
+                    resolved = await cache.resolve(groups, n, deadline, self._score)
+                    scores, cached = resolved.scores, resolved.cached
+            finally:
+                self.in_flight -= 1
         self.completed += 1
         outcome = Outcome(
             raw=scores.raw,

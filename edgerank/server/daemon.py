@@ -35,7 +35,7 @@ from edgerank.server.settings import Settings, click_options, load
 from edgerank.server.transport import FLUSH_S, TlsPair, Token
 
 if TYPE_CHECKING:
-    from edgerank.server.http import HttpListening
+    from edgerank.server.http_listen import HttpListening
 
 log = logging.getLogger("edgerank.server.daemon")
 
@@ -267,10 +267,10 @@ async def _start_http(
     """The HTTP face on this loop, when configured (aiohttp is imported only then)."""
     if not (settings.http or settings.http_socket):
         return None
-    from edgerank.server import http as http_server
+    from edgerank.server import http_listen
 
     try:
-        return await http_server.start(service, settings, token, tls)
+        return await http_listen.start(service, settings, token, tls)
     except BaseException:
         await listening.stop(0)
         listening.release_socket()

@@ -101,8 +101,8 @@ def test_idle_keep_alive_connections_are_closed(daemon):
 
 
 def test_past_max_connections_the_longest_idle_gives_way(tiny_onnx_dir, tmp_path):
-    """40 HTTP connections at most: 60 silent ones cannot lock a real client out. The header
-    timeout is far away here, so what closes the oldest is the bound."""
+    """40 connections per face at most: 60 silent HTTP ones cannot lock a real client out, and
+    gRPC refuses the 41st. The header timeout is far away here: what closes them is the bound."""
     daemon = DaemonProcess(
         tmp_path,
         "--model", str(tiny_onnx_dir), "--listen", "127.0.0.1:0", "--socket", "",
@@ -116,6 +116,10 @@ def test_past_max_connections_the_longest_idle_gives_way(tiny_onnx_dir, tmp_path
         r = httpx.post(f"{daemon.http}/v2/rerank", json={"query": "q", "documents": ["a"]})
         assert r.status_code == 200, r.text
         assert all(closed_by_server(s, timeout=60) for s in silent[:21])  # 20, then 1 more
+        # gRPC: past the bound a newcomer is refused (the ones in keep their place)
+        grpc_silent = [socket.create_connection(host_port(daemon.grpc), 60) for _ in range(45)]
+        silent += grpc_silent
+        assert all(closed_by_server(s, timeout=60) for s in grpc_silent[40:])
     finally:
         for s in silent:
             s.close()

@@ -97,7 +97,8 @@ class DaemonProcess:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
-        raise AssertionError(f"no log line with {fragment!r}:\n{self.text()}")
+        rc = self.proc.poll()
+        raise AssertionError(f"no log line with {fragment!r} (exit {rc}):\n{self.text()}")
 
     def send(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
