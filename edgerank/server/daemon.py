@@ -144,6 +144,8 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # until the listeners are up there is nothing to reload, but HUP must not kill either
+    loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP while starting: nothing reloaded")
 
     service = Service(settings.engine())
     try:

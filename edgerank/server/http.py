@@ -80,9 +80,7 @@ from edgerank.server.http_fields import (
 )
 from edgerank.server.http_peers import ConnectionGuard
 from edgerank.server.status import BUG, GONE, lookup, retry_after_s
-from edgerank.server.transport import (
-    Token,
-)
+from edgerank.server.transport import Token
 
 log = logging.getLogger(__name__)
 
