@@ -31,6 +31,8 @@ from tests.support.redis import redis_server, redis_tcp  # noqa: F401  (fixtures
 
 CORPUS = tiny_models.corpus(200, seed=5)
 LOGGER = "edgerank.engine.cache_redis"
+#: a budget no busy machine runs out of: only the hung-Redis test is about the timeout
+PATIENT_MS = 30_000.0
 
 
 def sample(service: Service, name: str, labels: dict | None = None) -> float:
@@ -43,6 +45,7 @@ def settings(url: str, **overrides) -> Settings:
         max_document_chars=4000,
         batch_wait_ms=0.5,
         cache_url=url,
+        cache_timeout_ms=PATIENT_MS,
         cache_bytes=0,  # Redis only: every hit below came through Redis
         cache_retry_s=0.0,  # try Redis on every request: "warned once" is then a real claim
     )
@@ -68,8 +71,9 @@ def test_two_daemons_share_one_redis(tiny_onnx_dir, tmp_path, redis_server):  # 
     """gRPC daemons A and B on one Redis: B answers A's pairs without its model, same bits."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = ServerThread(settings_for(tmp_path / "a", cache_url=redis_server.url))
-    b = ServerThread(settings_for(tmp_path / "b", cache_url=redis_server.url))
+    patient = dict(cache_url=redis_server.url, cache_timeout_ms=PATIENT_MS)
+    a = ServerThread(settings_for(tmp_path / "a", **patient))
+    b = ServerThread(settings_for(tmp_path / "b", **patient))
     try:
         backends = [Gated(OnnxBackend.from_dir(tiny_onnx_dir, threads=1)) for _ in range(2)]
         for server, backend in zip((a, b), backends, strict=True):
@@ -266,10 +270,9 @@ def test_forged_values_in_redis_are_misses_never_answers(
     caplog.set_level(logging.INFO, logger=LOGGER)
     docs = CORPUS[100:106]
     body = {"query": "forged values", "documents": docs}
-    writer = HttpServerThread(http_settings(tmp_path / "a", cache_url=redis_server.url))
-    reader = HttpServerThread(
-        http_settings(tmp_path / "b", cache_url=redis_server.url, cache_bytes=0)
-    )
+    patient = dict(cache_url=redis_server.url, cache_timeout_ms=PATIENT_MS)
+    writer = HttpServerThread(http_settings(tmp_path / "a", **patient))
+    reader = HttpServerThread(http_settings(tmp_path / "b", cache_bytes=0, **patient))
     try:
         for server in (writer, reader):
             server.load(OnnxBackend.from_dir(tiny_onnx_dir, threads=1))
