@@ -249,7 +249,8 @@ class PromptTokenizer:
             for part in self._parts(p, window, options):
                 values = {"query": q_text, "passage": part, "instruction": instruction}
                 ids = self._fit(fixed, values, limit)
-                items.append(Encoded(doc=doc, ids=np.asarray(ids, dtype=np.int64), extra=extra))
+                array = np.asarray(ids, dtype=np.int64)
+                items.append(Encoded(doc, array, extra=extra, query_cut=q_tokens < q.n))
         return items
 
     def _parts(self, p: _Text, window: int, options: ScoreOptions) -> list[str]:

@@ -51,7 +51,10 @@ def _text(value: str, what: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        fail(f"the {what} is not UTF-8 text: {value.encode('utf-8', 'replace')!r}", EXIT_USAGE)
+        raw = value.encode("utf-8", "surrogateescape")  # the bytes as they were in argv
+        bad = next((i for i, c in enumerate(value) if "\udc80" <= c <= "\udcff"), 0)
+        at = len(value[:bad].encode("utf-8", "surrogateescape"))
+        fail(f"the {what} is not UTF-8 text (byte {at}: {raw[at : at + 1]!r})", EXIT_USAGE)
     return value
 
 

@@ -18,4 +18,5 @@ def serve(**flags):
     TEI shapes) only with --http."""
     from edgerank.server import daemon, settings
 
-    sys.exit(daemon.run(settings.load(flags)))
+    # a SIGHUP reads the settings again by the same rules (server/reload.py)
+    sys.exit(daemon.run(settings.load(flags), fresh=lambda: settings.load(flags)))

@@ -30,6 +30,7 @@ from edgerank.engine.cache_entries import (
     Scores,
     model_digest,
     pack,
+    plausible,
     request_keys,
     unpack,
 )
@@ -127,11 +128,14 @@ class ScoreCache:
         memory: MemoryLRU | None,
         redis: RedisTier | None,
         metrics: Metrics | None = None,
+        max_length: int = 1 << 20,
     ):
         self.model = model
         self.memory = memory
         self.redis = redis
         self.metrics = metrics
+        #: the model's longest input: a Redis value claiming more tokens is not ours
+        self.max_length = max_length
         self._inflight: dict[bytes, asyncio.Future[bytes | None]] = {}
 
     def gauges(self) -> dict[str, Callable[[], float]]:
@@ -203,9 +207,16 @@ class ScoreCache:
         """Claimed keys: Redis, then the model; every claim is settled whatever happens."""
         try:
             if self.redis is not None:
+                refused = 0
                 for key, value in (await self.redis.get_many(own)).items():
+                    g, j, positions = where[key]
+                    if not plausible(value, g.passages[j], self.max_length):
+                        refused += 1  # scored anew below, and overwritten
+                        continue
                     self._publish(key, value, found)
-                    res.redis += len(where[key][2])
+                    res.redis += len(positions)
+                if refused:
+                    self.redis.refused(refused)
             rest = [key for key in own if key not in found]
             if not rest:
                 return
@@ -296,7 +307,7 @@ async def open_cache(
             metrics=metrics,
         )
         await redis.ping()
-    cache = ScoreCache(model, memory, redis, metrics)
+    cache = ScoreCache(model, memory, redis, metrics, max_length=info.max_length)
     if metrics is not None:
         metrics.add_gauges(cache.gauges())
     return cache

@@ -13,8 +13,10 @@ checksum of the archive published beside it) is what vouches for the manifest.
 
 from __future__ import annotations
 
+import lzma
 import shutil
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from edgerank.errors import InvalidInput, ModelCorrupt
@@ -93,13 +95,18 @@ def import_archive(store: StoreLayout, path: Path, name: str | None = None) -> P
     path = Path(path)
     try:
         tar = tarfile.open(path, _mode(path, write=False))
-    except (OSError, tarfile.TarError) as exc:
-        raise InvalidInput(f"{path}: cannot read the archive ({exc})") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise InvalidInput(f"{path}: cannot read the archive ({exc.strerror})") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError):
+        # tarfile's text lists every decompressor it tried, one line each
+        raise ModelCorrupt(
+            f"{path}: not a tar archive (empty, cut short, or another format): {_REFUSED}"
+        ) from None
     with tar:
         try:
             entry, backend, files = _members(tar, path)
-        except tarfile.TarError as exc:
-            raise ModelCorrupt(f"{path}: damaged archive ({exc}): {_REFUSED}") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:  # cut short...
+            raise _damaged(path, exc) from None
         if name is not None and name != entry:
             raise InvalidInput(
                 f"{path} holds {entry!r}; an archive installs under its own name (drop --name)"
@@ -117,13 +124,20 @@ def import_archive(store: StoreLayout, path: Path, name: str | None = None) -> P
             _check(staging, path, entry, backend, files)
             target = store.path(entry, backend)
             publish(staging, target)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise ModelCorrupt(f"{path}: damaged archive ({exc}): {_REFUSED}") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise _damaged(path, exc) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     # hash once more through the normal path, which also leaves the verification stamp
     Manifest.read(target).verify(target)
     return target
+
+
+def _damaged(path: Path, exc: BaseException) -> ModelCorrupt:
+    """One line, whatever the library's text (tarfile's can run over several)."""
+    lines = str(exc).strip().splitlines()
+    why = lines[0].rstrip(":") if lines else type(exc).__name__
+    return ModelCorrupt(f"{path}: damaged archive ({why}): {_REFUSED}")
 
 
 def _check(staging: Path, path: Path, entry: str, backend: str, files: dict) -> None:

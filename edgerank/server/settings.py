@@ -17,7 +17,7 @@ from typing import Any
 
 from edgerank.engine.config import EngineConfig
 from edgerank.errors import InvalidInput, SettingsError
-from edgerank.server.transport import split_host_port
+from edgerank.server.transport import socket_path, split_host_port
 
 try:
     import tomllib
@@ -66,8 +66,25 @@ class Settings:
     max_documents: int = _opt(1000, "documents (or pairs) per request at most")
     max_document_chars: int = _opt(32768, "characters per document (and query) at most")
     max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
-    drain_timeout_s: float = _opt(30.0, "on SIGTERM, how long in-flight requests may finish")
+    drain_timeout_s: float = _opt(
+        30.0,
+        "on SIGTERM, how long in-flight requests may finish; past it, the ones left are "
+        "answered UNAVAILABLE / 503 (retryable)",
+    )
     read_timeout_s: float = _opt(30.0, "how long an HTTP client may take to send its body")
+    header_timeout_s: float = _opt(
+        10.0,
+        "how long a new connection may take to send its first request's headers (HTTP) or "
+        "to finish its handshake (gRPC, TLS included)",
+    )
+    idle_timeout_s: float = _opt(
+        60.0, "close a connection after this long without a request (keep-alive, gRPC idle)"
+    )
+    max_connections: int = _opt(
+        400,
+        "open connections at most, per face: HTTP (a newcomer past it closes the one idle "
+        "longest) and gRPC (a newcomer past it is refused); keep 2x under LimitNOFILE",
+    )
     drain_quiet_s: float = _opt(0.5, "on SIGTERM, refuse new calls until none came for this long")
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
     tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
@@ -99,19 +116,40 @@ class Settings:
         )
 
     def served_names(self) -> list[str]:
-        """served_model_name split into names, in order."""
-        return [n.strip() for n in self.served_model_name.split(",") if n.strip()]
+        """served_model_name split into names, in order, each once."""
+        names = (n.strip() for n in self.served_model_name.split(","))
+        return list(dict.fromkeys(n for n in names if n))
 
     def bearer_token(self) -> str:
-        """The token from `token` or `token_file` ('' = no check)."""
+        """The token from `token` or `token_file` ('' = no check); one that no client could
+        send in a header (empty, whitespace, control or non-ASCII characters) is an error."""
         if self.token:
-            return self.token
+            return check_token(self.token, "token")
         if self.token_file:
             try:
-                return Path(self.token_file).read_text().strip()
-            except OSError as exc:
+                text = Path(self.token_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
                 raise SettingsError(f"token_file: cannot read {self.token_file}: {exc}") from exc
+            return check_token(text.strip(), f"token_file {self.token_file}")
         return ""
+
+
+def check_token(token: str, origin: str) -> str:
+    """The token, if every client can send it as `Authorization: Bearer <token>` (visible
+    ASCII, no whitespace: gRPC metadata and HTTP headers both carry that); else one line."""
+    if not token.strip():
+        raise SettingsError(
+            f"{origin} is empty: a token protects nothing; set one, or leave token and "
+            "token_file unset to serve TCP without authentication"
+        )
+    for i, char in enumerate(token):
+        if not "!" <= char <= "~":
+            raise SettingsError(
+                f"{origin} holds {char!r} at character {i}: a token must be visible ASCII "
+                "(no spaces, line breaks, control or non-ASCII characters) so that clients "
+                "can send it in an Authorization header"
+            )
+    return token
 
 
 def _types() -> dict[str, type]:
@@ -155,6 +193,7 @@ def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
 def _check(s: Settings) -> Settings:
     positive = ("max_queue_pairs", "max_queue_tokens", "max_documents")
     positive += ("max_document_chars", "max_message_bytes", "read_timeout_s")
+    positive += ("header_timeout_s", "idle_timeout_s", "max_connections")
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0, got {getattr(s, name)}")
@@ -184,6 +223,7 @@ def _check(s: Settings) -> Settings:
         _address(s.listen, "listen")
     if s.http:
         http_address(s.http)
+    _distinct(s)
     if s.backend != "auto" and not s.model:
         raise SettingsError(
             f"backend {s.backend} needs a model: set model (--model NAME or a model directory), "
@@ -194,6 +234,27 @@ def _check(s: Settings) -> Settings:
     if s.token and s.token_file:
         raise SettingsError("set token or token_file, not both")
     return s
+
+
+def _distinct(s: Settings) -> None:
+    """Two listeners on one address would fail at start-up with "in use", blamed on another
+    daemon: name the two settings instead."""
+    if s.listen and s.http:
+        grpc_host, grpc_port = _address(s.listen, "listen")
+        http_host, http_port = http_address(s.http)
+        wildcard = {"", "0.0.0.0", "::"}
+        overlap = grpc_host == http_host or {grpc_host, http_host} & wildcard
+        if grpc_port and grpc_port == http_port and overlap:
+            raise SettingsError(
+                f"listen ({s.listen}) and http ({s.http}) name the same address: gRPC and "
+                "HTTP need a port each"
+            )
+    if s.socket and s.http_socket:
+        if socket_path(s.socket).resolve() == socket_path(s.http_socket).resolve():
+            raise SettingsError(
+                f"socket and http_socket name the same path ({s.socket}): gRPC and HTTP "
+                "need a socket each"
+            )
 
 
 def _address(setting: str, what: str, default_host: str | None = None) -> tuple[str, int]:
@@ -251,6 +312,8 @@ def load(
             raise SettingsError(f"unknown setting {name!r}")
         if value is not None:
             merged[name] = _coerce(name, value, types[name], f"--{name.replace('_', '-')}")
+    if flags.get("token") == "":  # --token "" (the file's and environment's "" = unset)
+        check_token("", "--token")
     return _check(replace(Settings(), **merged))
 
 

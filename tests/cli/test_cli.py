@@ -65,6 +65,18 @@ def test_documents_that_are_not_utf8_are_one_line_and_a_usage_exit(tmp_path):
         assert len(lines) == 1 and "not UTF-8" in lines[0], lines
 
 
+def test_a_query_that_is_not_utf8_shows_its_bytes(tmp_path):
+    """Before: b'??' (the bytes replaced), not what was sent."""
+    env = {"EDGERANK_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+    done = subprocess.run(
+        [sys.executable, "-X", "utf8", "-m", "edgerank", "score", b"ca\xfft", "doc"],
+        capture_output=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.decode().strip().splitlines()
+    assert "the query is not UTF-8 text (byte 2: b'\\xff')" in line, line
+
+
 def test_corrupt_model_dir_is_one_line(run, tmp_path):
     d = tmp_path / "broken"
     d.mkdir()

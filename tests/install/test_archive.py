@@ -130,6 +130,25 @@ def test_a_truncated_archive_is_refused(archive, tmp_path) -> None:
     one_error_line(r.stderr, str(bad))
 
 
+@pytest.mark.parametrize("kind", ["empty", "garbage", "cut gzip", "cut tar.gz header"])
+def test_a_file_that_is_no_archive_is_one_line(archive, tiny_store, tmp_path, kind) -> None:
+    """Before: tarfile's error, one line per decompressor it tried (5 lines)."""
+    gz = tmp_path / "whole.tar.gz"
+    assert cli(tiny_store.root, "export", "tiny-bert", str(gz)).exit_code == 0
+    content = {
+        "empty": b"",
+        "garbage": os.urandom(4096),
+        "cut gzip": gz.read_bytes()[: gz.stat().st_size // 2],
+        "cut tar.gz header": gz.read_bytes()[:20],
+    }[kind]
+    bad = tmp_path / ("bad.tar.gz" if "gzip" in kind or "gz" in kind else "bad.tar")
+    bad.write_bytes(content)
+    r = cli(tmp_path / "edge", "import", str(bad))
+    assert r.exit_code == 1
+    one_error_line(r.stderr, str(bad))
+    assert not (tmp_path / "edge" / "models" / "tiny-bert").exists()
+
+
 def test_gzip_archives_round_trip(tiny_store, tmp_path) -> None:
     out = tmp_path / "tiny.tar.gz"
     assert cli(tiny_store.root, "export", "tiny-bert", str(out)).exit_code == 0

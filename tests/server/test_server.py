@@ -297,7 +297,7 @@ def test_tei_refuses_over_long_input_unless_truncate(address):
     with pytest.raises(grpc.RpcError) as err:
         rerank_stub.Rerank(tei.RerankRequest(query="q", texts=["short", LONG]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input 1" in err.value.details() and "truncate" in err.value.details()
+    assert "text 1" in err.value.details() and "truncate" in err.value.details()
     ok = rerank_stub.Rerank(tei.RerankRequest(query="q", texts=["short", LONG], truncate=True))
     assert len(ok.ranks) == 2
 
