@@ -1,7 +1,7 @@
 """Issue 14, item 5: pairs/s per batch shape (token budget x pair cap), per backend and thread
 count, each as a ratio to the 8192-token uncapped default timed in the same rounds.
 
-    python bench/batch_shapes.py MODEL [--fp32 PATH] [--threads 1 2] [--rounds 7] [--json]
+    python -m bench.batch_shapes MODEL [--fp32 PATH] [--threads 1 2] [--rounds 7] [--json]
 
 MODEL is an ONNX model directory or a store entry's name ($EDGERANK_HOME). The FP32 row is
 --fp32 (an ONNX graph with tokenizer.json beside it or one directory up), else the graph the

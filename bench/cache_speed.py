@@ -1,7 +1,7 @@
 """Issue-12 acceptance: a RAG-like trace against the daemon with no cache, the in-process
 cache, Redis, and both, in the same run.
 
-    python bench/cache_speed.py [--model DIR | --model all-minilm-l6-v2] [--threads 2]
+    python -m bench.cache_speed [--model DIR | --model all-minilm-l6-v2] [--threads 2]
         [--pool 100] [--k 20] [--requests 300] [--zipf 1.1] [--clients 8] [--corpus 3000]
         [--segments 5]
 

@@ -1,9 +1,9 @@
 """Speed of the llama.cpp backend, all ratios from one run.
 
-    python bench/gguf_speed.py [--threads 1,2] [--rounds 3] [--passages 20,100]
-    python bench/gguf_speed.py --shape 0.6b-4layers   # the same ratios, ~7x quicker
-    python bench/gguf_speed.py --shape tiny --passages 4 --rounds 1 --threads 1  # smoke
-    python bench/gguf_speed.py --real [--top1-groups 140]  # real GGUF LLMs (section 3)
+    python -m bench.gguf_speed [--threads 1,2] [--rounds 3] [--passages 20,100]
+    python -m bench.gguf_speed --shape 0.6b-4layers   # the same ratios, ~7x quicker
+    python -m bench.gguf_speed --shape tiny --passages 4 --rounds 1 --threads 1  # smoke
+    python -m bench.gguf_speed --real [--top1-groups 140]  # real GGUF LLMs (section 3)
 
 The full 0.6B run is long on 2 vCPUs (~90 prompt tokens/s: 100 passages without reuse is
 ~4 minutes per call at 1 thread; budget ~45 minutes for the defaults, plus ~5 to convert).

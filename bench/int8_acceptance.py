@@ -1,6 +1,6 @@
 """Issue-14 acceptance: the installed INT8 file vs torch FP32, ONNX FP32 and the peers' INT8.
 
-    python bench/int8_acceptance.py [--models faq-head gloss-head admin-e2e] [--rounds 5]
+    python -m bench.int8_acceptance [--models faq-head gloss-head admin-e2e] [--rounds 5]
 
 For each test reranker of edgerank/testing/minilm_rerankers.py (three real-weight MiniLM-L6
 cross-encoders built offline, none tuned for the recipe):

@@ -1,6 +1,6 @@
 """What rescoring the near-tie head in FP32 would buy: held-out top-1, and its price.
 
-    python bench/int8_cascade.py [--models faq-head gloss-head admin-e2e] [--workdir DIR]
+    python -m bench.int8_cascade [--models faq-head gloss-head admin-e2e] [--workdir DIR]
 
 bench/int8_noise.py shows why 8-bit activations keep FP32's top-1 in 95-97% of the 139
 held-out groups, not reliably 97%: the misses are near-ties, and no 8-bit recipe's noise

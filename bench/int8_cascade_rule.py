@@ -1,7 +1,7 @@
 """Which rescoring rule the cascade should serve: the 2e head, or the leader first (served
 since recipe v6's cascade entries; this replays both on the same scores).
 
-    python bench/int8_cascade_rule.py [--workdir DIR] [--models gloss-head admin-e2e]
+    python -m bench.int8_cascade_rule [--workdir DIR] [--models gloss-head admin-e2e]
 
 DIR is bench/int8_acceptance.py's workdir after a run with the cascade on (each model's
 installed entry, INT8 file and FP32 reference, and its checkpoint). Both rules rest on the

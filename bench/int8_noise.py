@@ -1,7 +1,7 @@
 """What stands between 8-bit MatMuls and FP32's top-1 on held-out text: each ingredient's
 noise, against how much noise the held-out set's near-ties allow.
 
-    python bench/int8_noise.py [--models faq-head gloss-head admin-e2e] [--workdir DIR]
+    python -m bench.int8_noise [--models faq-head gloss-head admin-e2e] [--workdir DIR]
 
 Issue 14 asks for FP32's top-1 kept in >= 97% of held-out groups. Whether a recipe gets
 there is decided less by the recipe than by two numbers this prints per model:

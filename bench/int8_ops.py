@@ -1,6 +1,6 @@
 """Where each INT8 kind's time goes, per operator, on the same fused graph.
 
-    python bench/int8_ops.py --workdir DIR [--models faq-head] [--threads 1] [--runs 20]
+    python -m bench.int8_ops --workdir DIR [--models faq-head] [--threads 1] [--runs 20]
                              [--heldout]
 
 Issue 14 asks the installed file to run as fast as onnxruntime's dynamic INT8; it does

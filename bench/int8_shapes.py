@@ -48,8 +48,9 @@ import numpy as np
 
 from bench.int8_acceptance import open_st, prepare, speed_sets, st_int8  # noqa: E402
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
+from edgerank.backends.padding import plan_batches  # noqa: E402
 from edgerank.convert import backoff, int8, int8_files  # noqa: E402
-from edgerank.engine.rank import plan_batches, score_documents  # noqa: E402
+from edgerank.engine.rank import score_documents  # noqa: E402
 from edgerank.hardware.facts import SATURATING_INT8  # noqa: E402
 from edgerank.hardware.probe import int8_kernel_here  # noqa: E402
 from edgerank.quality import sets  # noqa: E402

@@ -1,7 +1,7 @@
 """Memory of one rerank request in the real daemon: idle, peak and after-request RSS.
 
-    python bench/memory.py                  # onnx, onnx with onnxruntime's arena, gguf, biencoder
-    python bench/memory.py --cases onnx,onnx_arena --requests 3 --json
+    python -m bench.memory                  # onnx, onnx with onnxruntime's arena, gguf, biencoder
+    python -m bench.memory --cases onnx,onnx_arena --requests 3 --json
 
 Each case is a fresh `python -m edgerank.server.daemon` (HTTP on a Unix socket) serving the
 MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py: real MiniLM weights, fitted head) as

@@ -1,7 +1,7 @@
 """What the fidelity watch costs: the daemon's CPU seconds per request with fidelity_sample
 0 (off), 0.1 and 1.0, on the same requests, in the same run (issue 14, item 4).
 
-    python bench/watch_cost.py [--requests 60] [--docs 20] [--threads 1]
+    python -m bench.watch_cost [--requests 60] [--docs 20] [--threads 1]
 
 Builds the real-weights MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py), imports it as
 INT8 ONNX and keeps its FP32 export beside it as the reference. Each daemon runs as a
