@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb  # noqa: E402
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc  # noqa: E402
 from edgerank.quality import bench as b  # noqa: E402
-from tests.support.redis import RedisServer  # noqa: E402
+from edgerank.testing.redis_server import RedisServer  # noqa: E402
 
 
 def make_trace(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
