@@ -33,15 +33,11 @@ class Undecodable:
         return InvalidInput(f"cannot parse the request as {self.type_name}: {self.reason}")
 
 
-class _Malformed(Exception):
-    pass
-
-
 def _varint(data: bytes, at: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if at >= len(data) or shift > 63:
-            raise _Malformed
+            raise DecodeError("malformed wire format")
         byte = data[at]
         value |= (byte & 0x7F) << shift
         at, shift = at + 1, shift + 7
@@ -54,7 +50,7 @@ def why_undecodable(data: bytes, descriptor: Descriptor) -> str:
     string field that is not UTF-8, or that the bytes are not a protobuf message)."""
     try:
         return _walk(data, descriptor) or "not a valid protobuf message"
-    except _Malformed:
+    except DecodeError:
         return "not a valid protobuf message (garbage, or cut short)"
 
 
@@ -80,9 +76,9 @@ def _walk(data: bytes, descriptor: Descriptor) -> str | None:
                 if (inner := _walk(value, field.message_type)) is not None:
                     return f"{field.name}: {inner}"
         else:
-            raise _Malformed
+            raise DecodeError("malformed wire format")
         if number == 0 or at > len(data):
-            raise _Malformed
+            raise DecodeError("malformed wire format")
     return None
 
 
