@@ -67,23 +67,17 @@ class Settings:
     max_document_chars: int = _opt(32768, "characters per document (and query) at most")
     max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
     drain_timeout_s: float = _opt(
-        30.0,
-        "on SIGTERM, how long in-flight requests may finish; past it, the ones left are "
-        "answered UNAVAILABLE / 503 (retryable)",
+        30.0, "on SIGTERM, how long in-flight requests may finish (then: UNAVAILABLE / 503)"
     )
     read_timeout_s: float = _opt(30.0, "how long an HTTP client may take to send its body")
     header_timeout_s: float = _opt(
-        10.0,
-        "how long a new connection may take to send its first request's headers (HTTP) or "
-        "to finish its handshake (gRPC, TLS included)",
+        10.0, "how long a new connection may take to send its headers or finish its handshake"
     )
     idle_timeout_s: float = _opt(
         60.0, "close a connection after this long without a request (keep-alive, gRPC idle)"
     )
     max_connections: int = _opt(
-        400,
-        "open connections at most, per face: HTTP (a newcomer past it closes the one idle "
-        "longest) and gRPC (a newcomer past it is refused); keep 2x under LimitNOFILE",
+        400, "open connections per face at most (HTTP closes the idlest; gRPC refuses)"
     )
     drain_quiet_s: float = _opt(0.5, "on SIGTERM, refuse new calls until none came for this long")
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
