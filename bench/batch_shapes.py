@@ -1,7 +1,7 @@
 """Issue 14, item 5: pairs/s per batch shape (token budget x pair cap), per backend and thread
 count, each as a ratio to the 8192-token uncapped default timed in the same rounds.
 
-    python bench/batch_shapes.py MODEL [--fp32 PATH] [--threads 1 2] [--rounds 7] [--json]
+    python -m bench.batch_shapes MODEL [--fp32 PATH] [--threads 1 2] [--rounds 7] [--json]
 
 MODEL is an ONNX model directory or a store entry's name ($EDGERANK_HOME). The FP32 row is
 --fp32 (an ONNX graph with tokenizer.json beside it or one directory up), else the graph the
@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from edgerank.backends.base import Backend  # noqa: E402
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.backends.registry import open_reference  # noqa: E402
+from edgerank.install.store import ModelStore  # noqa: E402
 from edgerank.models.manifest import MANIFEST, Manifest  # noqa: E402
+from edgerank.planning.measured import shape_key  # noqa: E402
 from edgerank.quality import bench as b  # noqa: E402
 from edgerank.quality import shapes  # noqa: E402
-from edgerank.quality.measurements import shape_key  # noqa: E402
-from edgerank.store.entries import ModelStore  # noqa: E402
 
 DEFAULT = shape_key(shapes.BUDGETS[0], None)
 

@@ -1,7 +1,7 @@
 """Issue-12 acceptance: a RAG-like trace against the daemon with no cache, the in-process
 cache, Redis, and both, in the same run.
 
-    python bench/cache_speed.py [--model DIR | --model all-minilm-l6-v2] [--threads 2]
+    python -m bench.cache_speed [--model DIR | --model all-minilm-l6-v2] [--threads 2]
         [--pool 100] [--k 20] [--requests 300] [--zipf 1.1] [--clients 8] [--corpus 3000]
         [--segments 5]
 
@@ -39,12 +39,11 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb  # noqa: E402
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc  # noqa: E402
 from edgerank.quality import bench as b  # noqa: E402
-from tests.support.redis import RedisServer  # noqa: E402
+from edgerank.testing.redis_server import RedisServer  # noqa: E402
 
 
 def make_trace(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -165,8 +164,8 @@ def main() -> None:
         work = Path(tmp)
         model = args.model
         if model is None:
-            from edgerank.store.entries import ModelStore
-            from tests.support import minilm_ce
+            from edgerank.install.store import ModelStore
+            from edgerank.testing import minilm_ce
 
             ckpt = minilm_ce.build_minilm_cross_encoder(work / "ckpt")
             model = str(ModelStore(work / "home").import_onnx("minilm-ce", ckpt))

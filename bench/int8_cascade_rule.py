@@ -1,18 +1,20 @@
-"""Which rescoring rule the cascade should serve: the 2e head, or the leader first.
+"""Which rescoring rule the cascade should serve: the 2e head, or the leader first (served
+since recipe v6's cascade entries; this replays both on the same scores).
 
-    python bench/int8_cascade_rule.py [--workdir DIR] [--models gloss-head admin-e2e]
+    python -m bench.int8_cascade_rule [--workdir DIR] [--models gloss-head admin-e2e]
 
 DIR is bench/int8_acceptance.py's workdir after a run with the cascade on (each model's
 installed entry, INT8 file and FP32 reference, and its checkpoint). Both rules rest on the
 same bound, no score moves by more than e = margin / 2 between the files:
 
-- ``2e`` (what engine/cascade.py serves): rescore every passage within 2e of the INT8
+- ``2e`` (what engine/cascade.py served first): rescore every passage within 2e of the INT8
   leader, FP32's winner w among them;
-- ``leader-first``: rescore the INT8 leader, then, in INT8 order, every passage whose INT8
-  score is at least the best FP32 score so far minus e. w satisfies int8(w) >= fp32(w) - e
-  >= best - e, so it is never skipped, and the threshold rises as FP32 scores come in: the
-  head is 0-2e wide instead of always 2e. The price is two FP32 calls in a row, and fewer
-  FP32 scores in the answer, so less of FP32's order below the top.
+- ``leader-first`` (what engine/cascade.py serves now): rescore the INT8 leader, then, in
+  INT8 order, every passage whose INT8 score is at least the best FP32 score so far minus
+  e. w satisfies int8(w) >= fp32(w) - e >= best - e, so it is never skipped, and the
+  threshold rises as FP32 scores come in: the head is 0-2e wide instead of always 2e. The
+  price is rounds of FP32 calls in a row, and fewer FP32 scores in the answer, so less of
+  FP32's order below the top.
 
 For the 139 held-out Debian FAQ groups (fidelity vs torch FP32 and the share rescored) and
 the s32 / s100 speed sets (share only), it replays both rules on the installed files' own
@@ -24,44 +26,59 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from bench.int8_acceptance import speed_sets  # noqa: E402
+from edgerank.engine.agreement import rank_agreement  # noqa: E402
 from edgerank.engine.cascade import head, with_fp32_head  # noqa: E402
-from edgerank.engine.load import load  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
-from edgerank.quality.fidelity import rank_agreement  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.startup.load import load  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 
-def leader_first(int8: np.ndarray, fp32: np.ndarray, e: float) -> np.ndarray:
-    """The positions the leader-first rule rescores: none when the 2e head is empty (the
-    leader stands alone, nothing to ask FP32), else the leader, whose FP32 score sets the
-    threshold, and whatever lies within e of the best FP32 score so far. The leader alone
-    keeps its place (everything else lies below fp32(leader) - e) and is counted: it was
-    paid for."""
-    if not len(head(int8, 2 * e)):
-        return np.empty(0, dtype=np.int64)
-    order = np.argsort(-int8, kind="stable")
-    done, best = [order[0]], fp32[order[0]]
-    for j in order[1:]:
-        if int8[j] < best - e:
-            break
-        done.append(j)
-        best = max(best, fp32[j])
-    return np.array(done, dtype=np.int64)
+def whole_head(int8: np.ndarray, fp32: np.ndarray, margin: float) -> tuple[np.ndarray, int]:
+    """The first rule: every passage within ``margin`` of the INT8 leader rescored."""
+    h = head(int8, margin)
+    out = np.array(int8, copy=True)
+    out[h] = fp32[h]
+    return out, len(h)
 
 
-def run_model(name: str, work: Path) -> None:
-    served = load(str(work / "home" / "models" / name / "onnx"), threads=2)
+def first_point(name: str, work: Path):
+    """Without an installed entry: the file an import tries first (all ``token``, built as
+    bench/int8_shapes.py builds it) with the cascade the import would give it, margin = 2 x
+    the largest |INT8 - FP32| on the shipped calibration groups."""
+    from bench.int8_shapes import edgerank_file
+    from edgerank.backends.onnx import OnnxBackend
+    from edgerank.engine.cascade import Cascade
+    from edgerank.quality import sets
+
+    ckpt = mr.build(name, work / "ckpt")
+    if not (work / "fp32" / "model.onnx").exists():
+        from edgerank.convert.onnx_export import export_onnx
+
+        export_onnx(ckpt, work / "fp32")
+    file, ref = edgerank_file(ckpt, work)
+    int8 = OnnxBackend.from_file(file, 512, threads=2, precision="int8")
+    fp32 = OnnxBackend.from_file(ref, 512, threads=2)
+    cal, _ = sets.shipped(sets.CALIBRATION)
+    err = max(
+        float(np.max(np.abs(score_documents(int8, q, ds).raw - score_documents(fp32, q, ds).raw)))
+        for q, ds in cal
+    )
+    return SimpleNamespace(backend=int8, cascade=Cascade(fp32, 2 * err), close=lambda: None)
+
+
+def run_model(name: str, work: Path, build: bool = False) -> None:
+    if build:
+        served = first_point(name, work)
+    else:
+        served = load(str(work / "home" / "models" / name / "onnx"), threads=2)
     if served.cascade is None:
         sys.exit(f"{name}: the installed entry has no cascade (run int8_acceptance without it)")
     c = served.cascade
-    e = c.margin / 2
     torch_ref = mr.torch_scorer(work / "ckpt")
     held = mr.heldout_groups()
     extra = list(speed_sets(work / "ckpt" / "tokenizer.json").items())
@@ -70,17 +87,16 @@ def run_model(name: str, work: Path) -> None:
     for i, (q, docs) in enumerate(held + [g for _, g in extra]):
         int8 = score_documents(served.backend, q, docs).raw.astype(np.float64)
         fp32 = score_documents(c.reference, q, docs).raw.astype(np.float64)
-        lead = leader_first(int8, fp32, e)
-        by_2e, n_2e = with_fp32_head(int8, fp32, c.margin)
-        by_lead = int8.copy()
-        by_lead[lead] = fp32[lead]
-        served = {"2e": (by_2e, n_2e), "leader-first": (by_lead, len(lead))}
-        for rule, (_, n) in served.items():
+        rules = {
+            "2e": whole_head(int8, fp32, c.margin),
+            "leader-first": with_fp32_head(int8, fp32, c.margin),
+        }
+        for rule, (_, n) in rules.items():
             shares[rule].append(n / len(docs))
         if i < len(held):
             ref.append(np.asarray(torch_ref([(q, d) for d in docs]), dtype=np.float64))
             got["int8 alone"].append(int8)
-            for rule, (scores, _) in served.items():
+            for rule, (scores, _) in rules.items():
                 got[rule].append(scores)
     served.close()
     n = len(held)
@@ -101,9 +117,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(mr.RECIPES))
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgerank-int8-acceptance"))
+    ap.add_argument(
+        "--build", action="store_true",
+        help="no installed entries: build the first point an import tries and its cascade",
+    )  # fmt: skip
     args = ap.parse_args()
     for name in args.models:
-        run_model(name, args.workdir / name)
+        run_model(name, args.workdir / name, args.build)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """The same import, several times: does the install decide the same way every time?
 
-    python bench/int8_decisions.py --model faq-head --imports 5 [--request-shape 32x128-256]
-    stress-ng --cpu 2 --timeout 3600 & python bench/int8_decisions.py ...   # a busy neighbour
+    python -m bench.int8_decisions --model faq-head --imports 5 [--request-shape 32x128-256]
+    stress-ng --cpu 2 --timeout 3600 & python -m bench.int8_decisions ...   # a busy neighbour
 
-Imports one checkpoint of tests/support/minilm_rerankers.py (`edgerank import`'s code
-path, default policy) ``--imports`` times into fresh stores, one after another, and prints
+Imports one checkpoint of edgerank/testing/minilm_rerankers.py (`edgerank import`'s code
+path, default policy; from its FP32 ONNX export unless ``--route checkpoint``)
+``--imports`` times into fresh stores, one after another, and prints
 per import: what it installed, the verdict at the request shape (speed with its interval,
 in units of the FP32 graph), INT8 alone's ratio at that shape, the floor figures each point
 was judged on (and on which evidence), the wall and CPU seconds, and the machine's load
@@ -17,18 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from edgerank.convert.backoff import Policy  # noqa: E402
-from edgerank.models.manifest import Manifest  # noqa: E402
-from edgerank.models.serving import RequestShape  # noqa: E402
-from edgerank.store.entries import ModelStore  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.convert.backoff import Policy
+from edgerank.install.store import ModelStore
+from edgerank.models.manifest import Manifest
+from edgerank.models.serving import RequestShape
+from edgerank.testing import minilm_rerankers as mr
 
 
 def one(ckpt: Path, home: Path, name: str, policy: Policy) -> dict:
@@ -60,9 +57,18 @@ def main() -> None:
     ap.add_argument("--model", default="faq-head", choices=sorted(mr.RECIPES))
     ap.add_argument("--imports", type=int, default=5)
     ap.add_argument("--request-shape", help="as `edgerank import --request-shape`")
+    ap.add_argument("--route", choices=["onnx", "checkpoint"], default="onnx",
+                    help="the FP32 ONNX export (as pull takes it) or the checkpoint")  # fmt: skip
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgerank-int8-decisions"))
     args = ap.parse_args()
     ckpt = mr.build(args.model, args.workdir / args.model / "ckpt")
+    if args.route == "onnx":  # exported once: every import then starts from the same graph
+        from edgerank.convert.onnx_export import export_onnx
+
+        graph = args.workdir / args.model / "fp32-onnx"
+        if not (graph / "model.onnx").exists():
+            export_onnx(ckpt, graph)
+        ckpt = graph
     shape = RequestShape.parse(args.request_shape) if args.request_shape else None
     rows = []
     for k in range(args.imports):

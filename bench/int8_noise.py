@@ -1,7 +1,7 @@
 """What stands between 8-bit MatMuls and FP32's top-1 on held-out text: each ingredient's
 noise, against how much noise the held-out set's near-ties allow.
 
-    python bench/int8_noise.py [--models faq-head gloss-head admin-e2e] [--workdir DIR]
+    python -m bench.int8_noise [--models faq-head gloss-head admin-e2e] [--workdir DIR]
 
 Issue 14 asks for FP32's top-1 kept in >= 97% of held-out groups. Whether a recipe gets
 there is decided less by the recipe than by two numbers this prints per model:
@@ -30,20 +30,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from edgerank.convert import int8, int8_files  # noqa: E402
 from edgerank.convert.graph import Graph  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
 from edgerank.quality.scoring import GraphScorer as Scorer  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 FLOOR_TOP1 = 0.97
 DRAWS = 400

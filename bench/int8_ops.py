@@ -1,6 +1,6 @@
 """Where each INT8 kind's time goes, per operator, on the same fused graph.
 
-    python bench/int8_ops.py --workdir DIR [--models faq-head] [--threads 1] [--runs 20]
+    python -m bench.int8_ops --workdir DIR [--models faq-head] [--threads 1] [--runs 20]
                              [--heldout]
 
 Issue 14 asks the installed file to run as fast as onnxruntime's dynamic INT8; it does
@@ -28,20 +28,16 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench.int8_acceptance import speed_sets  # noqa: E402
 from edgerank.convert import backoff, int8, int8_files  # noqa: E402
+from edgerank.engine.agreement import rank_agreement  # noqa: E402
 from edgerank.hardware.facts import SATURATING_INT8  # noqa: E402
 from edgerank.hardware.probe import int8_kernel_here  # noqa: E402
 from edgerank.quality import sets  # noqa: E402
-from edgerank.quality.fidelity import rank_agreement  # noqa: E402
 from edgerank.quality.scoring import GraphScorer as Scorer  # noqa: E402
-from tests.support import minilm_rerankers as mr  # noqa: E402
+from edgerank.testing import minilm_rerankers as mr  # noqa: E402
 
 GEMM = {"MatMul", "FusedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
 
@@ -86,6 +82,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--heldout", action="store_true", help="also each kind's held-out fidelity")
+    ap.add_argument("--kinds", nargs="*", default=["dynamic", "token", "block"])
+    ap.add_argument("--sets", nargs="*", default=["s32", "s100"])
     args = ap.parse_args()
     saturates = int8_kernel_here() in SATURATING_INT8  # build as an import here would
     for name in args.models:
@@ -96,13 +94,16 @@ def main() -> None:
             _prepare(work, loop, smooth)
         files = {"fp32": prepared}
         for kind, src in (("dynamic", prepared), ("token", smooth), ("block", prepared)):
-            bounded = saturates and kind != "dynamic"
-            files[kind] = int8_files.build(
-                src, work / f"ops.{kind}.onnx", {}, kind, bounded=bounded
-            )
+            if kind in args.kinds:
+                bounded = saturates and kind != "dynamic"
+                files[kind] = int8_files.build(
+                    src, work / f"ops.{kind}.onnx", {}, kind, bounded=bounded
+                )
         if args.heldout:
             _heldout(name, files, tok)
         for sname, (q, docs) in speed_sets(tok).items():
+            if sname not in args.sets:
+                continue
             rows = Scorer(prepared, tok, 1, 512).encode([(q, d) for d in docs])
             table = {k: profile(f, tok, args.threads, rows, args.runs) for k, f in files.items()}
             print(f"\n{name} {sname} @ {args.threads} thread(s): ms per run")

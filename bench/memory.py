@@ -1,10 +1,10 @@
 """Memory of one rerank request in the real daemon: idle, peak and after-request RSS.
 
-    python bench/memory.py                  # every case below
-    python bench/memory.py --cases onnx,onnx_alone,onnx_fp32 --requests 3 --json
+    python -m bench.memory                  # every case below
+    python -m bench.memory --cases onnx,onnx_alone,onnx_fp32 --requests 3 --json
 
 Each case is a fresh `python -m edgerank.server.daemon` (HTTP on a Unix socket) serving the
-MiniLM-L6 cross-encoder (tests/support/minilm_ce.py: real MiniLM weights, fitted head):
+MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py: real MiniLM weights, fitted head):
 
 - ``onnx``: the INT8 entry with its cascade (the FP32 reference beside it, its weights in
   a mapped external-data file, opened unpacked: what `edgerank import` installs);
@@ -46,7 +46,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 #: onnxruntime as edgerank configured it before the fix: its defaults (arena, patterns on)
 ARENA_DAEMON = textwrap.dedent(
@@ -105,8 +104,8 @@ def prepare(work: Path, gguf: bool = True) -> None:
     import onnx
 
     from edgerank.convert.backoff import Policy
-    from edgerank.store.entries import ModelStore
-    from tests.support import minilm_ce
+    from edgerank.install.store import ModelStore
+    from edgerank.testing import minilm_ce
 
     store = ModelStore(work / "home")
     installed = store.installed()
@@ -131,7 +130,7 @@ def documents(n: int, words: int, seed: int = 0) -> list[str]:
     """English words, about one MiniLM token each: ~`words` tokens per document."""
     import random
 
-    from tests.support.tiny_models import WORDS
+    from edgerank.testing.tiny_models import WORDS
 
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(n)]
@@ -166,7 +165,7 @@ def _post(path: Path, body: dict) -> dict:
 
 
 def measure(case: str, work: Path, docs: list[str], requests: int, threads: int) -> dict:
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     store = work / "home"
     entries = ModelStore(store)

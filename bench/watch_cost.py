@@ -1,9 +1,9 @@
 """What the fidelity watch costs: the daemon's CPU seconds per request with fidelity_sample
 0 (off), 0.1 and 1.0, on the same requests, in the same run (issue 14, item 4).
 
-    python bench/watch_cost.py [--requests 60] [--docs 20] [--threads 1]
+    python -m bench.watch_cost [--requests 60] [--docs 20] [--threads 1]
 
-Builds the real-weights MiniLM-L6 cross-encoder (tests/support/minilm_ce.py), imports it as
+Builds the real-weights MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py), imports it as
 INT8 ONNX and keeps its FP32 export beside it as the reference. Each daemon runs as a
 subprocess; its CPU time (user + system, /proc/PID/stat) is read after the requests and
 after the watch has drained its samples. Clients send one request at a time, so the watch
@@ -22,19 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import httpx  # noqa: E402
-
-# the daemon's own CPU time, and a free port: the helpers the HTTP bench measures with
-from http_speed import cpu_s, free_port  # noqa: E402  (bench/ is this script's sys.path[0])
 
 from edgerank.convert.backoff import Policy  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
+from edgerank.install.store import ModelStore  # noqa: E402
 from edgerank.models.manifest import Manifest  # noqa: E402
-from edgerank.store.entries import ModelStore  # noqa: E402
-from tests.support import minilm_ce  # noqa: E402
+from edgerank.testing import minilm_ce  # noqa: E402
+from edgerank.testing.procs import cpu_s, free_port  # noqa: E402
 
 #: seconds without a new fidelity sample after the last request: the watch has drained
 DRAIN_S = 3.0

@@ -84,6 +84,47 @@ class Cancelled(EdgerankError):
     """The caller gave up on the job; its queued items were dropped."""
 
 
+#: pip extra -> the modules it brings that edgerank imports (found, never imported, here)
+EXTRA_MODULES = {
+    "quantize": ("onnx", "onnx_ir"),
+    "convert": ("torch", "transformers"),
+    "gguf": ("llama_cpp",),
+    "cuda": ("torch", "transformers"),
+    "redis": ("redis",),
+}
+#: extras that bring others: one name in a pip command is enough
+_BRINGS = {"convert": ("quantize",)}
+
+
+def extras_here() -> frozenset[str]:
+    """The extras installed here, found without importing them (torch alone costs seconds)."""
+    from importlib.util import find_spec
+
+    return frozenset(
+        extra for extra, mods in EXTRA_MODULES.items() if all(find_spec(m) for m in mods)
+    )
+
+
+def pip_extras(extras) -> str:
+    """`pip install 'edgerank[a,b]'` for the fewest extras that bring all of ``extras``."""
+    wanted = set(extras)
+    for big, small in _BRINGS.items():
+        if big in wanted:
+            wanted -= set(small)
+    return f"pip install 'edgerank[{','.join(sorted(wanted))}]'"
+
+
+def require_extras(what: str, extras, also: str = "") -> None:
+    """One refusal naming every extra ``what`` needs that is missing, before any work."""
+    missing = sorted(set(extras) - extras_here())
+    if missing:
+        names = " and ".join(f"`{m}`" for m in missing)
+        raise BackendUnavailable(
+            f"{what} needs the {names} extra{'s' if len(missing) > 1 else ''}: "
+            f"{pip_extras(missing)}{also}"
+        )
+
+
 def missing_extra(module: str, extra: str, also: str = "") -> BackendUnavailable:
     """The one-line error for an optional dependency that is not installed."""
     return BackendUnavailable(

@@ -321,7 +321,7 @@ def main(deb: Path) -> None:
         + make_groups(ref["zh-cn"], 12, rng, "debian-reference", "zh")
         + make_groups(ref["ja"], 12, rng, "debian-reference", "ja")
         + make_groups(ref["de"], 12, rng, "debian-reference", "de"),
-        # tests/support: the three test rerankers' training text, and held-out sets
+        # edgerank/testing: the three test rerankers' training text, and held-out sets
         "train-python-faq": make_groups(faq, 400, rng, "python-faq", "en"),
         "train-wordnet": make_groups(wn_train, 400, rng, "wordnet", "en", wn_query),
         "train-debian-reference": make_groups(ref_en_train, 400, rng, "debian-reference", "en")
@@ -330,7 +330,7 @@ def main(deb: Path) -> None:
     }
     sets["probe-more"] = more_probe(sets["probe"], ref, ref_en_probe)
     shipped = ROOT / "edgerank" / "quality" / "data"
-    tests = ROOT / "tests" / "support" / "data"
+    tests = ROOT / "edgerank" / "testing" / "data"
     for name, groups in sets.items():
         where = shipped if name in ("calibration", "probe", "probe-more") else tests
         out = where / f"{name}.jsonl"

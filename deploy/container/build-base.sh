@@ -5,16 +5,18 @@
 # Elsewhere, skip this: the Containerfile's default BASE is python:3.12-slim.
 #
 # Usage (root): deploy/container/build-base.sh [IMAGE]
-# Environment: PODMAN (default: podman with vfs storage and cgroupfs, which run in nested
-# sandboxes), DEBIAN_MIRROR, DEBIAN_SUITE, EDGERANK_BASE_ROOT (the debootstrap directory).
+# Environment: PODMAN (default: podman, with the storage driver podman is already set up
+# for: forcing one fails with "database graph driver mismatch" once podman has used
+# another), DEBIAN_MIRROR, DEBIAN_SUITE, EDGERANK_BASE_ROOT (the debootstrap directory).
 set -euo pipefail
 IMAGE=${1:-localhost/edgerank-base:bookworm}
 ROOT=${EDGERANK_BASE_ROOT:-/var/tmp/edgerank-base-root}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=${DEBIAN_SUITE:-bookworm}
-PODMAN=${PODMAN:-podman --runtime runc --storage-driver=vfs --cgroup-manager=cgroupfs --events-backend=file}
+PODMAN=${PODMAN:-podman}
 
 [ "$(id -u)" = 0 ] || { echo "build-base.sh: needs root (debootstrap)" >&2; exit 2; }
+command -v debootstrap >/dev/null || { echo "build-base.sh: debootstrap is missing (apt-get install debootstrap)" >&2; exit 2; }
 if [ ! -e "$ROOT/.edgerank-root-done" ]; then
   rm -rf "$ROOT"
   # python3-venv for the build stage; ca-certificates for `edgerank pull` over https

@@ -9,7 +9,8 @@ latency-bound process only adds tail latency).
     python deploy/k8s/resources.py ms-marco-minilm-l6 --precision int8 --max-batch-tokens 8192
 
 Prints the `resources:` block for deploy/k8s/base/deployment.yaml; tests/deploy/test_k8s.py
-checks that the base's figures are this script's for the model and budget it sets.
+checks that the base's figures are this script's for the model and budget it sets. With
+--systemd, the unit's MemoryMax= instead (the limit): deploy/systemd/check.sh sets it so.
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ def main() -> None:
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--max-batch-tokens", type=int, default=8192)
     ap.add_argument("--edgerank", default=shutil.which("edgerank") or "edgerank")
+    ap.add_argument("--systemd", action="store_true", help="print the unit's MemoryMax= line")
     args = ap.parse_args()
     rows = {r["name"]: r for r in catalog_rows([args.edgerank])}
     if args.model not in rows:
         sys.exit(f"resources.py: {args.model!r} is not in the catalog ({', '.join(rows)})")
     res = resources(rows[args.model], args.precision, args.max_batch_tokens)
     print(f"# {res.pop('_breakdown')}")
+    if args.systemd:
+        print(f"MemoryMax={res['limits']['memory'].removesuffix('Mi')}M")
+        return
     print("resources:")
     for kind, values in res.items():
         print(f"  {kind}:")

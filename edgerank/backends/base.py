@@ -45,6 +45,9 @@ class Encoded:
     type_ids: np.ndarray | None = None
     #: backend-private data (e.g. the shared prompt prefix length of an LLM reranker)
     extra: Any = None
+    #: the query did not fit its share of the window and was cut (TEI's truncate=false
+    #: refuses that: server/tei.py)
+    query_cut: bool = False
 
     @property
     def n_tokens(self) -> int:

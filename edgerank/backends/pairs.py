@@ -58,7 +58,8 @@ class PairTokenizer:
         room = limit - self._specials
         q = self._tok.encode(query, add_special_tokens=False)
         q_cap = max(1, int(room * QUERY_SHARE))
-        if len(q.ids) > q_cap:
+        query_cut = len(q.ids) > q_cap
+        if query_cut:
             q.truncate(q_cap, direction="right")
         window = room - len(q.ids)
         direction = options.direction
@@ -80,6 +81,7 @@ class PairTokenizer:
                         doc=doc,
                         ids=np.asarray(pair.ids, dtype=np.int64),
                         type_ids=np.asarray(pair.type_ids, dtype=np.int64),
+                        query_cut=query_cut,
                     )
                 )
         return items

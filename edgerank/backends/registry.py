@@ -1,4 +1,4 @@
-"""The one way to open an installed entry: its manifest names the runtime, and that runtime's
+"""The one way to open an entry directory: its manifest names the runtime, and that runtime's
 module is imported only then (torch costs seconds to import; llama.cpp may not be installed).
 """
 
@@ -11,7 +11,6 @@ from edgerank.backends.base import Backend
 from edgerank.errors import BackendUnavailable
 from edgerank.models.manifest import Manifest
 from edgerank.models.serving import RequestShape, served
-from edgerank.store.layout import StoreLayout
 
 
 def open_entry(
@@ -43,14 +42,6 @@ def open_entry(
     else:
         from edgerank.backends.gguf import open_entry as opener
     return opener(model_dir, manifest, threads=threads, **options)
-
-
-def open_installed(
-    store: StoreLayout, name: str, backend: str = "onnx", *, threads: int = 1, **options: Any
-) -> Backend:
-    """Open a model of the store by name; a missing entry is one clear ModelNotFound."""
-    manifest = store.manifest(name, backend)
-    return open_entry(store.path(name, backend), manifest, threads=threads, **options)
 
 
 def open_reference(

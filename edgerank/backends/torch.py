@@ -188,7 +188,7 @@ class _TorchBackend:
         if self._batch_tokens is None:
             groups = [list(range(len(batch)))]
         else:
-            from edgerank.engine.rank import plan_batches
+            from edgerank.backends.padding import plan_batches
 
             groups = plan_batches([it.n_tokens for it in batch], self._batch_tokens)
         torch = self._torch

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgerank.catalog import quants
 from edgerank.catalog.fields import Fields, no_unknown
 from edgerank.catalog.spec import (
     BACKENDS,
@@ -248,16 +249,24 @@ def _parse_onnx(f: Fields) -> OnnxSource | None:
     t = f.table("onnx", required=False)
     if t is None:
         return None
-    no_unknown(t, {"repo", "int8_file", "fp32_file"}, f"{f.where}: field 'onnx'")
+    no_unknown(t, {"repo", "int8_file", "fp32_file", "int8_isa"}, f"{f.where}: field 'onnx'")
     sub = Fields(t, f"{f.where}: onnx")
     repo = sub.str_("repo")
     assert repo is not None
     if not _HUB_ID_RE.match(repo):
         raise sub.fail("repo", f"must look like org/name, got {repo!r}")
+    by_kernel = sub.table("int8_isa", required=False) or {}
+    for kernel, fname in by_kernel.items():
+        if not isinstance(fname, str) or not fname.endswith(".onnx"):
+            raise sub.fail(f"int8_isa.{kernel}", f"must be an .onnx file name, got {fname!r}")
+    int8_file = sub.str_("int8_file", required=False)
+    if by_kernel and int8_file is None:
+        raise sub.fail("int8_isa", "needs int8_file (the file for every other kernel)")
     return OnnxSource(
         repo=repo,
-        int8_file=sub.str_("int8_file", required=False),
+        int8_file=int8_file,
         fp32_file=sub.str_("fp32_file", required=False),
+        int8_isa=dict(by_kernel),
     )
 
 
@@ -329,8 +338,9 @@ def _check_backends(
             raise f.fail("backends", "llama.cpp has no per-layer score heads: no gguf")
         if gguf is None:
             raise f.fail("gguf", "missing (backends lists gguf)")
-        if not {"q8_0", "q4_k_m"} & set(memory):
-            raise f.fail("memory_mib", "needs q8_0 or q4_k_m (backends lists gguf)")
+        if not set(quants.SERVED) & set(memory):
+            served = " or ".join(quants.SERVED)
+            raise f.fail("memory_mib", f"needs {served} (backends lists gguf)")
     elif gguf is not None:
         raise f.fail("gguf", "given but backends does not list gguf")
     if "torch" in backends and not {"fp16", "fp32"} & set(memory):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from edgerank.catalog import quants
 from edgerank.errors import ModelNotFound
 
 Kind = Literal["cross-encoder", "llm-yes-logit", "llm-layerwise", "bi-encoder"]
@@ -41,10 +42,10 @@ SCORE_RULES: dict[str, frozenset[str]] = {
 }
 
 
-PRECISIONS = frozenset({"fp32", "fp16", "bf16", "int8", "q8_0", "q4_k_m"})
+PRECISIONS = frozenset({"fp32", "fp16", "bf16", "int8", *quants.SERVED})
 
 
-GGUF_QUANTS = frozenset({"f16", "q8_0", "q4_k_m"})
+GGUF_QUANTS = frozenset(quants.MADE)
 
 
 QUALITY_GROUPS = frozenset({"en", "zh", "multi"})
@@ -59,12 +60,20 @@ class OnnxSource:
     #: a ready FP32 ONNX graph inside the repo: quantize it locally without an export
     #: (None = export the checkpoint with torch.onnx)
     fp32_file: str | None = None
+    #: ready INT8 files the publisher made for other int8 kernels (hardware.facts.int8_kernel
+    #: names: "avx2" and "avx512" saturate with int8 weights, so their file has uint8 ones;
+    #: "arm-dot", "arm-i8mm"); a kernel not listed takes int8_file
+    int8_isa: dict[str, str] = field(default_factory=dict)
+
+    def int8_file_for(self, kernel: str) -> str | None:
+        """The ready INT8 file for this CPU's int8 kernel."""
+        return self.int8_isa.get(kernel, self.int8_file)
 
 
 @dataclass(frozen=True)
 class GgufSource:
     repo: str
-    #: quant name ("f16", "q8_0", "q4_k_m") -> file name in the repo.
+    #: quant name (catalog/quants.py MADE) -> file name in the repo.
     #: Empty = no published GGUF: convert ``repo`` (the HF checkpoint) with llama.cpp's
     #: converter and quantize locally.
     files: dict[str, str] = field(default_factory=dict)

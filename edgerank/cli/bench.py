@@ -34,18 +34,24 @@ def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_r
           as_json):  # fmt: skip
     """Throughput, latency and bucketing gain of the backend (ratios to torch when given), and
     this CPU's INT8 and FP32 GEMM throughput."""
-    from edgerank.engine import load as loader
     from edgerank.hardware.probe import probe
     from edgerank.quality import bench as b
     from edgerank.quality.gemm import gemm_report
+    from edgerank.startup import load as loader
 
     if server:
+        from edgerank.cli.score import check_grpc_address
+
+        check_grpc_address(server)
         _bench_server(server, clients, n_requests, n_docs, as_json)
         return
+
+    from edgerank.errors import extras_here, pip_extras, require_extras
 
     counts = [int(t) for t in threads.split(",") if t.strip()]
     refs = {}
     if reference:
+        require_extras("timing the torch FP32/BF16 reference (--reference)", ["convert"])
         from edgerank.backends.torch import TorchBackend
 
         for precision in ("fp32", "bf16"):
@@ -59,9 +65,13 @@ def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_r
     one = loader.load(model, threads=max(counts), cascade=False).backend
     bucket = b.bucketing_report(one, rounds=max(3, rounds // 2))
     one.close()
-    peaks = gemm_report(counts, rounds)
+    # the GEMM peaks' test graphs are built with onnx: without the quantize extra, say so
+    no_gemm = None if "quantize" in extras_here() else pip_extras(["quantize"])
+    peaks = [] if no_gemm else gemm_report(counts, rounds)
     if as_json:
         out = {"throughput": rows, "bucketing": bucket, "gemm": peaks}
+        if no_gemm:
+            out["gemm_skipped"] = f"needs the quantize extra: {no_gemm}"
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(f"# {pairs} pairs x {tokens} tokens, medians of {rounds} interleaved rounds")
@@ -69,6 +79,9 @@ def bench(model, reference, threads, pairs, tokens, rounds, server, clients, n_r
     click.echo(f"\n# bucketing, {bucket['docs']} mixed-length documents")
     click.echo(b.format_table([bucket]))
     isa = " ".join(sorted(probe().isa)) or "baseline"
+    if no_gemm:
+        click.echo(f"\n# this CPU's GEMM peaks (ISA: {isa}) need the quantize extra: {no_gemm}")
+        return
     click.echo(f"\n# this CPU's GEMM through onnxruntime (ISA: {isa}): the most INT8 can gain")
     click.echo(b.format_table(peaks))
 

@@ -31,6 +31,10 @@ def friendly(fn):
             fail(str(exc), EXIT_ERROR)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except BrokenPipeError:  # `edgerank models | head`: the reader has gone, stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command a closed pipe ended
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - last line of defence for the CLI
@@ -43,8 +47,3 @@ def friendly(fn):
             )
 
     return wrapper
-
-
-def progress(message: str) -> None:
-    """Progress of a long command, on stderr so stdout stays parseable."""
-    click.echo(f"edgerank: {message}", err=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from edgerank.cli.common import EXIT_USAGE, fail, friendly
+from edgerank.cli.progress import Bar, interactive, rate
 from edgerank.errors import InvalidInput
 
 
@@ -49,7 +51,10 @@ def _text(value: str, what: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        fail(f"the {what} is not UTF-8 text: {value.encode('utf-8', 'replace')!r}", EXIT_USAGE)
+        raw = value.encode("utf-8", "surrogateescape")  # the bytes as they were in argv
+        bad = next((i for i, c in enumerate(value) if "\udc80" <= c <= "\udcff"), 0)
+        at = len(value[:bad].encode("utf-8", "surrogateescape"))
+        fail(f"the {what} is not UTF-8 text (byte {at}: {raw[at : at + 1]!r})", EXIT_USAGE)
     return value
 
 
@@ -74,17 +79,35 @@ def _parse_jsonl(lines: list[str]) -> list[str] | None:
 @click.argument("docs", nargs=-1)
 @click.option("--docs", "docs_file", help="File of documents: one per line, or JSONL; - = stdin.")
 @click.option("--model", "-m", help="Catalog name, store entry or model directory.")
-@click.option("--backend", type=click.Choice(["onnx", "gguf", "torch", "biencoder"]))
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "gguf", "torch", "biencoder"]),
+    help="Runtime, when the model has several entries (default: what probe chooses).",
+)
 @click.option("--top-n", type=int, default=None, help="Only the best N.")
 @click.option("--raw-scores", is_flag=True, help="Order and print by the raw logit.")
-@click.option("--truncation", type=click.Choice(["truncate", "chunk"]), default="truncate")
-@click.option("--direction", type=click.Choice(["right", "left"]), default="right")
+@click.option(
+    "--truncation",
+    type=click.Choice(["truncate", "chunk"]),
+    default="truncate",
+    show_default=True,
+    help="A passage over the model's window: cut it, or score overlapping windows and keep "
+    "the best.",
+)
+@click.option(
+    "--direction",
+    type=click.Choice(["right", "left"]),
+    default="right",
+    show_default=True,
+    help="With truncate: which end of a long passage is cut off.",
+)
 @click.option("--instruction", help="Task instruction for LLM rerankers.")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: probed).")
 @click.option(
     "--server",
-    help="Score on running daemons: host:port (every address of the name), a comma list of "
-    "host:port, or unix:/path; balanced round robin, failing over to healthy replicas.",
+    help="Score on running daemons' gRPC listeners: host:port (every address of the name), a "
+    "comma list of host:port, or unix:/path; balanced round robin, failing over to healthy "
+    "replicas.",
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.option(
@@ -110,18 +133,43 @@ def score(
     if server:
         from edgerank import client
 
+        check_grpc_address(server)
+        start = time.perf_counter()
         result = client.rerank(server, query, documents, top_n=top_n, options=options, model=model)
         ranked, info_line = result.ranked, result.model
+        tokens = result.metadata.get("tokens")
+        seconds = time.perf_counter() - start
     else:
-        ranked, info_line = _score_local(
-            query, documents, options, model, backend, threads, top_n, allow_remote_code
+        ranked, info_line, tokens, seconds = _score_local(
+            query, documents, options, model, backend, threads, top_n, allow_remote_code, as_json
         )
     _print_ranked(ranked, documents, info_line, raw_scores, as_json)
+    pairs = len(documents)
+    counted = f", {tokens:,} tokens" if tokens is not None else ""
+    click.echo(
+        f"edgerank: scored {pairs} document{'s' if pairs != 1 else ''}{counted} in "
+        f"{seconds:.2f} s ({rate(pairs, seconds)} pairs/s)",
+        err=True,
+    )
 
 
-def _score_local(query, documents, options, model, backend, threads, top_n, allow_remote_code):
-    from edgerank.engine import load as loader
+def check_grpc_address(server: str) -> None:
+    """--server names gRPC listeners; an HTTP URL would reach gRPC's resolver as a target
+    name and fail with its noise."""
+    if "://" in server and not server.startswith("dns://"):
+        scheme = server.split("://", 1)[0]
+        raise InvalidInput(
+            f"--server takes a daemon's gRPC address (HOST:PORT, a comma list, or unix:/PATH), "
+            f"not a {scheme}:// URL: the HTTP face (--http) is for HTTP clients; give the "
+            "gRPC listener (`serve --listen`, 127.0.0.1:50051 by default)"
+        )
+
+
+def _score_local(
+    query, documents, options, model, backend, threads, top_n, allow_remote_code, as_json
+):
     from edgerank.engine.rank import rank, score_documents
+    from edgerank.startup import load as loader
 
     loaded = loader.load(
         model,
@@ -135,14 +183,23 @@ def _score_local(query, documents, options, model, backend, threads, top_n, allo
         info = loaded.backend.info()
         if note := info.details.get("fidelity_note"):
             click.echo(f"edgerank: warning: {note}", err=True)
-        scored = score_documents(
-            loaded.backend, query, documents, options, loaded.token_budget, loaded.max_pairs,
-            cascade=loaded.cascade,
-        )  # fmt: skip
+        bar = Bar("scoring", len(documents), "inputs", enabled=interactive(as_json))
+        with bar:
+            scored = score_documents(
+                loaded.backend, query, documents, options, loaded.token_budget,
+                loaded.max_pairs, cascade=loaded.cascade,
+                progress=lambda done, total: _advance(bar, done, total),
+            )  # fmt: skip
+        seconds = time.perf_counter() - bar.start
         ranked = rank(scored.raw, info.normalise, top_n)
     finally:
         loaded.close()
-    return ranked, f"{info.model} ({info.backend} {info.precision})"
+    return ranked, f"{info.model} ({info.backend} {info.precision})", scored.tokens, seconds
+
+
+def _advance(bar: Bar, done: int, total: int) -> None:
+    bar.total = total  # model inputs: more than documents when chunking splits them
+    bar.update(done)
 
 
 def _print_ranked(ranked, documents, model_line, raw_scores, as_json) -> None:

@@ -40,9 +40,11 @@ import numpy as np
 
 from edgerank.convert import int8, int8_files, judge
 from edgerank.convert.decision import Cascade, Decision, Figures, Point
+from edgerank.engine import cascade as cascade_rule
+from edgerank.engine.agreement import rank_agreement
 from edgerank.models import serving
 from edgerank.models.serving import RequestShape, ServingPlan
-from edgerank.quality.fidelity import batch_gap, rank_agreement
+from edgerank.quality.fidelity import batch_gap
 from edgerank.quality.scoring import GraphScorer
 
 #: mean Spearman per group and share of groups whose FP32 top-1 stays top-1
@@ -71,10 +73,7 @@ RECIPE = {
 }
 FUSION = "onnxruntime.transformers bert (MultiHeadAttention, SkipLayerNorm, BiasGelu)"
 PROBE_MAX_LENGTH = 256
-CASCADE_RULE = (
-    "passages scored within margin of the INT8 leader are rescored with the FP32 graph "
-    "(reference_file); margin = 2 x the largest |INT8 - FP32| on the calibration groups"
-)
+CASCADE_RULE = cascade_rule.RULE  # what engine/cascade.py serves, as the manifest says it
 
 
 @dataclass(frozen=True)
@@ -184,6 +183,7 @@ class _Judge:
         self.cal_ref = self.ref_s.score_groups(self.cal_enc)
         pools = judge.pools(evidence.probe, evidence.probe_langs) if cascade else []
         self.pool_enc = self.encode(pools)
+        self.pool_ref = self.ref_s.score_groups(self.pool_enc)
 
     def encode(self, groups) -> list:
         return [self.ref_s.encode([(q, d) for d in docs]) for q, docs in groups]
@@ -281,11 +281,10 @@ def quantize_accurate(
                 float(np.max(np.abs(a - b))) for a, b in zip(cal_got, j.cal_ref, strict=True)
             )
             figs, ok = _figures(j, cand, got, floor, 2 * error)
-            from edgerank.engine.cascade import head
-
-            share = sum(len(head(g, 2 * error)) for g in got) / max(1, sum(len(g) for g in got))
+            counted = judge.rescored_counts(j.ref, got, 2 * error)
+            share = sum(counted) / max(1, sum(len(g) for g in got))
             casc = Cascade(2 * error, error, len(j.cal_enc), figs, share)
-            rescored = judge.heads(cand.score_groups(j.pool_enc), 2 * error)
+            rescored = judge.heads(j.pool_ref, cand.score_groups(j.pool_enc), 2 * error)
         cand.close()
         int8_mib = judge.resident_mib(path, prep.path, cascade)
 
@@ -299,7 +298,7 @@ def quantize_accurate(
         verdict = serving.judge(prof, shape, int8_mib=int8_mib, fp32_mib=fp32_mib, cutoff=cutoff)
         p = Point(path, dict(kinds), {k: len(v) for k, v in moved.items()}, alone, casc, prof,
                   verdict, ok)  # fmt: skip
-        progress(_line(p, ladder[0]))
+        progress(p.line(ladder[0]))
         frontier.append(p)
         return p
 
@@ -399,24 +398,3 @@ def _recipe(p: Point, ladder, smoothing, bounded, fixed, names, sens, prep, shap
         "request_shape": str(shape),
         "speed_judge": judge.METHOD,
     }
-
-
-def _line(p: Point, base: str) -> str:
-    """One progress line per point."""
-    ratio = p.profile.ratio_at(p.verdict.shape)
-    f = p.alone
-    line = (
-        f"INT8 ({base}; " + ", ".join(f"{v} {k}" for k, v in p.moved.items())
-        + f"): Spearman {f.spearman_mean:.4f}, top-1 kept {f.top1_kept:.1%}, "
-        f"{ratio} ONNX FP32 at {p.verdict.shape}"
-    )  # fmt: skip
-    if p.cascade is not None:
-        c = p.cascade
-        line += (
-            f"; with FP32 near-tie rescoring (margin {c.margin:.3f}, {c.rescored_share:.1%} of "
-            f"the probe's pairs): Spearman {c.figures.spearman_mean:.4f}, top-1 kept "
-            f"{c.figures.top1_kept:.1%}, {p.verdict.speed}"
-        )
-    if p.judged.evidence != "probe":
-        line += f" (near the floor: judged on {p.judged.evidence})"
-    return line + ("" if p.meets_floor else "; under the floor")

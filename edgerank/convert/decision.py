@@ -1,5 +1,5 @@
 """The install decision as typed records: what convert/backoff.py found (every point of the
-frontier, the one chosen, and why) and what the ONNX install (store/onnx_install.py)
+frontier, the one chosen, and why) and what the ONNX install (install/onnx.py)
 writes into the manifest from it.
 """
 
@@ -80,6 +80,26 @@ class Point:
     def pays(self) -> bool:
         return self.verdict.serves == "int8"
 
+    def line(self, base: str) -> str:
+        """The install's progress line for this point."""
+        ratio = self.profile.ratio_at(self.verdict.shape)
+        f = self.alone
+        line = (
+            f"INT8 ({base}; " + ", ".join(f"{v} {k}" for k, v in self.moved.items())
+            + f"): Spearman {f.spearman_mean:.4f}, top-1 kept {f.top1_kept:.1%}, "
+            f"{ratio} ONNX FP32 at {self.verdict.shape}"
+        )  # fmt: skip
+        if self.cascade is not None:
+            c = self.cascade
+            line += (
+                f"; with FP32 near-tie rescoring (margin {c.margin:.3f}, {c.rescored_share:.1%} "
+                f"of the probe's pairs): Spearman {c.figures.spearman_mean:.4f}, top-1 kept "
+                f"{c.figures.top1_kept:.1%}, {self.verdict.speed}"
+            )
+        if self.judged.evidence != "probe":
+            line += f" (near the floor: judged on {self.judged.evidence})"
+        return line + ("" if self.meets_floor else "; under the floor")
+
     def frontier_row(self) -> dict[str, Any]:
         """The manifest's frontier entry (figures of INT8 alone at the top level, as before;
         ``speed_vs_onnx_fp32``: the INT8 pass at the install's shape)."""
@@ -149,7 +169,7 @@ class Decision:
             return {"reference": "itself", "int8_option": option}
         fid: dict[str, Any] = {
             **p.judged.to_dict(), "speed_vs_onnx_fp32": _r(p.verdict.speed.value),
-            "batch_gap": self.batch_gap,
+            "request_shape": str(p.verdict.shape), "batch_gap": self.batch_gap,
         }  # fmt: skip
         if p.cascade is not None:
             alone = p.profile.ratio_at(p.verdict.shape).value

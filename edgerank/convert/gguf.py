@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerank.backends.llama_runtime import last_log, load_llama
+from edgerank.catalog import quants as gguf_quants
 from edgerank.errors import BackendFailure, BackendUnavailable, InvalidInput, missing_extra
 from edgerank.models.checkpoint import read_config
 
@@ -54,8 +55,8 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 #: ggml's q8_0 also rounds each matmul's *input* to 8 bits per block of 32, and a block that
 #: holds one of the post-LayerNorm outlier channels loses the rest: on the MiniLM test model
 #: plain q8_0 kept the FP32 top-1 in 95% of 60 groups (Spearman 0.995), this mix in 100%
-#: (0.9986) at the same speed and 15% more bytes (tests/support/minilm_ce.py's model against torch
-#: FP32; tests/backends/test_gguf.py holds the recipe to the acceptance bar).
+#: (0.9986) at the same speed and 15% more bytes (edgerank/testing/minilm_ce.py's model against
+#: torch FP32; tests/backends/test_gguf.py holds the recipe to the acceptance bar).
 CROSS_ENCODER_KEEP = {r"attn_(q|k|v|qkv)\.weight": "f16", r"ffn_up\.weight": "f16"}
 
 
@@ -309,7 +310,7 @@ def run_converter(tools: Path, runs: list[dict[str, Any]]) -> None:
 def convert_and_quantize(
     hf_dir: Path | str,
     out_dir: Path | str,
-    quants: tuple[str, ...] = ("f16", "q8_0", "q4_k_m"),
+    quants: tuple[str, ...] = gguf_quants.MADE,
     *,
     base: str = "f16",
     threads: int = 0,
@@ -354,16 +355,10 @@ def quantize(
 
     ``keep``: tensor name regex -> type ("f32" | "f16" | "q8_0") overriding the quant's."""
     lib = load_llama()
-    ftypes = {
-        "f32": lib.LLAMA_FTYPE_ALL_F32,
-        "f16": lib.LLAMA_FTYPE_MOSTLY_F16,
-        "q8_0": lib.LLAMA_FTYPE_MOSTLY_Q8_0,
-        "q4_k_m": lib.LLAMA_FTYPE_MOSTLY_Q4_K_M,
-    }
-    if quant not in ftypes:
-        raise ValueError(f"quant must be one of {sorted(ftypes)}, got {quant!r}")
+    if quant not in gguf_quants.BY_NAME:
+        raise ValueError(f"quant must be one of {gguf_quants.PRECISE_FIRST}, got {quant!r}")
     params = lib.llama_model_quantize_default_params()
-    params.ftype = ftypes[quant]
+    params.ftype = gguf_quants.BY_NAME[quant].ftype
     params.nthread = threads
     types = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0}
     overrides = (lib.llama_model_tensor_override * (len(keep or {}) + 1))()

@@ -34,6 +34,18 @@ class Graph:
         self._new_inits: list = []
         self._dropped: set[int] = set()
         self._held: list = []
+        self._runtime: set[str] | None = None
+
+    def runtime(self) -> set[str]:
+        """The tensors that depend on the graph's inputs (worked out once per Graph)."""
+        if self._runtime is None:
+            g = self.model.graph
+            found = {i.name for i in g.input} - set(self.inits)
+            for n in g.node:  # a model's nodes are stored in topological order
+                if any(i in found for i in needs(n)):
+                    found.update(n.output)
+            self._runtime = found
+        return self._runtime
 
     def nodes_of(self, op: str) -> list:
         return [n for n in self.model.graph.node if n.op_type == op]
@@ -113,7 +125,7 @@ class Graph:
         graph = model.graph
         nodes = [n for n in self.model.graph.node if id(n) not in self._dropped]
         nodes += self._new_nodes
-        used = {i for n in nodes for i in n.input}
+        used = {i for n in nodes for i in needs(n)}
         keep = [t for t in self.model.graph.initializer if t.name in used]
         names = {t.name for t in keep}
         keep += [t for t in self._new_inits if t.name in used and t.name not in names]
@@ -134,12 +146,24 @@ def _clone(proto):
     return copy
 
 
+def needs(node) -> list[str]:
+    """What ``node`` reads: its inputs and, for a node with subgraphs (DeBERTa's export has
+    If nodes), the outer tensors those subgraphs name without taking them as inputs."""
+    out = list(node.input)
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            made = {o for n in sub.node for o in n.output}
+            made |= {t.name for t in sub.initializer} | {i.name for i in sub.input}
+            out += [i for n in sub.node for i in needs(n) if i and i not in made]
+    return out
+
+
 def _toposort(nodes: list, available: set[str]) -> list:
     ready, out, pending = set(available) | {""}, [], list(nodes)
     while pending:
         rest = []
         for n in pending:
-            if all(i in ready for i in n.input):
+            if all(i in ready for i in needs(n)):
                 out.append(n)
                 ready.update(n.output)
             else:
@@ -151,10 +175,17 @@ def _toposort(nodes: list, available: set[str]) -> list:
 
 
 def quantizable(g: Graph, node) -> bool:
+    """A MatMul of a run-time activation by a constant 2-D FP32 weight.
+
+    A MatMul whose input is itself constant is not one: DeBERTa projects its relative
+    position embeddings through the Q and K weights (a constant [2 x buckets, hidden]),
+    which onnxruntime folds once at load time; quantized, it would run at every call."""
     if node.op_type != "MatMul":
         return False
     w = g.array(node.input[1])
-    return w is not None and w.ndim == 2 and w.dtype == np.float32
+    if w is None or w.ndim != 2 or w.dtype != np.float32:
+        return False
+    return node.input[0] in g.runtime()
 
 
 def first_token_last_layer(g: Graph) -> set[str]:

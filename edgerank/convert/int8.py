@@ -66,15 +66,14 @@ def _fused(path: Path):
     it still quantizes, slower, and the recipe records why instead of the fusions
     (int8_files.prepare carries it; a warning says so too)."""
     import onnx
-    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    heads, hidden = 0, 0  # 0 = let the optimizer detect them
+    heads, hidden, arch = 0, 0, ""  # 0 = let the optimizer detect them
     if (path.parent / "config.json").exists():
         conf = read_config(path.parent)
         heads, hidden = conf.get("num_attention_heads", 0), conf.get("hidden_size", 0)
-    options = FusionOptions("bert")
-    options.use_multi_head_attention = True
+        arch = conf.get("model_type", "")
+    options = fusion_options(arch)
     try:
         opt = optimize_model(
             str(path), model_type="bert", num_heads=heads, hidden_size=hidden,
@@ -89,6 +88,30 @@ def _fused(path: Path):
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):  # fused ops live there
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return _lifted(model, path.name), None
+
+
+#: model types (config.json) whose attention onnxruntime's BERT fusions do not match:
+#: DeBERTa's disentangled attention (content and relative-position terms)
+UNFUSED_ATTENTION = frozenset({"deberta", "deberta-v2"})
+
+
+def fusion_options(model_type: str):
+    """onnxruntime's BERT fusion options for a config.json ``model_type``.
+
+    BERT and XLM-R (RoBERTa's graph, no token types; its embedding stays unfused, as
+    onnxruntime's fused embedding counts positions from 0 and RoBERTa's from 2) take the
+    full set. DeBERTa-v2 takes LayerNorm, SkipLayerNorm and (Bias)Gelu only, and no
+    symbolic shape inference: on its relative-position subgraphs that ran for minutes and
+    took 7 GB (deberta-base shape) before it was stopped."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.use_multi_head_attention = True
+    if model_type in UNFUSED_ATTENTION:
+        options.enable_attention = False
+        options.enable_embed_layer_norm = False
+        options.enable_shape_inference = False
+    return options
 
 
 def _lifted(model, name: str):
@@ -135,8 +158,8 @@ def _feeds(model_dir: Path, inputs: list[str], pairs, batch: int = 8) -> list[di
     return feeds
 
 
-def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, np.ndarray]:
-    """Per-channel |max| of the given activations over real (unpadded) tokens."""
+def _activations(g: Graph, model_dir: Path, names: list[str], pairs):
+    """Each batch's values of the given activations, as [real tokens, channels] arrays."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -148,15 +171,23 @@ def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, 
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in sess.get_inputs()]
-    amax: dict[str, np.ndarray] = {}
     for feed in _feeds(model_dir, inputs, pairs or calibration_pairs()):
         outs = sess.run(names, feed)
         valid = feed["attention_mask"].astype(bool)
+        batch = {}
         for name, value in zip(names, outs, strict=True):
-            v = np.abs(value)
-            if v.ndim == 3 and v.shape[:2] == valid.shape:
-                v = v[valid]
-            v = v.reshape(-1, v.shape[-1]).max(axis=0)
+            if value.ndim == 3 and value.shape[:2] == valid.shape:
+                value = value[valid]
+            batch[name] = value.reshape(-1, value.shape[-1])
+        yield batch
+
+
+def _calibrate(g: Graph, model_dir: Path, names: list[str], pairs) -> dict[str, np.ndarray]:
+    """Per-channel |max| of the given activations over real (unpadded) tokens."""
+    amax: dict[str, np.ndarray] = {}
+    for batch in _activations(g, model_dir, names, pairs):
+        for name, v in batch.items():
+            v = np.abs(v).max(axis=0)
             amax[name] = np.maximum(amax[name], v) if name in amax else v
     return amax
 

@@ -173,14 +173,25 @@ def pools(probe: list[tuple[str, list[str]]], langs: list[str] | None = None) ->
     return out
 
 
-def heads(pool_scores: Sequence[np.ndarray], margin: float) -> tuple[tuple[int, float], ...]:
-    """Mean passages the cascade rescores per group size, the pools cut to each size."""
-    from edgerank.engine.cascade import head
+def rescored_counts(
+    ref: Sequence[np.ndarray], got: Sequence[np.ndarray], margin: float
+) -> list[int]:
+    """Per group, how many passages the cascade's rule (engine/cascade.py, leader first)
+    rescores in FP32, replayed from both files' scores."""
+    from edgerank.engine.cascade import with_fp32_head
 
+    return [with_fp32_head(g, r, margin)[1] for r, g in zip(ref, got, strict=True)]
+
+
+def heads(
+    pool_ref: Sequence[np.ndarray], pool_scores: Sequence[np.ndarray], margin: float
+) -> tuple[tuple[int, float], ...]:
+    """Mean passages the cascade rescores per group size, the pools cut to each size."""
     out = []
     for n in POOL_SIZES:
-        counts = [len(head(s[:n], margin)) for s in pool_scores if len(s) >= n]
-        if counts:
+        cut = [(r[:n], s[:n]) for r, s in zip(pool_ref, pool_scores, strict=True) if len(s) >= n]
+        if cut:
+            counts = rescored_counts([r for r, _ in cut], [s for _, s in cut], margin)
             out.append((n, round(float(np.mean(counts)), 3)))
     return tuple(out)
 

@@ -44,11 +44,15 @@ class Admission:
         return min(max(self.tokens / rate, 0.05), 30.0)
 
     def _change(self, ticket: Ticket, pairs: int, tokens: int) -> None:
-        if pairs > self.max_pairs or tokens > self.max_tokens:
+        if pairs > self.max_pairs:
             raise TooLarge(
-                f"request needs {pairs} pairs / {tokens} tokens, more than the whole queue "
-                f"holds ({self.max_pairs} pairs / {self.max_tokens} tokens): split it, or "
-                f"raise max_queue_pairs / max_queue_tokens"
+                f"request has {pairs} pairs, more than the whole queue holds "
+                f"({self.max_pairs}): split it, or raise max_queue_pairs"
+            )
+        if tokens > self.max_tokens:
+            raise TooLarge(
+                f"request has {tokens} tokens, more than the whole queue holds "
+                f"({self.max_tokens}): split it, or raise max_queue_tokens"
             )
         with self._lock:
             new_pairs = self.pairs - ticket.pairs + pairs

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgerank.backends.base import Backend, Encoded
-from edgerank.engine.rank import plan_batches
+from edgerank.backends.padding import plan_batches
 from edgerank.errors import BackendFailure, Cancelled, EdgerankError, Expired, Unavailable
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from edgerank.engine.cache_entries import (
     Scores,
     model_digest,
     pack,
+    plausible,
     request_keys,
     unpack,
 )
@@ -37,9 +38,9 @@ from edgerank.errors import Expired
 
 if TYPE_CHECKING:
     from edgerank.engine.cache_redis import RedisTier
+    from edgerank.engine.config import EngineConfig
     from edgerank.engine.metrics import Metrics
     from edgerank.engine.requests import Group
-    from edgerank.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,14 @@ class ScoreCache:
         memory: MemoryLRU | None,
         redis: RedisTier | None,
         metrics: Metrics | None = None,
+        max_length: int = 1 << 20,
     ):
         self.model = model
         self.memory = memory
         self.redis = redis
         self.metrics = metrics
+        #: the model's longest input: a Redis value claiming more tokens is not ours
+        self.max_length = max_length
         self._inflight: dict[bytes, asyncio.Future[bytes | None]] = {}
 
     def gauges(self) -> dict[str, Callable[[], float]]:
@@ -203,9 +207,16 @@ class ScoreCache:
         """Claimed keys: Redis, then the model; every claim is settled whatever happens."""
         try:
             if self.redis is not None:
+                refused = 0
                 for key, value in (await self.redis.get_many(own)).items():
+                    g, j, positions = where[key]
+                    if not plausible(value, g.passages[j], self.max_length):
+                        refused += 1  # scored anew below, and overwritten
+                        continue
                     self._publish(key, value, found)
-                    res.redis += len(where[key][2])
+                    res.redis += len(positions)
+                if refused:
+                    self.redis.refused(refused)
             rest = [key for key in own if key not in found]
             if not rest:
                 return
@@ -274,29 +285,29 @@ async def _wait(
 
 
 async def open_cache(
-    settings: Settings, info: BackendInfo, metrics: Metrics | None = None
+    config: EngineConfig, info: BackendInfo, metrics: Metrics | None = None
 ) -> ScoreCache | None:
-    """The cache the settings ask for, or None (off, or the model has no identity)."""
-    if settings.cache_bytes <= 0 and not settings.cache_url:
+    """The cache the config asks for, or None (off, or the model has no identity)."""
+    if config.cache_bytes <= 0 and not config.cache_url:
         return None
     model = model_digest(info)
     if model is None:
         log.info("score cache off: %s has no manifest identity to key scores on", info.model)
         return None
-    memory = MemoryLRU(settings.cache_bytes) if settings.cache_bytes > 0 else None
+    memory = MemoryLRU(config.cache_bytes) if config.cache_bytes > 0 else None
     redis = None
-    if settings.cache_url:
+    if config.cache_url:
         from edgerank.engine.cache_redis import RedisTier
 
         redis = RedisTier(
-            settings.cache_url,
-            ttl_s=settings.cache_ttl_s,
-            timeout_s=settings.cache_timeout_ms / 1000,
-            retry_s=settings.cache_retry_s,
+            config.cache_url,
+            ttl_s=config.cache_ttl_s,
+            timeout_s=config.cache_timeout_ms / 1000,
+            retry_s=config.cache_retry_s,
             metrics=metrics,
         )
         await redis.ping()
-    cache = ScoreCache(model, memory, redis, metrics)
+    cache = ScoreCache(model, memory, redis, metrics, max_length=info.max_length)
     if metrics is not None:
         metrics.add_gauges(cache.gauges())
     return cache

@@ -136,6 +136,22 @@ def pack(scores: Scores) -> list[bytes]:
     return [buf[i : i + size] for i in range(0, len(buf), size)]
 
 
+def plausible(value: bytes, passage: str, max_length: int) -> bool:
+    """Could this value be the model's answer for `passage`? A shared cache is input from
+    another process: a finite score, at least one model input and at most one per byte of
+    the passage (chunking never splits finer), each of at most max_length tokens."""
+    if len(value) != VALUE.itemsize:
+        return False
+    row = np.frombuffer(value, dtype=VALUE)[0]
+    windows, tokens = int(row["windows"]), int(row["tokens"])
+    most = len(passage.encode("utf-8", "surrogatepass")) + 1
+    return (
+        bool(np.isfinite(row["raw"]))
+        and 1 <= windows <= most
+        and (windows <= tokens <= windows * max_length)
+    )
+
+
 def unpack(values: Sequence[bytes]) -> Scores:
     rows = np.frombuffer(b"".join(values), dtype=VALUE)
     return Scores(

@@ -6,6 +6,9 @@ cache_timeout_ms (socket timeouts plus an asyncio deadline around the whole call
 retries), writes go out in the background after the answer, and a failure opens a circuit
 breaker: the daemon logs ONE warning, counts the error, and leaves Redis alone for
 cache_retry_s before it tries again (and logs once more when Redis answers again).
+
+What Redis holds is input from other processes: a value that is not a finite score with
+plausible counts (cache_entries.plausible) is a miss, counted, and logged once per process.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class RedisTier:
         self.retry_s = retry_s
         self.metrics = metrics
         self.up = True
+        self.invalid = 0  # values refused as not ours (cache_entries.plausible)
         self._down_until = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._client = aioredis.from_url(
@@ -109,6 +113,19 @@ class RedisTier:
             for k, v in zip(keys, values, strict=True)
             if v is not None and len(v) == VALUE_SIZE
         }
+
+    def refused(self, count: int) -> None:
+        """Values that were not plausible scores: counted, the first time logged."""
+        if self.metrics is not None:
+            self.metrics.cache_redis_invalid.inc(count)
+        if not self.invalid:
+            log.warning(
+                "Redis score cache at %s holds values that are not edgerank scores (NaN, "
+                "Infinity or impossible counts): treated as misses and scored anew; "
+                "edgerank_cache_redis_invalid_total counts them from here on",
+                self.url,
+            )
+        self.invalid += count
 
     def set_many(self, entries: dict[bytes, bytes]) -> None:
         """Store in the background: the answer does not wait for Redis."""

@@ -5,14 +5,14 @@ the same words (errors.py maps them to codes)."""
 from __future__ import annotations
 
 from edgerank.backends.base import ScoreOptions
+from edgerank.engine.config import EngineConfig
 from edgerank.errors import EmptyInput, InvalidInput, ModelNotFound, TooLarge
-from edgerank.server.settings import Settings
 
 
 class RequestLimits:
-    """Mixed into the Service: ``settings`` holds the limits, ``model_names`` what it serves."""
+    """Mixed into the Service: ``config`` holds the limits, ``model_names`` what it serves."""
 
-    settings: Settings
+    config: EngineConfig
     model_names: frozenset[str]
 
     def check_model(self, name: str | None) -> None:
@@ -22,14 +22,14 @@ class RequestLimits:
 
     def served_names(self) -> list[str]:
         """The names a request may ask for: the served_model_name ones first, then the model's."""
-        names = [n for n in self.settings.served_names() if n in self.model_names]
+        names = [n for n in self.config.served_names if n in self.model_names]
         return names + sorted(self.model_names - set(names))
 
     def served_name(self, asked: str | None) -> str:
         return asked or self.served_names()[0]  # the name asked for, else the first served
 
     def check_text(self, what: str, text: str, *, empty_ok: bool = True) -> None:
-        limit = self.settings.max_document_chars
+        limit = self.config.max_document_chars
         if not empty_ok and not text.strip():
             raise InvalidInput(f"{what} is empty")
         if len(text) > limit:
@@ -42,7 +42,7 @@ class RequestLimits:
     def check_count(self, n: int, what: str = "documents") -> None:
         if n == 0:
             raise EmptyInput(f"no {what} to score")
-        limit = self.settings.max_documents
+        limit = self.config.max_documents
         if n > limit:
             raise TooLarge(f"{n} {what}, over the limit of {limit} per request (max_documents)")
 

@@ -18,6 +18,7 @@ transports land in the same series. Gauges are read from the service at scrape t
     edgerank_cache_hits_total{tier} / _misses_ / _coalesced_   pairs, by where they came from
     edgerank_cache_evictions_total, edgerank_cache_bytes, _entries   the in-process LRU
     edgerank_cache_redis_errors_total{op}, edgerank_cache_redis_up    the shared tier
+    edgerank_cache_redis_invalid_total                 Redis values refused (not a score)
     edgerank_cache_request_seconds{outcome}            scoring path by outcome: hit, partial, miss
 """
 
@@ -177,6 +178,10 @@ class Metrics:
             "edgerank_cache_redis_errors",
             "Redis calls that failed or timed out (the request went on without the cache)",
             ("op",),
+        )
+        self.cache_redis_invalid = self._counter(
+            "edgerank_cache_redis_invalid",
+            "Values Redis held that were not a finite score with plausible counts (scored anew)",
         )
         self.cache_seconds = Histogram(
             "edgerank_cache_request_seconds",

@@ -6,51 +6,18 @@ produce identical scores for identical input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgerank.backends.base import Backend, Encoded, Normalise, ScoreOptions
+from edgerank.backends.padding import plan_batches
 from edgerank.errors import InvalidInput
 
 if TYPE_CHECKING:
     from edgerank.engine.cascade import Cascade
-
-
-def plan_batches(
-    lengths: Sequence[int],
-    token_budget: int,
-    max_batch: int | None = None,
-    max_padding: float | None = None,
-) -> list[list[int]]:
-    """Group item indices into batches whose padded size (n * longest) fits the budget.
-
-    Items are sorted by length first, so each batch pads to a near-equal length: this is
-    where mixed-length requests gain over pad-to-max (the whole point of bucketing).
-    An item longer than the budget still gets a batch of its own. ``max_padding``: a batch's
-    padded size stays within that multiple of its real tokens (1.0: equal lengths only),
-    for the few unlike items that sorting cannot pair up (the cascade's heads).
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = real = 0
-    for i in order:
-        n = lengths[i]
-        grown = max(longest, n) * (len(current) + 1)
-        full = max_batch is not None and len(current) >= max_batch
-        padded = max_padding is not None and grown > max_padding * (real + n)
-        if current and (grown > token_budget or full or padded):
-            batches.append(current)
-            current, longest, real = [], 0, 0
-        current.append(i)
-        longest = max(longest, n)
-        real += n
-    if current:
-        batches.append(current)
-    return batches
 
 
 def merge_max(items: Sequence[Encoded], scores: np.ndarray, n_docs: int) -> np.ndarray:
@@ -103,13 +70,19 @@ def score_documents(
     token_budget: int = 8192,
     max_batch: int | None = None,
     cascade: Cascade | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Scored:
     """Tokenize once, bucket by length, score, merge windows: one raw score per document;
-    with ``cascade`` (an INT8 entry's), the near-ties of the leader rescored in FP32."""
+    with ``cascade`` (an INT8 entry's), the near-ties of the leader rescored in FP32.
+    ``progress(done, total)`` hears of every batch scored (model inputs)."""
     items = backend.encode(query, documents, options)
     scores = np.empty(len(items), dtype=np.float32)
+    done = 0
     for batch in plan_batches([it.n_tokens for it in items], token_budget, max_batch):
         scores[batch] = backend.score([items[i] for i in batch])
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(items))
     raw = merge_max(items, scores, len(documents))
     if cascade is not None:
         raw = cascade.rescore(items, raw, token_budget=token_budget)

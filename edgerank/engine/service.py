@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,18 +24,20 @@ from edgerank.engine.batcher import Batcher, run_job
 from edgerank.engine.cache import ScoreCache, open_cache
 from edgerank.engine.cache_entries import Scores
 from edgerank.engine.cascade import Cascade
+from edgerank.engine.config import EngineConfig
+from edgerank.engine.drain import Drain
 from edgerank.engine.limits import RequestLimits
 from edgerank.engine.metrics import Metrics
 from edgerank.engine.rank import rank
 from edgerank.engine.requests import Group, Outcome, Reranked, group_pairs
 from edgerank.engine.watch import FidelityWatch
 from edgerank.errors import (
+    BackendFailure,
     EdgerankError,
     InvalidInput,
     Unavailable,
 )
 from edgerank.planning.memory import CPU_TOKEN_BUDGETS
-from edgerank.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,34 +47,37 @@ WARMUP_PASSAGES = ("a short passage", "a somewhat longer passage that is here to
 #: gets the memory model's CPU budget, uncapped
 Shape = tuple[int, int | None]
 PLAIN: Shape = (CPU_TOKEN_BUDGETS[0], None)
+#: threads that tokenize requests (TEI's Info reports the figure)
+TOKENIZATION_WORKERS = 2
 
 
-class Service(RequestLimits):
+class Service(RequestLimits, Drain):
     """One loaded backend behind admission control and the batcher."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, config: EngineConfig):
+        self.config = config
         self.state = "loading"  # -> serving -> draining -> stopped
         self.backend: Backend | None = None
         self.batcher: Batcher | None = None
         self.admission = Admission(
-            settings.max_queue_pairs, settings.max_queue_tokens, drain_rate=self._rate
+            config.max_queue_pairs, config.max_queue_tokens, drain_rate=self._rate
         )
         self.model_names: frozenset[str] = frozenset()
         self.batch_shape: Shape = PLAIN  # what the batcher runs with (Info reports it)
         #: the hardware summary Info reports (proto field `probe`)
         self.hardware: dict[str, str] = {}
         self.in_flight = 0  # requests past admission
-        self.calls = 0  # RPCs inside a handler, streaming ones included
         self.completed = 0
-        self._last_knock = 0.0  # monotonic time of the drain, or of the last call it refused
-        self._idle: asyncio.Event | None = None
+        self._init_drain()  # calls in flight, the drain and its cut-off (engine/drain.py)
         self._info: BackendInfo | None = None
         self._health_items: list[Encoded] = []
         #: the fidelity watch (fidelity_sample > 0) and its task; None costs nothing
         self.watch: FidelityWatch | None = None
         self._watching: asyncio.Task | None = None
-        self._tokenizers = concurrent.futures.ThreadPoolExecutor(2, "edgerank-tok")
+        self.tokenization_workers = TOKENIZATION_WORKERS
+        self._tokenizers = concurrent.futures.ThreadPoolExecutor(
+            TOKENIZATION_WORKERS, "edgerank-tok"
+        )
         #: the entry's FP32 rescoring of near-ties and the thread it runs on; None = INT8 alone
         self.cascade: Cascade | None = None
         self._cascading: concurrent.futures.ThreadPoolExecutor | None = None
@@ -97,13 +101,13 @@ class Service(RequestLimits):
         """Take a loaded backend, start its worker, warm it up end to end, then serve.
         ``shape``: the planner's batch shape for it, which settings left at 0 (auto) take;
         ``cascade``: the entry's FP32 rescoring of near-ties (engine/cascade.py)."""
-        s = self.settings
+        s = self.config
         self.backend = backend
         if cascade is not None:
             self.cascade = cascade
             self._cascading = concurrent.futures.ThreadPoolExecutor(1, "edgerank-cascade")
         self._info = backend.info()
-        served = (self._info.model, *aliases, *s.served_names())
+        served = (self._info.model, *aliases, *s.served_names)
         self.model_names = frozenset(a for a in served if a)
         self.metrics.describe(self._info)
         self.batch_shape = s.batch_shape(shape)
@@ -142,70 +146,15 @@ class Service(RequestLimits):
     def _is_idle(self) -> bool:
         return self.in_flight == 0 and (self.batcher is None or self.batcher.queued[0] == 0)
 
-    def drain(self) -> None:
-        """Refuse new calls from now on; the ones already inside still finish."""
-        if self.state in ("serving", "warming"):
-            self.state = "draining"
-            self._last_knock = time.monotonic()
-
-    def accepting(self) -> None:
-        """Refuse (UNAVAILABLE) unless serving: checked before a request is even read."""
-        if self.state == "draining":
-            self._last_knock = time.monotonic()
-            raise Unavailable("the server is draining for shutdown; retry on another replica")
-        self.require_ready()
-
-    def begin_call(self) -> None:
-        """A call whose request is read in full: the drain waits for it (one still receiving
-        its request is not counted, so a client stalled mid-body cannot hold SIGTERM)."""
-        self.accepting()
-        self.calls += 1
-
-    @contextlib.contextmanager
-    def call(self) -> Iterator[None]:
-        self.begin_call()
-        try:
-            yield
-        finally:
-            self.end_call()
-
-    def end_call(self) -> None:
-        self.calls -= 1
-        if self.calls == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """After drain(): wait until every accepted call has answered. False on timeout."""
-        if self.calls == 0:
-            return True
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
     async def close_cache(self) -> None:
         """Let the cache's last Redis writes land and close its connections (on the loop)."""
         cache, self.cache = self.cache, None
         if cache is not None:
             await cache.close()
 
-    async def wait_quiet(self, quiet_s: float, timeout: float) -> None:
-        """After drain(): linger while clients still send calls (each refused UNAVAILABLE,
-        which a balancing client retries on another replica) until none came for
-        `quiet_s`, at most `timeout`. Closing the listener sooner cancels the calls that
-        race the close; lingering gives health-checking clients time to see NOT_SERVING."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            left = self._last_knock + quiet_s - time.monotonic()
-            if left <= 0 or loop.time() >= end:
-                return
-            await asyncio.sleep(min(left, end - loop.time()))
-
-    def close(self, timeout: float | None = None) -> None:
-        """Finish queued work, stop the worker, release the model."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Finish queued work, stop the worker, release the model. False when the worker
+        is still inside a batch after `timeout`: the model is then left open under it."""
         self.state = "stopped"
         stopped = True
         if self.batcher is not None:
@@ -224,6 +173,7 @@ class Service(RequestLimits):
             self.backend.close()  # never under a batch the worker is still running
             if self.cascade is not None:
                 self.cascade.close()
+        return stopped
 
     @property
     def info(self) -> BackendInfo:
@@ -289,6 +239,16 @@ class Service(RequestLimits):
         self.require_ready()
         return await self._run(groups, n, deadline)
 
+    async def query_fits(self, query: str, options: ScoreOptions) -> bool:
+        """Does the backend feed `query` to the model whole under `options`? (TEI's
+        truncate=false refuses a query that would be cut.)"""
+        assert self.backend is not None
+        loop = asyncio.get_running_loop()
+        items = await loop.run_in_executor(
+            self._tokenizers, self.backend.encode, query, [""], options
+        )
+        return not any(it.query_cut for it in items)
+
     def _encode(self, groups: Sequence[Group]) -> list[Encoded]:
         assert self.backend is not None
         items: list[Encoded] = []
@@ -302,15 +262,16 @@ class Service(RequestLimits):
     async def _run(self, groups: Sequence[Group], n: int, deadline: float | None) -> Outcome:
         start = time.perf_counter_ns()
         cache = self.cache
-        self.in_flight += 1
-        try:
-            if cache is None:
-                scores, cached = await self._score(groups, n, deadline), 0
-            else:
-                resolved = await cache.resolve(groups, n, deadline, self._score)
-                scores, cached = resolved.scores, resolved.cached
-        finally:
-            self.in_flight -= 1
+        with self.cut_off_point():
+            self.in_flight += 1
+            try:
+                if cache is None:
+                    scores, cached = await self._score(groups, n, deadline), 0
+                else:
+                    resolved = await cache.resolve(groups, n, deadline, self._score)
+                    scores, cached = resolved.scores, resolved.cached
+            finally:
+                self.in_flight -= 1
         self.completed += 1
         outcome = Outcome(
             raw=scores.raw,
@@ -354,6 +315,12 @@ class Service(RequestLimits):
                 self._cascading, self._rescore, items, scores.raw, groups
             )
             scores.inference_ns += time.perf_counter_ns() - at
+        finite = np.isfinite(scores.raw)
+        if not finite.all():  # never answered, never cached: no face may carry NaN/Infinity
+            where = int(np.flatnonzero(~finite)[0])
+            raise BackendFailure(
+                f"the model gave a non-finite score ({scores.raw[where]}) for position {where}"
+            )
         return scores
 
     def _rescore(self, items: Sequence[Encoded], raw: np.ndarray, groups: Sequence[Group]):

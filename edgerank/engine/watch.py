@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgerank.backends.base import Backend, ScoreOptions
+from edgerank.engine.agreement import spearman
 from edgerank.engine.rank import score_documents
-from edgerank.quality.fidelity import spearman
 
 if TYPE_CHECKING:
     from edgerank.engine.requests import Group

@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from edgerank.catalog import quants
 from edgerank.catalog.spec import Catalog, ModelSpec
 from edgerank.errors import BackendUnavailable, ModelCorrupt
 from edgerank.models.entry_format import EntryFormat
 from edgerank.models.gguf_file import POOLING_RANK, GgufHeader, read_header
 
 KINDS = ("cross-encoder", "llm-yes-logit")
-
-
-QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+#: GgufModel.tokenizer values
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_GGUF = "gguf"
 
 
 LAYERWISE_ERROR = (
@@ -33,6 +34,9 @@ class GgufModel(EntryFormat):
 
     #: quant -> file, relative to the entry
     files: dict[str, str] = field(default_factory=dict)
+    #: where the token ids come from: the checkpoint's tokenizer.json beside the files, or
+    #: (TOKENIZER_GGUF) the GGUF's own vocabulary, for a GGUF installed without one
+    tokenizer: str = "tokenizer.json"
 
     RUNTIME: ClassVar[str] = "gguf"
     SERVES: ClassVar[tuple[str, ...]] = KINDS
@@ -42,13 +46,18 @@ class GgufModel(EntryFormat):
         if self.kind == "llm-layerwise":
             raise BackendUnavailable(LAYERWISE_ERROR.format(name="this model"))
         super().__post_init__()
+        if self.tokenizer not in (TOKENIZER_JSON, TOKENIZER_GGUF):
+            raise ValueError(f"unknown tokenizer source {self.tokenizer!r}")
+        if self.tokenizer == TOKENIZER_GGUF and self.kind == "cross-encoder":
+            raise ValueError("a cross-encoder tokenizes with its tokenizer.json")
 
     @classmethod
     def _read(cls, recipe: dict[str, Any]) -> dict[str, Any]:
-        return {"files": dict(recipe.get("files") or {})}
+        tokenizer = recipe.get("tokenizer") or TOKENIZER_JSON
+        return {"files": dict(recipe.get("files") or {}), "tokenizer": tokenizer}
 
     def _written(self) -> dict[str, Any]:
-        return {"files": dict(self.files)}
+        return {"files": dict(self.files), "tokenizer": self.tokenizer}
 
 
 def check_servable(header: GgufHeader, kind: str, name: str = "") -> None:
@@ -86,8 +95,7 @@ def rank_head(header: GgufHeader) -> tuple[str, ...]:
 
 def file_precision(header: GgufHeader) -> str:
     """general.file_type (llama_ftype) as a precision name."""
-    ftype = header.get("general.file_type")
-    return {0: "f32", 1: "f16", 7: "q8_0", 15: "q4_k_m", 32: "bf16"}.get(ftype, f"ftype{ftype}")
+    return quants.name_of(header.get("general.file_type"))
 
 
 def detect(

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from edgerank.catalog import quants
 from edgerank.catalog.spec import ModelSpec
 from edgerank.hardware.facts import Gpu, Hardware
 from edgerank.planning.memory import (
@@ -21,7 +22,7 @@ from edgerank.planning.memory import (
 )
 
 if TYPE_CHECKING:
-    from edgerank.quality.measurements import Measured
+    from edgerank.planning.measured import Measured
 
 #: (model, backend, precision, device) -> what calibration measured for it
 Calibration = Mapping[tuple[str, str, str, str], "Measured"]
@@ -45,10 +46,7 @@ BF16_ISA = frozenset({"amx_bf16", "avx512_bf16"})
 EXTRAS = {"gguf": "gguf", "torch": "cuda"}
 
 
-GGUF_QUANTS = ("q8_0", "q4_k_m")
-
-
-PRECISION_ORDER = ("fp16", "bf16", "int8", "q8_0", "q4_k_m", "fp32")
+PRECISION_ORDER = ("fp16", "bf16", "int8", *quants.SERVED, "fp32")
 
 
 @dataclass(frozen=True)
@@ -101,8 +99,10 @@ class Choice:
     reasons: tuple[Verdict, ...]
     #: things the user should know (fallback, remote code, a language not listed...)
     warnings: tuple[str, ...] = ()
-    #: `edgerank pull NAME` when a better model would run here once installed
+    #: `edgerank pull NAME` when a better model would run here once installed (the
+    #: composition root replaces it with a command this install can run, and says why)
     suggestion: str | None = None
+    suggestion_why: str = ""
     #: calibration figures of the chosen model's candidates on this machine, best first
     measured: tuple[Measured, ...] = ()
     #: pairs per batch at most (None = no cap), from the same shape as batch_token_budget
@@ -139,7 +139,11 @@ def quality_for(spec: ModelSpec, languages: tuple[str, ...]) -> float | None:
     return min(values)
 
 
-def extra_hint(backend: str) -> str:
+def extra_hint(backend: str, device: str | None = None) -> str:
+    """The pip command that brings ``backend``; torch for a CPU comes from the convert
+    extra's pinned CPU wheel (the cuda extra's unpinned torch pulls CUDA's libraries)."""
+    if backend == "torch" and device == "cpu":
+        return "pip install 'edgerank[convert]': torch's CPU wheel"
     extra = EXTRAS.get(backend)
     if extra:
         return f"pip install 'edgerank[{extra}]'"
@@ -205,7 +209,7 @@ def candidates_for(spec: ModelSpec, hw: Hardware, gpu: Gpu | None) -> list[Candi
             out.append(Candidate(spec.name, backend, "int8", "cpu"))
         elif backend == "gguf":
             files = spec.gguf.files if spec.gguf else {}
-            for q in GGUF_QUANTS:
+            for q in quants.SERVED:
                 if q in spec.memory_mib and (not files or q in files):
                     out.append(Candidate(spec.name, backend, q, "cpu"))
         elif backend == "torch":
@@ -282,7 +286,8 @@ def evaluate(spec: ModelSpec, cand: Candidate, ctx: Context) -> Evaluation:
                 "(trust_remote_code; opt in with --allow-remote-code)",
             )
     if cand.backend not in ctx.installed_backends:
-        fail("backend", f"backend {cand.backend} is not installed ({extra_hint(cand.backend)})")
+        hint = extra_hint(cand.backend, cand.device)
+        fail("backend", f"backend {cand.backend} is not installed ({hint})")
     if not _is_installed(ctx, spec, cand.backend):
         fail("store", f"not in the model store (run `edgerank pull {spec.name}`)")
 

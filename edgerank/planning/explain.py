@@ -67,7 +67,7 @@ def batch_shape(tokens: int, max_pairs: int | None) -> str:
 
 def batch_reason(e: Evaluation, shape: tuple[int, int | None] | None) -> str:
     """Where the batch shape came from: calibration, or the memory budget (``e.tokens``)."""
-    from edgerank.quality.measurements import SHAPE_SLACK, shape_key
+    from edgerank.planning.measured import SHAPE_SLACK, shape_key
 
     m = e.measured
     if shape is None:
@@ -111,7 +111,8 @@ def explain(choice: Choice) -> str:
     ]
     lines += [f"  warning: {w}" for w in choice.warnings]
     if choice.suggestion:
-        lines.append(f"  better once installed: {choice.suggestion}")
+        why = f" ({choice.suggestion_why})" if choice.suggestion_why else ""
+        lines.append(f"  better once installed: {choice.suggestion}{why}")
     if choice.measured:
         lines.append(f"measured on this machine (edgerank probe --calibrate), {choice.model.name}:")
         lines += [f"  {m.summary()}" for m in choice.measured]

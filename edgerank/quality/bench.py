@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgerank.backends.base import Backend, Encoded, ScoreOptions
-from edgerank.engine.rank import plan_batches
+from edgerank.backends.padding import plan_batches
 
 WORDS = (
     "the of and to in is was for on that with as by at from his her an were are which this "

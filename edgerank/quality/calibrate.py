@@ -26,17 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgerank.backends.base import Backend, Encoded
-from edgerank.backends.registry import open_installed
+from edgerank.backends.registry import open_entry
 from edgerank.hardware.facts import Hardware, recommended_threads
-from edgerank.quality.measurements import (
-    PAIRS,
-    TOKENS,
-    CalibrationCache,
-    Key,
-    Measured,
-    entry_fingerprint,
-    fastest_threads,
-)
+from edgerank.planning.measured import PAIRS, TOKENS, Key, Measured, fastest_threads
+from edgerank.store.calibration import CalibrationCache, entry_fingerprint
 from edgerank.store.layout import StoreLayout
 
 #: probe groups for fidelity (smaller than at import: a few seconds in all)
@@ -83,7 +76,7 @@ def _targets(
                 "onnx",
                 manifest.precision,
                 "cpu",
-                lambda t: open_installed(store, model, "onnx", threads=t),
+                lambda t: open_entry(store.entry(model, "onnx"), threads=t),
                 reference=fid,
             )
         )
@@ -100,8 +93,7 @@ def _targets(
 
             def opener(t: int, d: str = dev, p: str = prec) -> Any:
                 # a CUDA target that fails to start falls back to the CPU precision
-                return open_installed(
-                    store, model, "torch", threads=t, device=d, precision=p,
+                return open_entry(store.entry(model, "torch"), threads=t, device=d, precision=p,
                     cpu_precision=p if d == "cpu" else cpu, allow_remote_code=allow_remote_code,
                 )  # fmt: skip
 

@@ -11,53 +11,19 @@ A scorer is anything that maps (query, passage) pairs to raw scores: an open Bac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from edgerank.backends.base import Backend
 from edgerank.backends.onnx import OnnxBackend
+from edgerank.engine.agreement import rank_agreement
 from edgerank.engine.rank import score_documents
 from edgerank.quality.texts import probe_groups
 
 #: (query, passage) pairs -> raw scores: an open Backend (backend_scorer) or a reference
 PairScorer = Callable[[list[tuple[str, str]]], np.ndarray]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = _ranks(np.asarray(a)), _ranks(np.asarray(b))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denom) if denom > 0 else 1.0
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank), as scipy.stats.rankdata does."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    for value in np.unique(x):
-        tied = x == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def rank_agreement(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray]) -> dict[str, float]:
-    pairs = list(zip(ref, cand, strict=True))
-    rhos = [spearman(r, c) for r, c in pairs]
-    kept = [int(np.argmax(r)) == int(np.argmax(c)) for r, c in pairs]
-    diffs = [float(np.max(np.abs(np.asarray(r) - np.asarray(c)))) for r, c in pairs]
-    se = float(np.std(rhos, ddof=1) / np.sqrt(len(rhos))) if len(rhos) > 1 else 0.0
-    return {
-        "groups": len(rhos),
-        "spearman_mean": float(np.mean(rhos)),
-        "spearman_se": se,
-        "spearman_min": float(np.min(rhos)),
-        "top1_kept": float(np.mean(kept)),
-        "max_abs_diff": float(np.max(diffs)),
-    }
 
 
 def measure(ref: PairScorer, cand: PairScorer, groups, gap_groups: int = 8) -> dict[str, float]:

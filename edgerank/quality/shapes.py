@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 
 from edgerank.backends.base import Backend, Encoded, ScoreOptions
-from edgerank.engine.rank import plan_batches
+from edgerank.backends.padding import plan_batches
+from edgerank.planning.measured import shape_key
 from edgerank.planning.memory import CPU_TOKEN_BUDGETS
 from edgerank.quality.bench import MIN_ROUNDS, Timing, interleaved, rounds_to_fill
-from edgerank.quality.measurements import shape_key
 
 #: token budgets timed without a pair cap (those within the memory limit)
 BUDGETS = CPU_TOKEN_BUDGETS[:4]

@@ -2,7 +2,13 @@
 
     listen (health NOT_SERVING) -> load the model -> warm it up end to end -> SERVING,
     READY=1 -> ... SIGTERM -> NOT_SERVING, STOPPING=1, refuse new calls -> the accepted
-    ones finish (up to drain_timeout_s) -> close the listeners -> exit 0.
+    ones finish (up to drain_timeout_s); past it, the ones left are answered UNAVAILABLE
+    / 503 -> close the listeners -> stop the worker -> exit 0.
+
+SIGHUP reloads the token, the TLS files and the log level (server/reload.py); no call is
+touched. A worker still inside a batch when the process leaves (a hung or very slow batch
+past the drain) is not waited for: the process exits without the interpreter's teardown,
+which would free the runtime under the running batch (onnxruntime then aborts).
 
 `python -m edgerank.server.daemon --help` runs it without the CLI; `edgerank serve` calls run().
 """
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,11 +30,12 @@ from edgerank.engine.service import PLAIN, Service, Shape
 from edgerank.errors import EdgerankError
 from edgerank.server import grpc as grpc_server
 from edgerank.server import systemd
+from edgerank.server.reload import Reloader
 from edgerank.server.settings import Settings, click_options, load
-from edgerank.server.transport import FLUSH_S
+from edgerank.server.transport import FLUSH_S, TlsPair, Token
 
 if TYPE_CHECKING:
-    from edgerank.server.http import HttpListening
+    from edgerank.server.http_listen import HttpListening
 
 log = logging.getLogger("edgerank.server.daemon")
 
@@ -35,6 +43,8 @@ log = logging.getLogger("edgerank.server.daemon")
 CLOSE_S = 0.4
 #: so SIGTERM -> exit takes at most drain_timeout_s + FLUSH_S + CLOSE_S (< drain + 1 s);
 #: FLUSH_S (transport.py) is both transports' grace for answers being written
+#: threads that may be inside a runtime (or a tokenizer) when the process leaves
+WORKER_THREADS = ("edgerank-",)
 
 
 class Opened(NamedTuple):
@@ -57,14 +67,14 @@ BackendFactory = Callable[[Settings], tuple]
 
 
 def load_backend(settings: Settings) -> Opened:
-    """Open the configured model the way `edgerank score` does (engine/load.py), with the
+    """Open the configured model the way `edgerank score` does (startup/), with the
     batch shape the planner gives it."""
     from pathlib import Path
 
-    from edgerank.engine import load as loader
-    from edgerank.store.entries import ModelStore
+    from edgerank.startup import load as loader
+    from edgerank.store.layout import StoreLayout
 
-    store = ModelStore(Path(settings.home)) if settings.home else ModelStore()
+    store = StoreLayout(Path(settings.home) if settings.home else None)
     loaded = loader.load(
         settings.model or None,
         backend=None if settings.backend == "auto" else settings.backend,
@@ -117,28 +127,40 @@ def load_reference(settings: Settings, served: str) -> Backend:
     from pathlib import Path
 
     from edgerank.backends.registry import open_reference
-    from edgerank.engine.load import reference_dir
-    from edgerank.store.entries import ModelStore
+    from edgerank.startup.load import reference_dir
+    from edgerank.store.layout import StoreLayout
 
-    store = ModelStore(Path(settings.home)) if settings.home else ModelStore()
+    store = StoreLayout(Path(settings.home) if settings.home else None)
     return open_reference(reference_dir(settings.model, served, store), threads=1)
 
 
-async def serve(settings: Settings, factory: BackendFactory = load_backend) -> int:
-    """The whole lifecycle inside one event loop; returns the exit code."""
+async def serve(
+    settings: Settings,
+    factory: BackendFactory = load_backend,
+    fresh: Callable[[], Settings] | None = None,
+) -> int:
+    """The whole lifecycle inside one event loop; returns the exit code. `fresh` reads the
+    settings again for a SIGHUP reload (None: the same settings, their files read again)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # until the listeners are up there is nothing to reload, but HUP must not kill either
+    loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP while starting: nothing reloaded")
 
-    service = Service(settings)
+    service = Service(settings.engine())
     try:
-        listening = await grpc_server.start(service, settings)
-        http = await _start_http(service, settings, listening)
+        token = Token(settings.bearer_token())
+        tls = TlsPair(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+        listening = await grpc_server.start(service, settings, token, tls)
+        http = await _start_http(service, settings, listening, token, tls)
     except EdgerankError as exc:  # a port or socket in use, TLS files that do not match...
         log.error("%s", exc)
         systemd.status(f"failed: {exc}")
         return 1
+    reloader = Reloader(settings, token, tls, fresh)
+    ready_line: list[str] = []  # the READY=1 status, once serving
+    loop.add_signal_handler(signal.SIGHUP, _on_hup, reloader, service, ready_line)
     addresses = listening.addresses + (http.addresses if http else [])
     log.info("listening on %s (health NOT_SERVING while loading)", ", ".join(addresses))
     systemd.status(f"loading {settings.model or 'the default model'}")
@@ -179,6 +201,7 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         if note := (info.details or {}).get("fidelity_note"):
             log.warning("%s", note)
         systemd.ready(line)
+        ready_line.append(line)
         interval = systemd.watchdog_interval()
         if interval is not None:
             watchdog = asyncio.create_task(
@@ -193,6 +216,7 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
         systemd.status(f"failed: {exc}")
         return 1
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         stopper.cancel()
         if watchdog is not None:
             watchdog.cancel()
@@ -202,19 +226,54 @@ async def serve(settings: Settings, factory: BackendFactory = load_backend) -> i
             left = settings.drain_timeout_s if deadline is None else deadline - loop.time()
             await asyncio.to_thread(service.close, max(0.0, left) + CLOSE_S)
         listening.release_socket()
-        log.info("stopped after %d completed requests", service.completed)
+        log.info("stopped after answering %s", _answered(service))
+
+
+def _on_hup(reloader: Reloader, service: Service, ready_line: list[str]) -> None:
+    """SIGHUP: reload the token, the TLS files and the log level; one line says what."""
+    if service.state in ("draining", "stopped"):
+        log.info("SIGHUP while stopping: nothing reloaded")
+        return
+    serving = bool(ready_line)  # READY=1 went out: tell systemd a reload is under way
+    if serving:
+        systemd.reloading()
+    try:
+        log.info("SIGHUP: %s", reloader.reload())
+    except EdgerankError as exc:
+        log.warning("SIGHUP: reload refused, nothing changed: %s", exc)
+    if serving:
+        systemd.ready(ready_line[0])
+
+
+def _answered(service: Service) -> str:
+    """The scoring requests each face answered, by status, as the clients saw them (not the
+    warm-up, nor Info, health or metrics calls)."""
+    counts: dict[tuple[str, str], int] = {}
+    for family in service.metrics.requests.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name.endswith("_total") and not labels["endpoint"].endswith(".Info"):
+                key = (labels["transport"], labels["code"])
+                counts[key] = counts.get(key, 0) + int(sample.value)
+    total = sum(counts.values())
+    detail = ", ".join(f"{t} {code} {n}" for (t, code), n in sorted(counts.items()) if n)
+    return f"{total} requests" + (f" ({detail})" if detail else "")
 
 
 async def _start_http(
-    service: Service, settings: Settings, listening: grpc_server.Listening
+    service: Service,
+    settings: Settings,
+    listening: grpc_server.Listening,
+    token: Token,
+    tls: TlsPair | None,
 ) -> HttpListening | None:
     """The HTTP face on this loop, when configured (aiohttp is imported only then)."""
     if not (settings.http or settings.http_socket):
         return None
-    from edgerank.server import http as http_server
+    from edgerank.server import http_listen
 
     try:
-        return await http_server.start(service, settings)
+        return await http_listen.start(service, settings, token, tls)
     except BaseException:
         await listening.stop(0)
         listening.release_socket()
@@ -228,17 +287,25 @@ async def _drain(
     deadline: float,
     quiet_s: float,
 ) -> None:
-    """Finish the accepted calls by `deadline`, then let their answers go out (FLUSH_S)."""
+    """Finish the accepted calls by `deadline`; past it, answer the ones left UNAVAILABLE /
+    503 (retryable); then let the answers go out (FLUSH_S) and close the listeners."""
     loop = asyncio.get_running_loop()
     service.drain()
     await listening.health.enter_graceful_shutdown()
     systemd.stopping(f"draining {service.calls} in-flight calls")
     log.info("SIGTERM: draining %d in-flight calls", service.calls)
     if not await service.wait_idle(max(0.0, deadline - loop.time())):
-        log.warning("drain timeout: %d calls still running are cancelled", service.calls)
+        running = service.calls
+        service.abandon()
+        log.warning(
+            "drain timeout: %d calls still running are answered UNAVAILABLE / 503 (retryable)",
+            running,
+        )
     # keep refusing late calls until they stop coming: balancing clients retry elsewhere
     await service.wait_quiet(quiet_s, max(0.0, deadline - loop.time()))
-    await _close_listeners(listening, http, FLUSH_S)
+    flushed = loop.time() + FLUSH_S  # the cut-off answers and the listeners share FLUSH_S
+    await service.wait_idle(FLUSH_S)
+    await _close_listeners(listening, http, max(0.0, flushed - loop.time()))
 
 
 async def _close_listeners(
@@ -251,14 +318,30 @@ async def _close_listeners(
     await asyncio.gather(*stops)
 
 
-def run(settings: Settings, factory: BackendFactory = load_backend) -> int:
-    """Blocking entry for `edgerank serve`: serve until SIGTERM/SIGINT, return the exit code."""
+def run(
+    settings: Settings,
+    factory: BackendFactory = load_backend,
+    fresh: Callable[[], Settings] | None = None,
+) -> int:
+    """Blocking entry for `edgerank serve`: serve until SIGTERM/SIGINT, return the exit code.
+
+    When a worker thread is still running (a batch past the drain, a load cut short), the
+    process leaves here, with its code, without the interpreter's teardown: that would
+    free the runtime's objects under the running call and abort the process."""
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return asyncio.run(serve(settings, factory))
+    code = asyncio.run(serve(settings, factory, fresh))
+    busy = [t.name for t in threading.enumerate() if t.name.startswith(WORKER_THREADS)]
+    if busy:
+        log.debug("leaving without waiting for %s", ", ".join(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _main() -> None:
@@ -271,7 +354,7 @@ def _main() -> None:
             settings = load(flags)
         except EdgerankError as exc:
             raise click.ClickException(str(exc)) from None
-        sys.exit(run(settings))  # run() logs its own errors and returns 1
+        sys.exit(run(settings, fresh=lambda: load(flags)))  # logs its own errors, returns 1
 
     main()
 

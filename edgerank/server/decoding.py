@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from edgerank.errors import InvalidInput
@@ -26,13 +26,60 @@ class Undecodable:
     """What the tolerant deserializer hands over for bytes protobuf refused to parse."""
 
     type_name: str
-    error: str
+    #: why, in words: a string field that is not UTF-8, or bytes that are no protobuf
+    reason: str
 
     def refuse(self) -> InvalidInput:
-        return InvalidInput(
-            f"cannot parse the request as {self.type_name} (string fields must be valid "
-            f"UTF-8): {self.error}"
-        )
+        return InvalidInput(f"cannot parse the request as {self.type_name}: {self.reason}")
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise DecodeError("malformed wire format")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value, at
+
+
+def why_undecodable(data: bytes, descriptor: Descriptor) -> str:
+    """protobuf says only that parsing failed: walk the wire format to say why (the first
+    string field that is not UTF-8, or that the bytes are not a protobuf message)."""
+    try:
+        return _walk(data, descriptor) or "not a valid protobuf message"
+    except DecodeError:
+        return "not a valid protobuf message (garbage, or cut short)"
+
+
+def _walk(data: bytes, descriptor: Descriptor) -> str | None:
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            _, at = _varint(data, at)
+        elif kind in (1, 5):
+            at += 8 if kind == 1 else 4
+        elif kind == 2:
+            size, at = _varint(data, at)
+            value, at = data[at : at + size], at + size
+            field = descriptor.fields_by_number.get(number)
+            if field is not None and field.type == FieldDescriptor.TYPE_STRING:
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return f"field {field.name!r} is not valid UTF-8 (byte {exc.start})"
+            elif field is not None and field.type == FieldDescriptor.TYPE_MESSAGE:
+                if (inner := _walk(value, field.message_type)) is not None:
+                    return f"{field.name}: {inner}"
+        else:
+            raise DecodeError("malformed wire format")
+        if number == 0 or at > len(data):
+            raise DecodeError("malformed wire format")
+    return None
 
 
 def _tolerant(cls: Any) -> Callable[[bytes], Any]:
@@ -43,8 +90,8 @@ def _tolerant(cls: Any) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
             return cls.FromString(data)
-        except DecodeError as exc:
-            return Undecodable(name, str(exc))
+        except DecodeError:
+            return Undecodable(name, why_undecodable(data, cls.DESCRIPTOR))
 
     return parse
 

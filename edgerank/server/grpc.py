@@ -2,11 +2,17 @@
 
 Health starts NOT_SERVING for every service; the daemon flips it once the model is warm
 and back when it drains. The Unix socket gets mode 0660 (owner and group only): local apps
-in the service's group use it without a token.
+in the service's group use it without a token. Health stays open on TCP (probes need it);
+everything else, reflection included, needs the token there.
+
+Slow or idle peers: a connection must finish its handshake (TLS and the HTTP/2 preface)
+within header_timeout_s, is closed after idle_timeout_s without a call, is pinged when
+quiet so that a dead peer is noticed, and there are at most max_connections of them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -21,17 +27,21 @@ from edgerank.proto.edgerank.v1 import reranker_pb2
 from edgerank.proto.tei.v1 import tei_pb2
 from edgerank.server import reflection, transport
 from edgerank.server.decoding import register
-from edgerank.server.servicers import Reranker, TeiInfo, TeiRerank
+from edgerank.server.servicers import Reranker, TeiInfo, TeiRerank, authorise
 from edgerank.server.settings import Settings
 from edgerank.server.transport import (
     SOCKET_MODE,
     BoundSocket,
+    TlsPair,
+    Token,
     private_socket,
     socket_path,
-    tls_files,
 )
 
 log = logging.getLogger(__name__)
+
+#: how long a keepalive ping may go unanswered before the connection is closed
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 #: what health reports on (besides "", the whole server) and reflection lists
 SERVICES = (
@@ -90,21 +100,44 @@ def _options(settings: Settings) -> list[tuple[str, int]]:
     opts = [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
     # no SO_REUSEPORT: a second daemon on a live port must fail, not share its traffic
     opts.append(("grpc.so_reuseport", 0))
+    # slow and idle peers (server/grpc.py's docstring)
+    opts.append(("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)))
+    opts.append(("grpc.max_connection_idle_ms", int(settings.idle_timeout_s * 1000)))
+    opts.append(("grpc.keepalive_time_ms", int(settings.idle_timeout_s * 1000)))
+    opts.append(("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS))
+    opts.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
     if settings.max_connection_age_s > 0:
         opts.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
         opts.append(("grpc.max_connection_age_grace_ms", int(settings.drain_timeout_s * 1000)))
     return opts
 
 
-def _tls(settings: Settings) -> grpc.ServerCredentials:
-    cert, key = tls_files(settings)
-    return grpc.ssl_server_credentials([(key, cert)])
+def _tls(tls: TlsPair) -> grpc.ServerCredentials:
+    """Credentials that ask `tls` on each handshake, so a SIGHUP's new pair serves new
+    connections (grpc keeps its last configuration while the fetcher answers None)."""
+    seen = [tls.generation]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        if tls.generation == seen[0]:
+            return None
+        seen[0] = tls.generation
+        key_cert = [(tls.pem[1], tls.pem[0])]
+        return grpc.ssl_server_certificate_configuration(key_cert)
+
+    initial = grpc.ssl_server_certificate_configuration([(tls.pem[1], tls.pem[0])])
+    return grpc.dynamic_ssl_server_credentials(initial, fetch)
 
 
-async def start(service: Service, settings: Settings) -> Listening:
-    """Bind, register everything and start; health is NOT_SERVING until set_serving(True)."""
+async def start(
+    service: Service, settings: Settings, token: Token | None = None, tls: TlsPair | None = None
+) -> Listening:
+    """Bind, register everything and start; health is NOT_SERVING until set_serving(True).
+    `token` and `tls`: the daemon's, shared with the HTTP face (None: from the settings)."""
     server = grpc.aio.server(options=_options(settings))
-    token = settings.bearer_token()
+    if token is None:
+        token = Token(settings.bearer_token())
+    if tls is None and settings.tls_cert:
+        tls = TlsPair(settings.tls_cert, settings.tls_key)
     for servicer, descriptor in (
         (Reranker(service, token), reranker_pb2.DESCRIPTOR.services_by_name["Reranker"]),
         (TeiRerank(service, token), tei_pb2.DESCRIPTOR.services_by_name["Rerank"]),
@@ -116,11 +149,14 @@ async def start(service: Service, settings: Settings) -> Listening:
     listening = Listening(server, health, None, None)
     await listening.set_serving(False)
     names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-    reflection.enable(server, names)
+    reflection.enable(server, names, functools.partial(authorise, token))
 
     if settings.listen:
         host, port = transport.split_host_port(settings.listen, "listen")
-        credentials = _tls(settings) if settings.tls_cert else None
+        credentials = _tls(tls) if tls is not None else None
+        # checked first: a failed bind makes grpc core print its own error line
+        if reason := transport.port_in_use_reason(host, port):
+            raise EdgerankError(f"cannot listen on {settings.listen}: {reason}")
         try:
             if credentials is not None:
                 listening.tcp_port = server.add_secure_port(settings.listen, credentials)
@@ -129,7 +165,7 @@ async def start(service: Service, settings: Settings) -> Listening:
         except RuntimeError as exc:  # grpc's "Failed to bind to address"
             reason = transport.port_in_use_reason(host, port) or str(exc)
             raise EdgerankError(f"cannot listen on {settings.listen}: {reason}") from exc
-        if not token and not transport.is_loopback(host):
+        if not token.value and not transport.is_loopback(host):
             log.warning(
                 "gRPC on %s without a token: anyone who can reach it can use it", settings.listen
             )

@@ -53,17 +53,17 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edgerank.backends.base import ScoreOptions
-from edgerank.engine.requests import Reranked
+from edgerank.engine.requests import Group, Reranked
 from edgerank.engine.service import Service
 from edgerank.errors import EdgerankError, InvalidInput, ReadTimeout, TooLarge
+from edgerank.server import tei as tei_rules
 from edgerank.server import transport
 from edgerank.server.http_fields import (
     TEI_ERROR_TYPES,
@@ -78,15 +78,9 @@ from edgerank.server.http_fields import (
     tei_info,
     top_n_of,
 )
-from edgerank.server.settings import Settings, http_address
+from edgerank.server.http_peers import ConnectionGuard
 from edgerank.server.status import BUG, GONE, lookup, retry_after_s
-from edgerank.server.transport import (
-    BoundSocket,
-    bearer_ok,
-    is_loopback,
-    private_socket,
-    socket_path,
-)
+from edgerank.server.transport import Token
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +94,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _dumps(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+    # allow_nan=False: NaN and Infinity are not JSON; the service never lets one through,
+    # and should one come, it is a 500 (a bug), never an answer no client can parse
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return web.Response(
+        body=body.encode(), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def _error(status: int, message: str, reason: str, headers: dict[str, str] | None = None):
@@ -113,13 +111,15 @@ def _error(status: int, message: str, reason: str, headers: dict[str, str] | Non
 
 
 class Api:
-    """The handlers, around one Service; `token` '' = no check."""
+    """The handlers, around one Service; a `token` of '' = no check."""
 
-    def __init__(self, service: Service, token: str = ""):
+    def __init__(self, service: Service, token: Token | None = None, read_timeout_s: float = 30.0):
         self.service = service
-        self._token = token.encode()
-        self._limit = service.settings.max_message_bytes
-        self._read_timeout = service.settings.read_timeout_s
+        self.token = token if token is not None else Token()
+        self._limit = service.config.max_message_bytes
+        self._read_timeout = read_timeout_s
+        #: the open connections (set once the server exists: start())
+        self.guard: ConnectionGuard | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._edge], client_max_size=self._limit + 1)
@@ -139,10 +139,20 @@ class Api:
     def _authorised(self, request: web.Request) -> bool:
         if transport.unix_peer(request.transport):
             return True
-        return bearer_ok(self._token, request.headers.get("Authorization", ""))
+        return self.token.ok(request.headers.get("Authorization", ""))
 
     @web.middleware
     async def _edge(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        guard = self.guard
+        if guard is None:
+            return await self._answer(request, handler)
+        guard.begin(request.protocol)
+        try:
+            return await self._answer(request, handler)
+        finally:
+            guard.end(request.protocol)
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         t0 = time.perf_counter()
         endpoint = ENDPOINTS.get(request.path)
         reason: str | None = None
@@ -193,6 +203,9 @@ class Api:
 
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
         """Refuse an oversized body before the client sends it, else "100 Continue"."""
+        if self.guard is not None:  # its headers are in (the middleware runs only later)
+            self.guard.begin(request.protocol)
+            self.guard.end(request.protocol)
         if request.version != HttpVersion11:
             return None
         if request.headers.get("Expect", "").lower() != "100-continue":
@@ -219,6 +232,14 @@ class Api:
             raise ReadTimeout(
                 f"the request body did not arrive within read_timeout_s ({self._read_timeout:g} s)"
             ) from None
+        except (web.RequestPayloadError, HttpProcessingError) as exc:
+            # a body that does not match its Content-Encoding, a broken chunked encoding
+            lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+            encoding = request.headers.get("Content-Encoding", "")
+            raise InvalidInput(
+                f"cannot read the body{f' (Content-Encoding: {encoding})' if encoding else ''}: "
+                f"{lines[-1] if lines else type(exc).__name__}"
+            ) from None
         try:
             data = json.loads(raw)
             if not isinstance(data, dict):
@@ -226,6 +247,8 @@ class Api:
             if b"\\ud" in raw.lower():  # only a \uD800-\uDFFF escape yields a lone surrogate
                 no_surrogates(data)
         except ValueError as exc:  # JSONDecodeError and bad UTF-8 alike
+            if "int_max_str_digits" in str(exc):  # not the interpreter's advice to a client
+                raise InvalidInput("the body holds an integer with more than 4300 digits") from None
             raise InvalidInput(f"the body is not valid JSON: {exc}") from None
         except RecursionError:
             raise InvalidInput("the body is not valid JSON here: nested too deeply") from None
@@ -287,26 +310,29 @@ class Api:
         return await self.tei(data)
 
     async def tei(self, data: dict[str, Any]) -> web.Response:
-        texts = string_list(data, "texts")
-        truncate = get_field(data, "truncate", bool, False)
-        options = ScoreOptions(
-            truncation="truncate" if truncate else "chunk",
-            direction=direction_of(data),  # type: ignore[arg-type]
+        """TEI's body: server/tei.py's rules, the same as tei.v1.Rerank over gRPC."""
+        query, texts = get_field(data, "query", str), string_list(data, "texts")
+        self.service.require_ready()
+        self.service.check_model(get_field(data, "model", str, None) or None)
+        tei_rules.check_request(self.service, query, texts)
+        options = tei_rules.options(get_field(data, "truncate", bool, False), direction_of(data))
+        max_tokens = get_field(data, "max_tokens_per_doc", int, None)
+        if max_tokens is not None:
+            options = dataclasses.replace(options, max_tokens_per_doc=max_tokens)
+            self.service.check_options(options)
+        _, ranks = await tei_rules.answer(
+            self.service,
+            [Group(query, texts, options)],
+            texts,
+            raw_scores=get_field(data, "raw_scores", bool, False),
+            return_text=get_field(data, "return_text", bool, False),
+            top_n=top_n_of(data),
         )
-        reranked = await self._rerank(data, texts, options)
-        too_long = [i for i, w in enumerate(reranked.outcome.windows) if w > 1]
-        if too_long:
-            raise TooLarge(
-                f"text {too_long[0]} is longer than the model's maximum of "
-                f"{self.service.info.max_length} tokens; set truncate=true"
-            )
-        raw_scores = get_field(data, "raw_scores", bool, False)
-        return_text = get_field(data, "return_text", bool, False)
         out = []
-        for r in reranked.ranked:
-            item: dict[str, Any] = {"index": r.index, "score": r.raw if raw_scores else r.score}
-            if return_text:
-                item["text"] = texts[r.index]
+        for r in ranks:
+            item: dict[str, Any] = {"index": r.index, "score": r.score}
+            if r.text is not None:
+                item["text"] = r.text
             out.append(item)
         return _dumps(out)
 
@@ -327,74 +353,3 @@ class Api:
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type
         return response
-
-
-# -- listeners -------------------------------------------------------------------------
-
-
-@dataclass
-class HttpListening:
-    runner: web.AppRunner
-    tcp: tuple[str, int] | None = None  # the bound (host, port), port 0 resolved
-    socket: BoundSocket | None = None
-    scheme: str = "http"
-    stopped: bool = False
-
-    @property
-    def socket_path(self) -> Path | None:
-        return None if self.socket is None else self.socket.path
-
-    @property
-    def addresses(self) -> list[str]:
-        out = []
-        if self.tcp is not None:
-            host, port = self.tcp
-            out.append(f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{port}")
-        if self.socket_path is not None:
-            out.append(f"http on unix:{self.socket_path}")
-        return out
-
-    async def stop(self) -> None:
-        """Close the listeners and the idle connections; answers being written may finish."""
-        if self.stopped:
-            return
-        self.stopped = True
-        await self.runner.cleanup()
-        if self.socket is not None:
-            self.socket.release()  # only if it is still the file this daemon bound
-
-
-async def start(service: Service, settings: Settings) -> HttpListening:
-    """Bind and serve the HTTP face on the running loop (the one grpc.aio uses)."""
-    token = settings.bearer_token()
-    runner = web.AppRunner(
-        Api(service, token).app(),
-        access_log=None,  # one log line per request costs more than the request
-        handler_cancellation=True,  # a client that hangs up drops its queued work
-        shutdown_timeout=min(transport.FLUSH_S, settings.drain_timeout_s),
-    )
-    await runner.setup()
-    context = transport.server_context(settings) if settings.tls_cert else None
-    listening = HttpListening(runner, scheme="https" if context else "http")
-    try:
-        if settings.http:
-            host, port = http_address(settings.http)
-            # no SO_REUSEPORT: a second daemon on a live port must fail, not share it
-            await web.TCPSite(runner, host, port, ssl_context=context, reuse_port=False).start()
-            listening.tcp = (host, runner.addresses[0][1])
-            if not token and not is_loopback(host):
-                log.warning("HTTP on %s without a token: anyone who can reach it can use it", host)
-        if settings.http_socket:
-            path = socket_path(settings.http_socket)
-            transport.claim_socket(path, "http_socket")
-            with private_socket(path):
-                await web.UnixSite(runner, str(path)).start()
-            listening.socket = BoundSocket.of(path)
-    except EdgerankError:
-        await runner.cleanup()
-        raise
-    except OSError as exc:
-        await runner.cleanup()
-        where = settings.http or settings.http_socket
-        raise EdgerankError(f"cannot listen for HTTP on {where}: {exc}") from exc
-    return listening

@@ -3,14 +3,15 @@ field and the type it needs, the Cohere/Jina result items, and TEI's /info and e
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import edgerank
 from edgerank.engine.requests import Reranked
 from edgerank.engine.service import Service
 from edgerank.errors import InvalidInput
+from edgerank.server import tei as tei_rules
 
 JSON_TYPES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
 #: status.py's reasons -> the `error_type` TEI's server puts on the wire (its serde enum
@@ -108,27 +109,18 @@ def result_items(reranked: Reranked, documents: Sequence[str], with_docs: bool) 
 
 
 def tei_info(service: Service) -> dict[str, Any]:
-    """TEI's /info body for this daemon (a single-label reranker), plus the served names."""
-    info, s = service.info, service.settings
-    tokens, pairs = service.batch_shape  # what the batcher runs with, not 0 = auto
+    """TEI's /info body for this daemon (a single-label reranker): server/tei.py's facts, as
+    tei.v1.Info reports them, in TEI's JSON; plus the served names."""
     labels = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
-    return {
-        "model_id": service.served_name(None),
+    facts = dataclasses.asdict(tei_rules.info(service))
+    return facts | {
         "model_sha": None,
-        "model_dtype": info.precision,
         "model_type": {"reranker": labels},
-        "max_concurrent_requests": s.max_queue_pairs,
-        "max_input_length": info.max_length,
-        "max_batch_tokens": tokens,
-        "max_batch_requests": pairs,
-        "max_client_batch_size": s.max_documents,
         "auto_truncate": False,
-        "tokenization_workers": 2,
-        "version": edgerank.__version__,
         "sha": None,
         "docker_label": None,
         "served_model_names": service.served_names(),
-        "backend": info.backend,
+        "backend": service.info.backend,
     }
 
 

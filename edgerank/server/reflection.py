@@ -6,11 +6,15 @@ same schema under another package name, field for field, so one servicer answers
 v1 method is registered with v1alpha's message classes, which read and write the same bytes.
 The v1 file descriptor is derived from v1alpha's by renaming the package, and added to the
 descriptor pool, so that reflection can describe its own v1 service as well.
+
+Reflection lists the whole API, so on a token-protected port it asks for the token like
+every other call (the `guard`); health alone stays open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -46,14 +50,27 @@ def _v1_file(pool: descriptor_pool.DescriptorPool) -> None:
     pool.Add(proto)
 
 
-def enable(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
-    """Serve reflection for `service_names` (plus both reflection services) on v1 and v1alpha."""
+Guard = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
+
+
+def enable(
+    server: grpc.aio.Server, service_names: Sequence[str], guard: Guard | None = None
+) -> None:
+    """Serve reflection for `service_names` (plus both reflection services) on v1 and v1alpha;
+    `guard(context)` runs first on every call (it aborts one without the token)."""
     pool = descriptor_pool.Default()
     _v1_file(pool)
     names = (*service_names, V1_SERVICE, V1ALPHA_SERVICE)
     servicer = ReflectionServicer(names, pool=pool)
+
+    async def info(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
+        if guard is not None:
+            await guard(context)
+        async for response in servicer.ServerReflectionInfo(requests, context):
+            yield response
+
     handler = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
+        info,
         request_deserializer=v1alpha.ServerReflectionRequest.FromString,
         response_serializer=v1alpha.ServerReflectionResponse.SerializeToString,
     )

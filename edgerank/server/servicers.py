@@ -6,6 +6,7 @@ mapped by status.mapped, never here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -15,7 +16,7 @@ import grpc
 
 import edgerank
 from edgerank.backends.base import ScoreOptions
-from edgerank.engine.rank import Ranked, normalise, rank
+from edgerank.engine.rank import Ranked, normalise
 from edgerank.engine.requests import Group, Outcome, group_pairs
 from edgerank.engine.service import Service
 from edgerank.errors import InvalidInput, TooLarge
@@ -23,9 +24,10 @@ from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
+from edgerank.server import tei as tei_rules
 from edgerank.server.decoding import Undecodable, decoded
 from edgerank.server.status import mapped
-from edgerank.server.transport import bearer_ok
+from edgerank.server.transport import Token
 
 TRUNCATION = {
     pb.TRUNCATION_UNSPECIFIED: "truncate",
@@ -112,7 +114,7 @@ LIMITS = (
 def info_to(service: Service) -> pb.InfoResponse:
     """What is served and under which limits; `probe` carries the hardware summary. The batch
     shape is the one the batcher runs with, not the settings' 0 = auto."""
-    info, s = service.info, service.settings
+    info, s = service.info, service.config
     tokens, pairs = service.batch_shape
     limits = {name: getattr(s, name) for name in LIMITS}
     return pb.InfoResponse(
@@ -126,21 +128,9 @@ def info_to(service: Service) -> pb.InfoResponse:
 
 
 def tei_info_to(service: Service) -> tei.InfoResponse:
-    """TEI's Info: its field names for the same facts (a reranker, our limits)."""
-    info, s = service.info, service.settings
-    tokens, pairs = service.batch_shape
-    return tei.InfoResponse(
-        version=edgerank.__version__,
-        model_id=info.model,
-        model_dtype=info.precision,
-        model_type=tei.MODEL_TYPE_RERANKER,
-        max_concurrent_requests=s.max_queue_pairs,
-        max_input_length=info.max_length,
-        max_batch_tokens=tokens,
-        max_batch_requests=pairs,
-        max_client_batch_size=s.max_documents,
-        tokenization_workers=2,
-    )
+    """TEI's Info (server/tei.py's facts, as GET /info reports them), a reranker."""
+    facts = tei_rules.info(service)
+    return tei.InfoResponse(model_type=tei.MODEL_TYPE_RERANKER, **dataclasses.asdict(facts))
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -181,27 +171,31 @@ def stream_handler(method: F) -> F:
     return mapped(wrapper)  # type: ignore[return-value]
 
 
+async def authorise(token: Token, context: grpc.aio.ServicerContext) -> None:
+    """Bearer token for TCP peers (Unix-socket peers are trusted by file mode)."""
+    if context.peer().startswith("unix:"):
+        return
+    sent = dict(context.invocation_metadata() or ()).get("authorization", "")
+    if not token.ok(sent):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+
 class _Guarded:
-    def __init__(self, service: Service, token: str = ""):
+    def __init__(self, service: Service, token: Token | None = None):
         self.service = service
-        self._token = token.encode()
+        self.token = token if token is not None else Token()
 
     async def _guard(self, context: grpc.aio.ServicerContext) -> None:
-        """Bearer token for TCP peers (Unix-socket peers are trusted by file mode)."""
-        if context.peer().startswith("unix:"):
-            return
-        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
-        if not bearer_ok(self._token, sent):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        await authorise(self.token, context)
 
     def _check_size(self, nbytes: int) -> None:
-        limit = self.service.settings.max_message_bytes
+        limit = self.service.config.max_message_bytes
         if nbytes > limit:
             raise TooLarge(f"request of {nbytes} bytes, over max_message_bytes ({limit})")
 
     def _check_count(self, n: int, what: str, setting: str) -> None:
         """A client stream may not carry more items than one request may (max_documents)."""
-        limit = self.service.settings.max_documents
+        limit = self.service.config.max_documents
         if n > limit:
             raise TooLarge(f"more than {limit} {what} in the stream ({setting})")
 
@@ -221,12 +215,13 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
     async def _rerank(
         self, msg: pb.RerankRequest, documents: Sequence[str], context: grpc.aio.ServicerContext
     ) -> pb.RerankResponse:
+        model = msg.model if msg.HasField("model") else None
         reranked = await self.service.rerank(
             msg.query,
             documents,
             top_n=msg.top_n,
             options=options_from(msg),
-            model=msg.model if msg.HasField("model") else None,
+            model=model,
             deadline=deadline_of(context),
         )
         return pb.RerankResponse(
@@ -234,7 +229,7 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
                 reranked.ranked, documents if msg.return_documents else None, msg.raw_scores
             ),
             metadata=metadata_to(reranked.outcome),
-            model=self.service.info.model,
+            model=self.service.served_name(model),  # the name asked for, as HTTP answers
         )
 
     @handler
@@ -260,17 +255,18 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
     @handler
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         self._check_size(request.ByteSize())
+        model = request.model if request.HasField("model") else None
         outcome = await self.service.score_pairs(
             [(p.query, p.passage) for p in request.pairs],
             options=options_from(request),
-            model=request.model if request.HasField("model") else None,
+            model=model,
             deadline=deadline_of(context),
         )
         return pb.ScoreResponse(
             raw_scores=outcome.raw.tolist(),
             normalised_scores=normalise(outcome.raw, self.service.info.normalise).tolist(),
             metadata=metadata_to(outcome),
-            model=self.service.info.model,
+            model=self.service.served_name(model),
         )
 
     @handler
@@ -282,11 +278,7 @@ class Reranker(_Guarded, pb_grpc.RerankerServicer):
 
 
 def _tei_options(truncate: bool, direction: int) -> ScoreOptions:
-    """TEI refuses over-long inputs unless truncate is set: chunk, then check for splits."""
-    return ScoreOptions(
-        truncation="truncate" if truncate else "chunk",
-        direction=_enum(TEI_DIRECTION, direction, "truncation_direction"),  # type: ignore[arg-type]
-    )
+    return tei_rules.options(truncate, _enum(TEI_DIRECTION, direction, "truncation_direction"))
 
 
 class TeiRerank(_Guarded, tei_grpc.RerankServicer):
@@ -298,33 +290,24 @@ class TeiRerank(_Guarded, tei_grpc.RerankServicer):
         return_text: bool,
         context: grpc.aio.ServicerContext,
     ) -> tei.RerankResponse:
-        outcome = await self.service.score_groups(groups, len(texts), deadline_of(context))
-        too_long = [i for i, w in enumerate(outcome.windows) if w > 1]
-        if too_long:
-            raise InvalidInput(
-                f"input {too_long[0]} is longer than the model's maximum of "
-                f"{self.service.info.max_length} tokens; set truncate=true"
-            )
-        ranks = []
-        for r in rank(outcome.raw, self.service.info.normalise):
-            out = tei.Rank(index=r.index, score=r.raw if raw_scores else r.score)
-            if return_text:
-                out.text = texts[r.index]
-            ranks.append(out)
-        return tei.RerankResponse(ranks=ranks, metadata=tei_metadata_to(outcome))
-
-    def _check(self, query: str, texts: Sequence[str]) -> None:
-        svc = self.service
-        svc.check_text("query", query, empty_ok=False)
-        svc.check_count(len(texts), "texts")
-        for i, text in enumerate(texts):
-            svc.check_text(f"text {i}", text)
+        outcome, ranks = await tei_rules.answer(
+            self.service,
+            groups,
+            texts,
+            raw_scores=raw_scores,
+            return_text=return_text,
+            deadline=deadline_of(context),
+        )
+        return tei.RerankResponse(
+            ranks=[tei.Rank(**dataclasses.asdict(r)) for r in ranks],
+            metadata=tei_metadata_to(outcome),
+        )
 
     @handler
     async def Rerank(self, request: tei.RerankRequest, context) -> tei.RerankResponse:
         self._check_size(request.ByteSize())
         texts = list(request.texts)
-        self._check(request.query, texts)
+        tei_rules.check_request(self.service, request.query, texts)
         options = _tei_options(request.truncate, request.truncation_direction)
         group = Group(request.query, texts, options)
         return await self._answer([group], texts, request.raw_scores, request.return_text, context)

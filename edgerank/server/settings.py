@@ -11,12 +11,13 @@ import difflib
 import os
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgerank.engine.config import EngineConfig
 from edgerank.errors import InvalidInput, SettingsError
-from edgerank.server.transport import split_host_port
+from edgerank.server.transport import socket_path, split_host_port
 
 try:
     import tomllib
@@ -43,23 +44,20 @@ class Settings:
     model: str = _opt("", "model name in the store, or a model directory")
     served_model_name: str = _opt(
         "",
-        "more names requests may ask for the model by, comma-separated (vLLM's "
-        "--served-model-name), e.g. rerank-v3.5,jina-reranker-v2-base-multilingual",
+        "other names clients may ask for the model by, comma-separated (e.g. rerank-v3.5)",
     )
     backend: str = _opt("auto", f"runtime: {', '.join(BACKENDS)}")
     allow_remote_code: bool = _opt(
-        False, "run modelling code the checkpoint ships (torch: the layerwise MiniCPM reranker)"
+        False, "run modelling code a checkpoint ships (torch: the layerwise MiniCPM reranker)"
     )
     threads: int = _opt(0, "inference threads; 0 = every usable core")
     max_batch_tokens: int = _opt(
         0,
-        "padded tokens per batch; 0 = auto: the planner's shape (the fastest `edgerank probe "
-        "--calibrate` measured within the memory budget, else the memory budget)",
+        "padded tokens per batch; 0 = the planner's (`probe --calibrate` finds the fastest)",
     )
     max_batch_pairs: int = _opt(
         0,
-        "pairs per batch at most; 0 = auto: the planner's cap (none unless calibration "
-        "measured one faster); a cap as large as the token budget is no cap",
+        "pairs per batch at most; 0 = the planner's cap (none unless one measured faster)",
     )
     batch_wait_ms: float = _opt(2.0, "how long the batcher waits to fill a batch")
     max_queue_pairs: int = _opt(4096, "pairs queued or running at most; beyond = overloaded")
@@ -67,11 +65,20 @@ class Settings:
     max_documents: int = _opt(1000, "documents (or pairs) per request at most")
     max_document_chars: int = _opt(32768, "characters per document (and query) at most")
     max_message_bytes: int = _opt(16 << 20, "bytes per request message (or stream) at most")
-    drain_timeout_s: float = _opt(30.0, "on SIGTERM, how long in-flight requests may finish")
-    read_timeout_s: float = _opt(30.0, "how long an HTTP client may take to send its body")
-    drain_quiet_s: float = _opt(
-        0.5, "on SIGTERM, keep refusing new calls (UNAVAILABLE) until none came for this long"
+    drain_timeout_s: float = _opt(
+        30.0, "on SIGTERM, how long in-flight requests may finish (then: UNAVAILABLE / 503)"
     )
+    read_timeout_s: float = _opt(30.0, "how long an HTTP client may take to send its body")
+    header_timeout_s: float = _opt(
+        10.0, "how long a new connection may take to send its headers or finish its handshake"
+    )
+    idle_timeout_s: float = _opt(
+        60.0, "close a connection after this long without a request (keep-alive, gRPC idle)"
+    )
+    max_connections: int = _opt(
+        400, "open connections per face at most (HTTP closes the idlest; gRPC refuses)"
+    )
+    drain_quiet_s: float = _opt(0.5, "on SIGTERM, refuse new calls until none came for this long")
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
     tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
     tls_key: str = _opt("", "PEM private key for TLS on the TCP listeners (gRPC and HTTP)")
@@ -90,36 +97,56 @@ class Settings:
     log_level: str = _opt("info", f"log level: {', '.join(LOG_LEVELS)}")
     request_shape: str = _opt(
         "",
-        "the requests this daemon serves, PASSAGESxMIN-MAX tokens (e.g. 32x128-256); an ONNX "
-        "entry with an INT8 option serves INT8 or FP32, whichever pays at that shape "
-        "(judged from the figures its install measured); empty = the shape it was installed for",
+        "requests served, NxMIN-MAX tokens: an entry's INT8 or FP32 is picked for it (empty: "
+        "as installed)",
     )
     fidelity_sample: float = _opt(
         0.0,
-        "share of requests (0..1) rescored with the model's FP32 reference when the daemon is "
-        "idle, to watch INT8 fidelity on live traffic; 0 = off",
+        "share of requests (0..1) rescored in FP32 while idle, to watch INT8; 0 = off",
     )
 
-    def batch_shape(self, planned: tuple[int, int | None]) -> tuple[int, int | None]:
-        """(padded tokens, pairs or None = no cap) the batcher runs with: each setting that is
-        0 (auto) takes the planner's value for the model, an explicit one wins."""
-        tokens, pairs = planned
-        return self.max_batch_tokens or tokens, self.max_batch_pairs or pairs
+    def engine(self) -> EngineConfig:
+        """The engine's part of the settings."""
+        own = {f.name for f in fields(EngineConfig)} - {"served_names"}
+        return EngineConfig(
+            served_names=tuple(self.served_names()), **{k: getattr(self, k) for k in own}
+        )
 
     def served_names(self) -> list[str]:
-        """served_model_name split into names, in order."""
-        return [n.strip() for n in self.served_model_name.split(",") if n.strip()]
+        """served_model_name split into names, in order, each once."""
+        names = (n.strip() for n in self.served_model_name.split(","))
+        return list(dict.fromkeys(n for n in names if n))
 
     def bearer_token(self) -> str:
-        """The token from `token` or `token_file` ('' = no check)."""
+        """The token from `token` or `token_file` ('' = no check); one that no client could
+        send in a header (empty, whitespace, control or non-ASCII characters) is an error."""
         if self.token:
-            return self.token
+            return check_token(self.token, "token")
         if self.token_file:
             try:
-                return Path(self.token_file).read_text().strip()
-            except OSError as exc:
+                text = Path(self.token_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
                 raise SettingsError(f"token_file: cannot read {self.token_file}: {exc}") from exc
+            return check_token(text.strip(), f"token_file {self.token_file}")
         return ""
+
+
+def check_token(token: str, origin: str) -> str:
+    """The token, if every client can send it as `Authorization: Bearer <token>` (visible
+    ASCII, no whitespace: gRPC metadata and HTTP headers both carry that); else one line."""
+    if not token.strip():
+        raise SettingsError(
+            f"{origin} is empty: a token protects nothing; set one, or leave token and "
+            "token_file unset to serve TCP without authentication"
+        )
+    for i, char in enumerate(token):
+        if not "!" <= char <= "~":
+            raise SettingsError(
+                f"{origin} holds {char!r} at character {i}: a token must be visible ASCII "
+                "(no spaces, line breaks, control or non-ASCII characters) so that clients "
+                "can send it in an Authorization header"
+            )
+    return token
 
 
 def _types() -> dict[str, type]:
@@ -163,6 +190,7 @@ def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
 def _check(s: Settings) -> Settings:
     positive = ("max_queue_pairs", "max_queue_tokens", "max_documents")
     positive += ("max_document_chars", "max_message_bytes", "read_timeout_s")
+    positive += ("header_timeout_s", "idle_timeout_s", "max_connections")
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0, got {getattr(s, name)}")
@@ -199,6 +227,7 @@ def _check(s: Settings) -> Settings:
         _address(s.listen, "listen")
     if s.http:
         http_address(s.http)
+    _distinct(s)
     if s.backend != "auto" and not s.model:
         raise SettingsError(
             f"backend {s.backend} needs a model: set model (--model NAME or a model directory), "
@@ -209,6 +238,27 @@ def _check(s: Settings) -> Settings:
     if s.token and s.token_file:
         raise SettingsError("set token or token_file, not both")
     return s
+
+
+def _distinct(s: Settings) -> None:
+    """Two listeners on one address would fail at start-up with "in use", blamed on another
+    daemon: name the two settings instead."""
+    if s.listen and s.http:
+        grpc_host, grpc_port = _address(s.listen, "listen")
+        http_host, http_port = http_address(s.http)
+        wildcard = {"", "0.0.0.0", "::"}
+        overlap = grpc_host == http_host or {grpc_host, http_host} & wildcard
+        if grpc_port and grpc_port == http_port and overlap:
+            raise SettingsError(
+                f"listen ({s.listen}) and http ({s.http}) name the same address: gRPC and "
+                "HTTP need a port each"
+            )
+    if s.socket and s.http_socket:
+        if socket_path(s.socket).resolve() == socket_path(s.http_socket).resolve():
+            raise SettingsError(
+                f"socket and http_socket name the same path ({s.socket}): gRPC and HTTP "
+                "need a socket each"
+            )
 
 
 def _address(setting: str, what: str, default_host: str | None = None) -> tuple[str, int]:
@@ -266,6 +316,8 @@ def load(
             raise SettingsError(f"unknown setting {name!r}")
         if value is not None:
             merged[name] = _coerce(name, value, types[name], f"--{name.replace('_', '-')}")
+    if flags.get("token") == "":  # --token "" (the file's and environment's "" = unset)
+        check_token("", "--token")
     return _check(replace(Settings(), **merged))
 
 
@@ -273,23 +325,34 @@ def click_options(func: Callable) -> Callable:
     """Decorate a click command with one --option per field (plus --config).
 
     Every option defaults to None so that load() can tell "not given" from a value and let
-    the environment and the file fill the gap.
+    the environment and the file fill the gap (a boolean is a flag, as in `score`, and None
+    until given). Each option's variable and file key follow one rule, said once (--config).
     """
     import click
 
-    ctypes = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
+    ctypes = {int: click.INT, float: click.FLOAT, str: click.STRING}
     types = _types()
     for f in reversed(fields(Settings)):
-        default = "" if f.default is MISSING or not f.repr else f" default {f.default!r};"
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [{default} env {env_name(f.name)}]"
-        func = click.option(flag, f.name, type=ctypes[types[f.name]], default=None, help=help_text)(
-            func
-        )
+        help_text = f.metadata["help"]
+        if f.repr and f.default not in ("", 0, 0.0, False):
+            help_text += f" [{f.default}]"
+        if types[f.name] is bool:
+            option = click.option(flag, f.name, is_flag=True, default=None, help=help_text)
+        else:
+            metavar = {int: "N", float: "X"}.get(types[f.name], "TEXT")
+            option = click.option(
+                flag, f.name, type=ctypes[types[f.name]], default=None, metavar=metavar,
+                help=help_text,
+            )  # fmt: skip
+        func = option(func)
     return click.option(
         "--config",
         "config",
         type=click.Path(dir_okay=False),
         default=None,
-        help=f"TOML settings file [default {DEFAULT_CONFIG} if present; env {CONFIG_ENV}]",
+        help=f"TOML settings file [{DEFAULT_CONFIG} if present; {CONFIG_ENV}]. Every option "
+        f"below is also a variable ({ENV_PREFIX}<NAME>: --max-queue-pairs is "
+        f"{env_name('max_queue_pairs')}) and a key of this file (max_queue_pairs); flags win "
+        "over variables, variables over the file.",
     )(func)

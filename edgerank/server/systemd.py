@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ def ready(status: str = "serving", env: Mapping[str, str] | None = None) -> bool
 
 def status(text: str, env: Mapping[str, str] | None = None) -> bool:
     return notify(f"STATUS={text}", env=env)
+
+
+def reloading(env: Mapping[str, str] | None = None) -> bool:
+    """RELOADING=1 (READY=1 follows once the reload is done), with the monotonic time
+    Type=notify-reload units need too."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading", env=env)
 
 
 def stopping(status: str = "draining", env: Mapping[str, str] | None = None) -> bool:

@@ -18,6 +18,9 @@ aiohttp's reuse_port=False) and a port in use is an error.
 
 TLS: grpc only says "Failed to bind to address" when the certificate and the key do not
 belong together; the pair is loaded by Python's ssl first, so the error says what is wrong.
+Both the token and the TLS pair are held in one object each that both faces share, so a
+SIGHUP reload (server/reload.py) swaps them for both at once; a call already admitted is
+never looked at again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import errno
 import hmac
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import stat
@@ -211,36 +215,101 @@ def claim_socket(path: Path, what: str = "socket") -> None:
 def tls_files(settings: Settings) -> tuple[bytes, bytes]:
     """(certificate chain, private key) as PEM bytes, checked to belong together, or one
     clear error."""
+    return _pem_pair(settings.tls_cert, settings.tls_key)
+
+
+def _pem_pair(cert_file: str, key_file: str) -> tuple[bytes, bytes]:
     try:
-        cert = Path(settings.tls_cert).read_bytes()
-        key = Path(settings.tls_key).read_bytes()
+        cert = Path(cert_file).read_bytes()
+        key = Path(key_file).read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read TLS files: {exc}") from exc
-    server_context(settings)
+    if b"-----BEGIN CERTIFICATE-----" not in cert:
+        raise InvalidInput(f"tls_cert {cert_file} holds no PEM certificate (BEGIN CERTIFICATE)")
+    if not re.search(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----", key):
+        raise InvalidInput(f"tls_key {key_file} holds no PEM private key (BEGIN ... PRIVATE KEY)")
+    if b"ENCRYPTED" in key:
+        raise InvalidInput(
+            f"tls_key {key_file} is encrypted: the daemon cannot ask for a passphrase; "
+            "give it the key unencrypted (readable by the service's user only)"
+        )
+    _load_pair(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), cert_file, key_file)
     return cert, key
+
+
+def _no_passphrase() -> bytes:
+    raise InvalidInput("the key is encrypted")  # never prompt on a terminal
+
+
+def _load_pair(context: ssl.SSLContext, cert_file: str, key_file: str) -> None:
+    """Load the pair into `context`; every failure is one line naming the file at fault."""
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except ssl.SSLError as exc:
+        text = f"{exc.reason or ''} {exc}".lower()
+        if "key_values_mismatch" in text or "mismatch" in text:
+            raise InvalidInput(
+                f"tls_key {key_file} does not match tls_cert {cert_file}: "
+                "they are not one certificate's pair"
+            ) from None
+        raise InvalidInput(
+            f"cannot use TLS files {cert_file} / {key_file}: the certificate or the key is "
+            f"damaged or not PEM ({exc.reason or 'unreadable'})"
+        ) from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read TLS files: {exc}") from exc
 
 
 def server_context(settings: Settings) -> ssl.SSLContext:
     """An SSL server context with the pair loaded; a mismatch is named as such."""
-    cert_file, key_file = settings.tls_cert, settings.tls_key
+    _pem_pair(settings.tls_cert, settings.tls_key)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except ssl.SSLError as exc:
-        if "KEY_VALUES_MISMATCH" in (exc.reason or "") or "mismatch" in str(exc).lower():
-            raise InvalidInput(
-                f"tls_key {key_file} does not match tls_cert {cert_file}: "
-                "they are not one certificate's pair"
-            ) from exc
-        raise InvalidInput(
-            f"cannot use TLS files {cert_file} / {key_file}: {exc.reason or exc}"
-        ) from exc
-    except OSError as exc:
-        raise InvalidInput(f"cannot read TLS files: {exc}") from exc
+    _load_pair(context, settings.tls_cert, settings.tls_key)
     return context
 
 
+class TlsPair:
+    """The certificate and key both TCP listeners serve. `reload` checks a new pair whole
+    before it swaps it in; new handshakes then get it (gRPC asks `fetch` on each one, the
+    HTTP context is reloaded in place), connections already open keep theirs."""
+
+    def __init__(self, cert_file: str, key_file: str):
+        self.cert_file, self.key_file = cert_file, key_file
+        self.pem = _pem_pair(cert_file, key_file)
+        self.generation = 0
+        self._context: ssl.SSLContext | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The HTTP face's server context (one, reloaded in place)."""
+        if self._context is None:
+            self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            _load_pair(self._context, self.cert_file, self.key_file)
+        return self._context
+
+    def reload(self, cert_file: str, key_file: str) -> bool:
+        """Read the pair again (maybe from new paths); True when it changed. Raises, with
+        nothing changed, when the new pair is unusable."""
+        pem = _pem_pair(cert_file, key_file)
+        if pem == self.pem and (cert_file, key_file) == (self.cert_file, self.key_file):
+            return False
+        if self._context is not None:
+            _load_pair(self._context, cert_file, key_file)
+        self.cert_file, self.key_file, self.pem = cert_file, key_file, pem
+        self.generation += 1
+        return True
+
+
 # -- bearer token ----------------------------------------------------------------------
+
+
+class Token:
+    """The bearer token TCP clients must send ('' = none), one object both faces check."""
+
+    def __init__(self, token: str = ""):
+        self.value = token.encode()
+
+    def ok(self, authorization: str) -> bool:
+        return bearer_ok(self.value, authorization)
 
 
 def bearer_ok(expected: bytes, authorization: str) -> bool:

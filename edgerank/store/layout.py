@@ -25,8 +25,6 @@ GGUF_TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
-#: quants `import --backend gguf` produces (f16 from the converter, the rest quantized)
-GGUF_QUANTS = ("f16", "q8_0", "q4_k_m")
 #: what a torch entry copies from a checkpoint: weights, configs, tokenizer, modelling code
 TORCH_PATTERNS = ("*.safetensors", "*.json", "*.py", "*.txt", "*.model", "pytorch_model*.bin")
 
@@ -60,14 +58,18 @@ class StoreLayout:
             out.setdefault(manifest.parent.parent.name, []).append(manifest.parent.name)
         return out
 
-    def manifest(self, name: str, backend: str = "onnx") -> Manifest:
+    def entry(self, name: str, backend: str = "onnx") -> Path:
+        """The directory of an installed entry; a missing one is one clear ModelNotFound."""
         d = self.path(name, backend)
         if not d.exists():
             raise ModelNotFound(
                 f"model {name!r} ({backend}) is not installed in {self.root}: "
                 f"run `edgerank pull {name}`"
             )
-        return Manifest.read(d)
+        return d
+
+    def manifest(self, name: str, backend: str = "onnx") -> Manifest:
+        return Manifest.read(self.entry(name, backend))
 
     @contextlib.contextmanager
     def staged(self, name: str, backend: str) -> Iterator[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import tiny_models
+from edgerank.testing import tiny_llms, tiny_models
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,15 +42,15 @@ def wide_xlmr_hf(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_hf(tmp_path_factory):
-    return tiny_models.build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-hf"))
+    return tiny_llms.build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-hf"))
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma_hf(tmp_path_factory):
-    return tiny_models.build_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma-hf"))
+    return tiny_llms.build_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma-hf"))
 
 
 @pytest.fixture(scope="session")
 def tiny_layerwise_hf(tmp_path_factory):
     """6 layers, heads from layer 2; its modelling code is remote code in the directory."""
-    return tiny_models.build_tiny_layerwise(tmp_path_factory.mktemp("tiny-layerwise-hf"))
+    return tiny_llms.build_tiny_layerwise(tmp_path_factory.mktemp("tiny-layerwise-hf"))

@@ -1,5 +1,5 @@
 """The llama.cpp backend against torch FP32, on tiny random checkpoints converted offline
-(tests/support/gguf_models.py): cross-encoders (BERT with edgerank's fixes, XLM-R), LLM rerankers
+(edgerank/testing/gguf_models.py): cross-encoders (BERT with edgerank's fixes, XLM-R), LLM rerankers
 (Qwen3 yes/no, Gemma yes-logit, Qwen3's native rank head), shared-prefix reuse, batch
 independence, the refusal of uncorrected BERT GGUFs and of the layerwise model, the store,
 the loader's choice and the CLI. Skipped as a whole without the `gguf` extra.
@@ -17,18 +17,18 @@ pytest.importorskip("llama_cpp")
 
 from edgerank.backends import gguf, gguf_llm, llama_runtime  # noqa: E402
 from edgerank.backends.base import ScoreOptions  # noqa: E402
-from edgerank.backends.registry import open_installed
+from edgerank.backends.registry import open_entry
 from edgerank.backends.torch import TorchBackend, open_torch  # noqa: E402
 from edgerank.catalog.load import load_catalog  # noqa: E402
+from edgerank.engine.agreement import rank_agreement  # noqa: E402
 from edgerank.engine.rank import score_documents  # noqa: E402
 from edgerank.errors import BackendUnavailable, ModelCorrupt  # noqa: E402
 from edgerank.models.checkpoint import Checkpoint
 from edgerank.models.gguf_file import GgufHeader, read_header  # noqa: E402
 from edgerank.models.gguf_model import GgufModel, check_servable, refuse_layerwise  # noqa: E402
 from edgerank.models.llm_format import LlmFormat
-from edgerank.quality.fidelity import rank_agreement  # noqa: E402
 from edgerank.quality.texts import probe_groups
-from tests.support.gguf_models import RANK_HEAD  # noqa: E402
+from edgerank.testing.gguf_models import RANK_HEAD  # noqa: E402
 
 CATALOG = load_catalog()
 FORMATS = {
@@ -193,7 +193,7 @@ def test_layerwise_is_routed_to_torch(tmp_path):
         refuse_layerwise(spec)
     with pytest.raises(BackendUnavailable, match="torch backend"):
         GgufModel("llm-layerwise", 512, LlmFormat.from_spec(spec))
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     with pytest.raises(BackendUnavailable, match="--backend torch"):
         ModelStore(tmp_path).pull(spec, backend="gguf")
@@ -328,8 +328,8 @@ def ready_dir(gguf_models, tmp_path):
 
 
 def test_store_installs_ready_gguf_files_and_opens_each_quant(ready_dir, tmp_path):
+    from edgerank.install.store import ModelStore
     from edgerank.models.manifest import Manifest
-    from edgerank.store.entries import ModelStore
 
     store = ModelStore(tmp_path / "home")
     path = store.import_gguf("tiny-qwen", ready_dir)
@@ -337,8 +337,8 @@ def test_store_installs_ready_gguf_files_and_opens_each_quant(ready_dir, tmp_pat
     assert (m.backend, m.precision, m.recipe["kind"]) == ("gguf", "q8_0", "llm-yes-logit")
     assert set(m.recipe["files"]) == {"f16", "q8_0"}
     assert store.installed() == {"tiny-qwen": ["gguf"]}
-    q8 = open_installed(store, "tiny-qwen", "gguf", threads=1)
-    f16 = open_installed(store, "tiny-qwen", "gguf", threads=1, precision="f16")
+    q8 = open_entry(store.entry("tiny-qwen", "gguf"), threads=1)
+    f16 = open_entry(store.entry("tiny-qwen", "gguf"), threads=1, precision="f16")
     assert (q8.info().precision, f16.info().precision) == ("q8_0", "f16")
     items = q8.encode(QUERY, PASSAGES, ScoreOptions())
     assert q8.score(items) == pytest.approx(f16.score(items), abs=0.1)
@@ -347,7 +347,7 @@ def test_store_installs_ready_gguf_files_and_opens_each_quant(ready_dir, tmp_pat
 def test_store_refuses_an_uncorrected_bert_gguf(gguf_models, tmp_path):
     import shutil
 
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     d = tmp_path / "raw"
     shutil.copytree(gguf_models.hf("bert"), d)
@@ -362,10 +362,10 @@ def test_loader_opens_the_chosen_gguf_quant(ready_dir, tmp_path, monkeypatch):
     """The choice function picks gguf for an LLM on a CPU box without torch; the loader
     opens the quant it chose."""
     from edgerank import backends
-    from edgerank.engine import load as loader
     from edgerank.hardware import probe
     from edgerank.hardware.facts import Hardware
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
+    from edgerank.startup import load as loader
 
     spec = dataclasses.replace(CATALOG.get("qwen3-reranker-0.6b"), max_length=LLM_MAX)
     store = ModelStore(tmp_path / "home")
@@ -399,7 +399,7 @@ def test_cli_import_and_score(ready_dir, tmp_path, monkeypatch):
         main, ["score", QUERY, *PASSAGES[:3], "--model", "t", "--threads", "1", "--json"]
     )
     assert scored.exit_code == 0, scored.output
-    out = json.loads(scored.output)
+    out = json.loads(scored.stdout)
     assert out["model"] == "t (gguf q8_0)" and len(out["results"]) == 3
 
 
@@ -410,7 +410,7 @@ def test_cli_import_and_score(ready_dir, tmp_path, monkeypatch):
 def test_minilm_q8_0_ranks_like_torch_fp32(minilm_ce_ckpt, minilm_groups, minilm_reference,
                                           llama_converter, tmp_path):  # fmt: skip
     """The shipped q8_0 recipe on real pretrained weights, fitted head
-    (tests/support/minilm_ce.py)."""
+    (edgerank/testing/minilm_ce.py)."""
     from edgerank.convert import gguf as convert_gguf
 
     files = convert_gguf.convert_and_quantize(

@@ -134,7 +134,7 @@ def test_answer_tokens_are_the_ones_the_references_read(tiny_qwen3_hf, tiny_gemm
 def long_text(n_words: int, seed: int) -> str:
     import random
 
-    from tests.support.tiny_models import WORDS
+    from edgerank.testing.tiny_models import WORDS
 
     rng = random.Random(seed)
     return " ".join(rng.choice(WORDS) for _ in range(n_words))

@@ -14,7 +14,7 @@ import pytest
 
 from edgerank.backends import torch as torch_backend
 from edgerank.backends.base import ScoreOptions
-from edgerank.backends.registry import open_installed
+from edgerank.backends.registry import open_entry
 from edgerank.backends.torch import TorchBackend, open_torch
 from edgerank.catalog.load import load_catalog
 from edgerank.errors import InvalidInput
@@ -24,7 +24,7 @@ from edgerank.models.llm_format import LlmFormat
 from edgerank.planning.candidates import Wishes
 from edgerank.planning.candidates import torch_placement as placement
 from edgerank.planning.choice import choose
-from tests.support import tiny_models
+from edgerank.testing import tiny_models
 
 CATALOG = load_catalog()
 PAIRS = [
@@ -269,9 +269,9 @@ def test_gpu_too_small_keeps_the_cpu_path_and_says_why():
 def test_loader_opens_the_chosen_torch_entry_and_falls_back_when_cuda_fails(
     tmp_path, tiny_bert_hf, monkeypatch, caplog
 ):
-    from edgerank.engine import load as loader
     from edgerank.hardware import probe
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
+    from edgerank.startup import load as loader
 
     store = ModelStore(tmp_path / "home")
     spec = CATALOG.get("ms-marco-minilm-l6")
@@ -299,14 +299,14 @@ def test_loader_opens_the_chosen_torch_entry_and_falls_back_when_cuda_fails(
 
 
 def test_store_torch_entry_roundtrip(tmp_path, tiny_bert_hf, tiny_qwen3_hf, monkeypatch):
-    from edgerank.engine import load as loader
     from edgerank.hardware import probe
+    from edgerank.startup import load as loader
 
     # an AVX2-only machine: the loader places torch at FP32 there (BF16 on AVX512-BF16/AMX),
     # the precision the entry opened directly below scores at
     monkeypatch.setattr(probe, "probe", lambda **kw: hardware())
+    from edgerank.install.store import ModelStore
     from edgerank.models.manifest import Manifest
-    from edgerank.store.entries import ModelStore
 
     store = ModelStore(tmp_path / "home")
     path = store.import_torch("my-ce", tiny_bert_hf)
@@ -317,7 +317,7 @@ def test_store_torch_entry_roundtrip(tmp_path, tiny_bert_hf, tiny_qwen3_hf, monk
         128,
         "cross-encoder",
     )
-    be = open_installed(store, "my-ce", "torch", threads=1)
+    be = open_entry(store.entry("my-ce", "torch"), threads=1)
     assert scores(be) == pytest.approx(scores(TorchBackend(tiny_bert_hf)), abs=1e-6)
     store.import_torch("tiny-qwen", tiny_qwen3_hf)
     by_dir = loader.load(str(store.path("tiny-qwen", "torch")), threads=1).backend

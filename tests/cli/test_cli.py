@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,18 @@ def test_documents_that_are_not_utf8_are_one_line_and_a_usage_exit(tmp_path):
         assert done.returncode == 2, done.stderr
         lines = done.stderr.decode().strip().splitlines()
         assert len(lines) == 1 and "not UTF-8" in lines[0], lines
+
+
+def test_a_query_that_is_not_utf8_shows_its_bytes(tmp_path):
+    """Before: b'??' (the bytes replaced), not what was sent."""
+    env = {"EDGERANK_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+    done = subprocess.run(
+        [sys.executable, "-X", "utf8", "-m", "edgerank", "score", b"ca\xfft", "doc"],
+        capture_output=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.decode().strip().splitlines()
+    assert "the query is not UTF-8 text (byte 2: b'\\xff')" in line, line
 
 
 def test_corrupt_model_dir_is_one_line(run, tmp_path):
@@ -199,12 +212,12 @@ def test_score_runs_a_checkpoints_own_code_only_with_the_flag(run, tmp_path):
     import dataclasses
 
     from edgerank.catalog.load import load_catalog
-    from edgerank.store.entries import ModelStore
-    from tests.support import tiny_models
+    from edgerank.install.store import ModelStore
+    from edgerank.testing import tiny_llms
 
     spec = load_catalog().get("bge-reranker-v2-minicpm-layerwise")
     spec = dataclasses.replace(spec, max_length=256, cutoff_layer=4)  # the tiny one has 6
-    ckpt = tiny_models.build_tiny_layerwise(tmp_path / "layerwise")
+    ckpt = tiny_llms.build_tiny_layerwise(tmp_path / "layerwise")
     ModelStore(tmp_path / "home").import_torch("layerwise", ckpt, spec=spec)
     args = ("score", "cats", "cats sleep", "dogs bark", "--model", "layerwise")
     _one_error_line(run(*args), "--allow-remote-code")
@@ -234,3 +247,43 @@ def test_bench_reports_the_backend_and_this_cpus_gemm_peaks(run, tiny_onnx_dir):
     assert gemm["threads"] == 1 and gemm["int8_gops"] > 0 and gemm["fp32_gflops"] > 0
     table = run("bench", *args, "--pairs", "2", "--tokens", "16")
     assert "GEMM through onnxruntime (ISA:" in table.stdout and "int8_x_fp32" in table.stdout
+
+
+def test_server_takes_a_grpc_address_not_an_http_url(run):
+    _one_error_line(run("score", "q", "doc", "--server", "http://127.0.0.1:8080"), "gRPC address")
+
+
+def test_every_score_option_says_what_it_does(run):
+    help_text = run("score", "--help").stdout
+    blocks = re.split(r"\n  (?=-)", help_text.split("Options:", 1)[1])
+    for option in ("--backend", "--truncation", "--direction"):
+        block = next(b for b in blocks if b.startswith(option))
+        words = block.split(None, 2)[2]  # past the option and its metavar
+        assert len(words.split()) >= 5, block
+
+
+def test_serve_help_is_short_and_its_booleans_are_flags(run):
+    help_text = run("serve", "--help").stdout
+    assert len(help_text.splitlines()) < 80 and "[ " not in help_text
+    assert "--allow-remote-code  " in help_text and "BOOLEAN" not in help_text
+    assert "EDGERANK_MAX_QUEUE_PAIRS" in help_text  # the variables' rule, said once
+    assert "--http" in help_text
+
+
+def test_a_cpu_torch_candidate_names_the_cpu_wheel_not_cuda():
+    from edgerank.planning.candidates import extra_hint
+
+    assert "edgerank[convert]" in extra_hint("torch", "cpu")
+    assert "edgerank[cuda]" in extra_hint("torch", "cuda:0")
+
+
+def test_import_names_every_extra_it_needs_in_one_refusal(run, tiny_bert_hf, monkeypatch):
+    from edgerank import errors
+
+    monkeypatch.setattr(errors, "extras_here", lambda: frozenset())  # a base install
+    result = run("import", str(tiny_bert_hf), "--name", "x")
+    _one_error_line(result, "pip install 'edgerank[convert]'")
+    assert "`convert` and `quantize` extras" in result.stderr
+    pulled = run("pull", "ms-marco-minilm-l6")
+    _one_error_line(pulled, "pip install 'edgerank[quantize]'")
+    assert "edgerank pull ms-marco-minilm-l6 --prebuilt-int8" in pulled.stderr

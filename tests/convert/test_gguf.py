@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from edgerank.backends.registry import open_installed
+from edgerank.backends.registry import open_entry
 from edgerank.catalog.load import load_catalog
 from edgerank.catalog.spec import GgufSource
 from edgerank.convert import gguf as convert_gguf
@@ -201,8 +201,8 @@ def qwen_spec(**gguf):
 
 def test_pull_downloads_the_published_gguf_and_the_models_tokenizer(gguf_hub, tmp_path):
     from edgerank.backends.base import ScoreOptions
+    from edgerank.install.store import ModelStore
     from edgerank.models.manifest import Manifest
-    from edgerank.store.entries import ModelStore
 
     store = ModelStore(tmp_path / "home")
     spec = qwen_spec(repo="org/tiny-gguf", files={"q8_0": "t.Q8_0.gguf"})
@@ -212,12 +212,12 @@ def test_pull_downloads_the_published_gguf_and_the_models_tokenizer(gguf_hub, tm
     assert m.source["repo"] == "org/tiny-gguf" and m.source["revision"] == COMMIT
     assert m.source["tokenizer"]["repo"] == "org/tiny"
     assert not any(r.endswith(".safetensors") for r in gguf_hub.requests)
-    be = open_installed(store, "tiny-qwen", "gguf", threads=1)
+    be = open_entry(store.entry("tiny-qwen", "gguf"), threads=1)
     assert len(be.score(be.encode("cats", ["a cat", "a bank"], ScoreOptions()))) == 2
 
 
 def test_pull_refuses_a_published_bert_gguf_without_the_fixes(gguf_hub, tmp_path):
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     base = load_catalog().get("ms-marco-minilm-l6")
     spec = dataclasses.replace(
@@ -235,8 +235,8 @@ def test_pull_converts_the_checkpoint_when_nothing_is_published(gguf_hub, tmp_pa
     cross-encoder, BERT fixes) -> f16 / q8_0 / q4_k_m -> fidelity per quant -> manifest."""
     from edgerank.backends.base import ScoreOptions
     from edgerank.backends.torch import TorchBackend
+    from edgerank.install.store import ModelStore
     from edgerank.models.manifest import Manifest
-    from edgerank.store.entries import ModelStore
 
     base = load_catalog().get("ms-marco-minilm-l6")
     spec = dataclasses.replace(
@@ -253,7 +253,7 @@ def test_pull_converts_the_checkpoint_when_nothing_is_published(gguf_hub, tmp_pa
     assert m.fidelity["q8_0"]["spearman_mean"] > 0.8
     assert m.fidelity["q8_0"]["batch_gap"] < 1e-3
     assert m.source["revision"] == COMMIT
-    be = open_installed(store, "tiny-bert", "gguf", threads=1, precision="f16")
+    be = open_entry(store.entry("tiny-bert", "gguf"), threads=1, precision="f16")
     assert be.info().details["fixes"] == ["pooler", "segment-b"]
     ref = TorchBackend(gguf_hub.root / "org" / "bert", max_length=128)
     items = ref.encode("cat river", ["cat dog river ocean", "bread", "piano music"],

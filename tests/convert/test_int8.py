@@ -24,7 +24,7 @@ from edgerank.convert import int8 as convert  # noqa: E402
 from edgerank.convert import int8_files  # noqa: E402
 from edgerank.convert.onnx_export import export_onnx  # noqa: E402
 from edgerank.quality.fidelity import backend_scorer  # noqa: E402
-from tests.support import minilm_ce  # noqa: E402
+from edgerank.testing import minilm_ce  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from edgerank.convert import int8_files  # noqa: E402
-from tests.support.onnx_graphs import one_matmul  # noqa: E402
+from edgerank.testing.onnx_graphs import one_matmul  # noqa: E402
 
 K, N = 96, 24
 

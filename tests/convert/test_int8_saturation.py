@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from edgerank.convert import int8_files  # noqa: E402
-from tests.support.onnx_graphs import one_matmul  # noqa: E402
+from edgerank.testing.onnx_graphs import one_matmul  # noqa: E402
 
 K, N = 64, 8
 QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")

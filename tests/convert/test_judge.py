@@ -95,12 +95,21 @@ def test_a_figure_within_noise_of_the_floor_is_no_verdict(spearman, kept, want):
     assert judge.against(fid, {"spearman_mean": 0.99, "top1_kept": 0.97}) == want
 
 
-def test_heads_count_the_cascade_per_group_size():
-    """Pools ordered own-group first: the leader and its near-ties sit in the first 8."""
-    scores = [np.array([5.0, 4.95, 1.0, 0.0] + [-3.0] * 96), np.array([5.0] + [-3.0] * 99)]
-    got = dict(judge.heads(scores, margin=0.1))
-    assert got[8] == 1.0 and got[64] == 1.0  # 2 in the first pool, none in the second
+def test_heads_count_what_the_leader_first_rule_rescores_per_group_size():
+    """Pools ordered own-group first: the leader and its near-ties sit in the first 8. The
+    count is the served rule's (leader first, then what clears the best FP32 score so far
+    minus margin / 2), not the whole head within the margin."""
+    tail = [-3.0] * 96
+    int8 = [np.array([5.0, 4.95, 1.0, 0.0] + tail)] * 2 + [np.array([5.0] + [-3.0] * 99)]
+    fp32 = [
+        np.array([5.0, 4.9, 1.0, 0.0] + tail),  # the leader's FP32 keeps 4.95 in the bar: 2
+        np.array([5.1, 4.9, 1.0, 0.0] + tail),  # FP32 raises the bar past it: the leader, 1
+        np.array([5.0] + [-3.0] * 99),  # the leader alone within the margin: none
+    ]
+    got = dict(judge.heads(fp32, int8, margin=0.1))
+    assert got[8] == 1.0 and got[64] == 1.0  # (2 + 1 + 0) / 3
     assert set(got) == set(judge.POOL_SIZES)
+    assert judge.rescored_counts(fp32, int8, 0.1) == [2, 1, 0]
 
 
 def test_pools_take_their_own_group_then_their_language():

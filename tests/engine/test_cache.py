@@ -45,7 +45,7 @@ def run(coro):
 
 
 async def started(backend, settings=SETTINGS) -> Service:
-    service = Service(settings)
+    service = Service(settings.engine())
     await service.start(backend)
     backend.batches.clear()  # the warm-up's
     return service
@@ -189,7 +189,7 @@ def test_off_when_size_is_zero_or_the_model_has_no_identity():
             (Known(), dataclasses.replace(SETTINGS, cache_bytes=0)),
             (FakeBackend(), SETTINGS),  # no identity: nothing safe to key on
         ]:
-            service = Service(settings)
+            service = Service(settings.engine())
             await service.start(backend)
             assert service.cache is None
             backend.batches.clear()

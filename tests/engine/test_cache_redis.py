@@ -7,26 +7,32 @@ mid-run: the daemon must keep answering, warn once, and count the failures.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 
 from edgerank.backends.onnx import OnnxBackend
+from edgerank.engine.cache_entries import VALUE
 from edgerank.engine.rank import score_documents
 from edgerank.engine.service import Service
+from edgerank.install.store import ModelStore
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.server.settings import Settings
-from edgerank.store.entries import ModelStore
+from edgerank.testing import tiny_models
+from tests.server.test_http import HttpServerThread, http_settings
 from tests.server.test_server import Gated, ServerThread, settings_for
-from tests.support import tiny_models
 from tests.support.redis import redis_server, redis_tcp  # noqa: F401  (fixtures)
 
 CORPUS = tiny_models.corpus(200, seed=5)
 LOGGER = "edgerank.engine.cache_redis"
+#: a budget no busy machine runs out of: only the hung-Redis test is about the timeout
+PATIENT_MS = 30_000.0
 
 
 def sample(service: Service, name: str, labels: dict | None = None) -> float:
@@ -39,6 +45,7 @@ def settings(url: str, **overrides) -> Settings:
         max_document_chars=4000,
         batch_wait_ms=0.5,
         cache_url=url,
+        cache_timeout_ms=PATIENT_MS,
         cache_bytes=0,  # Redis only: every hit below came through Redis
         cache_retry_s=0.0,  # try Redis on every request: "warned once" is then a real claim
     )
@@ -48,7 +55,7 @@ def settings(url: str, **overrides) -> Settings:
 
 async def started(model_dir, config: Settings) -> tuple[Service, Gated]:
     backend = Gated(OnnxBackend.from_dir(model_dir, threads=1))
-    service = Service(config)
+    service = Service(config.engine())
     await service.start(backend)
     backend.items = 0  # the warm-up's
     return service, backend
@@ -64,8 +71,9 @@ def test_two_daemons_share_one_redis(tiny_onnx_dir, tmp_path, redis_server):  # 
     """gRPC daemons A and B on one Redis: B answers A's pairs without its model, same bits."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = ServerThread(settings_for(tmp_path / "a", cache_url=redis_server.url))
-    b = ServerThread(settings_for(tmp_path / "b", cache_url=redis_server.url))
+    patient = dict(cache_url=redis_server.url, cache_timeout_ms=PATIENT_MS)
+    a = ServerThread(settings_for(tmp_path / "a", **patient))
+    b = ServerThread(settings_for(tmp_path / "b", **patient))
     try:
         backends = [Gated(OnnxBackend.from_dir(tiny_onnx_dir, threads=1)) for _ in range(2)]
         for server, backend in zip((a, b), backends, strict=True):
@@ -224,3 +232,87 @@ def test_settings_and_a_missing_client(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # the extra is not installed
     with pytest.raises(BackendUnavailable, match=r"edgerank\[redis\]"):
         RedisTier("redis://localhost", ttl_s=1, timeout_s=0.05, retry_s=1)
+
+
+def _keys(server) -> list[bytes]:
+    """KEYS edgerank:score:* from the raw RESP reply (*N, then $len / key pairs)."""
+    lines = server.command("KEYS", "edgerank:score:*").split(b"\r\n")
+    return [line for line in lines[1:] if line and not line.startswith((b"$", b"*"))]
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+#: (raw score, model inputs, tokens) another process may leave under our keys
+FORGED = [
+    (np.nan, 1, 20),
+    (np.inf, 1, 20),
+    (-np.inf, 1, 20),
+    (1.5, 0xFFFFFFFF, 0xFFFFFFFF),  # usage 17179869180 from four of them, before
+    (1.5, 1, 0xFFFFFFFF),
+    (1.5, 0, 0),
+]
+
+
+def test_forged_values_in_redis_are_misses_never_answers(
+    tiny_onnx_dir,
+    tmp_path,
+    redis_server,  # noqa: F811
+    caplog,
+):
+    """Before: NaN and Infinity scores came back as `"relevance_score":NaN` (not JSON) and a
+    forged count as usage.total_tokens 17179869180. A shared cache is another process's
+    input: a value that is not a finite score with plausible counts is a miss."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    docs = CORPUS[100:106]
+    body = {"query": "forged values", "documents": docs}
+    patient = dict(cache_url=redis_server.url, cache_timeout_ms=PATIENT_MS)
+    writer = HttpServerThread(http_settings(tmp_path / "a", **patient))
+    reader = HttpServerThread(http_settings(tmp_path / "b", cache_bytes=0, **patient))
+    try:
+        for server in (writer, reader):
+            server.load(OnnxBackend.from_dir(tiny_onnx_dir, threads=1))
+        truth = _strict_json(httpx.post(writer.base + "/v2/rerank", json=body, timeout=60).text)
+        writer.call(writer.service.cache.redis.flush())
+        keys = _keys(redis_server)
+        assert len(keys) == len(docs)
+        faces = ("http", "grpc", "tei")
+        for face in faces:
+            for key, forged in zip(keys, FORGED, strict=True):
+                value = np.array([forged], dtype=VALUE).tobytes()
+                assert redis_server.command("SET", key, value).startswith(b"+OK")
+            if face == "http":
+                answer = httpx.post(reader.base + "/v2/rerank", json=body, timeout=60)
+                got = _strict_json(answer.text)  # before: ValueError, NaN is not JSON
+                assert got["results"] == truth["results"]
+                assert got["usage"] == truth["usage"]
+            elif face == "tei":
+                tei_body = {"query": body["query"], "texts": docs}
+                answer = httpx.post(reader.base + "/rerank", json=tei_body, timeout=60)
+                got = _strict_json(answer.text)
+                assert {r["index"] for r in got} == set(range(len(docs)))
+            else:
+                stub = pb_grpc.RerankerStub(grpc.insecure_channel(reader.tcp))
+                reply = stub.Rerank(
+                    pb.RerankRequest(
+                        query=body["query"], documents=docs, truncation=pb.TRUNCATION_CHUNK
+                    )
+                )
+                assert [round(r.normalised_score, 6) for r in reply.results] == [
+                    round(r["relevance_score"], 6) for r in truth["results"]
+                ]
+                assert reply.metadata.tokens == truth["usage"]["total_tokens"]
+            reader.call(reader.service.cache.redis.flush())  # the overwrite has landed
+        # every forged value was refused, scored anew and overwritten; logged once
+        invalid = sample(reader.service, "edgerank_cache_redis_invalid_total")
+        assert invalid == len(FORGED) * len(faces)
+        warnings = [r for r in caplog.records if "not edgerank scores" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        for server in (writer, reader):
+            server.call(server.service.close_cache())
+            server.close()

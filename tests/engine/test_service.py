@@ -25,14 +25,14 @@ def run(coro):
 
 
 async def started(backend=None, settings=SETTINGS) -> Service:
-    service = Service(settings)
+    service = Service(settings.engine())
     await service.start(backend or FakeBackend(), aliases=["alias-name"])
     return service
 
 
 def test_states_loading_serving_draining():
     async def scenario():
-        service = Service(SETTINGS)
+        service = Service(SETTINGS.engine())
         with pytest.raises(Unavailable, match="loading"):
             service.begin_call()
         await service.start(FakeBackend())
@@ -150,7 +150,7 @@ def test_nan_scores_fail_the_probe():
             return np.full(len(batch), np.nan, dtype=np.float32)
 
     async def scenario():
-        service = Service(SETTINGS)
+        service = Service(SETTINGS.engine())
         await service.start(FakeBackend())
         service.batcher.backend = NaN()
         assert not await service.healthy()
@@ -172,7 +172,7 @@ def test_batch_settings_at_0_take_the_planned_shape_and_explicit_ones_win(settin
     backend = FakeBackend()
 
     async def scenario():
-        service = Service(dataclasses.replace(SETTINGS, **settings))
+        service = Service(dataclasses.replace(SETTINGS, **settings).engine())
         await service.start(backend, **({"shape": planned} if planned else {}))
         assert service.batch_shape == want
         assert (service.batcher.token_budget, service.batcher.max_batch) == want

@@ -20,8 +20,8 @@ from edgerank.backends.registry import open_reference
 from edgerank.engine.watch import FidelityWatch
 from edgerank.errors import BackendUnavailable
 from edgerank.models.manifest import Manifest
+from edgerank.testing import tiny_models
 from tests.server.test_http import HttpServerThread, http_settings
-from tests.support import tiny_models
 from tests.support.install import any_int8
 
 
@@ -139,7 +139,7 @@ def entries(tmp_path_factory, tiny_onnx_dir, tiny_bert_hf):
     swapped for another model's (a deliberately bad quantization)."""
     pytest.importorskip("torch")
     from edgerank.convert.onnx_export import export_onnx
-    from edgerank.store.entries import ModelStore
+    from edgerank.install.store import ModelStore
 
     tmp = tmp_path_factory.mktemp("watch")
     fp32 = export_onnx(tiny_bert_hf, tmp / "fp32")

@@ -35,6 +35,20 @@ class Daemon:
     log: list[str]
 
 
+def _logged(log: list[str], text: str, reader: threading.Thread) -> str:
+    """The first stderr line holding ``text``. READY=1 comes through the notify socket, the
+    log through a pipe this process reads on another thread: the daemon wrote the line
+    before READY, but the reader may not have appended it yet (issue 31, item 12), so wait
+    for it, or for the pipe to close."""
+    while True:
+        line = next((ln for ln in log if text in ln), None)
+        if line is not None:
+            return line
+        if not reader.is_alive():
+            raise AssertionError(f"the daemon never logged {text!r}: {''.join(log)}")
+        reader.join(0.05)
+
+
 @pytest.fixture(scope="package")
 def daemon(tiny_onnx_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interop")
@@ -49,7 +63,7 @@ def daemon(tiny_onnx_dir, tmp_path_factory):
     reader.start()
     try:
         notify.wait_for("READY=1", timeout=120)
-        listening = next(line for line in log if "listening on" in line)
+        listening = _logged(log, "listening on", reader)
         grpc_port = re.search(r"tcp port (\d+)", listening).group(1)
         http = re.search(r"(http://127\.0\.0\.1:\d+)", listening).group(1)
         yield Daemon(http, f"127.0.0.1:{grpc_port}", TOKEN, tiny_onnx_dir, log)

@@ -24,7 +24,7 @@ import pytest
 
 from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
-from tests.support import tiny_models
+from edgerank.testing import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 QUERY = "winter snow and cold rain"

@@ -19,8 +19,8 @@ from edgerank.hardware.facts import Gpu, Hardware
 from edgerank.planning.candidates import Choice, Wishes, quality_for
 from edgerank.planning.choice import choose
 from edgerank.planning.explain import explain
+from edgerank.planning.measured import Measured
 from edgerank.planning.memory import activation_kib_per_token, memory_need
-from edgerank.quality.measurements import Measured
 
 CATALOG = load_catalog(Path(__file__).resolve().parents[2] / "models.toml")
 BASE = frozenset({"onnx", "biencoder"})

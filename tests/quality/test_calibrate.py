@@ -12,14 +12,16 @@ from click.testing import CliRunner
 
 from edgerank.catalog.load import load_catalog
 from edgerank.hardware.facts import Gpu, Hardware
+from edgerank.install.store import ModelStore
+from edgerank.planning import measured as meas
 from edgerank.planning.candidates import Wishes
 from edgerank.planning.choice import choose
 from edgerank.planning.explain import explain
+from edgerank.planning.measured import Measured
 from edgerank.quality import calibrate as cal
-from edgerank.quality import measurements as meas
 from edgerank.quality import shapes
-from edgerank.quality.measurements import CalibrationCache, Measured
-from edgerank.store.entries import ModelStore
+from edgerank.store import calibration as stored
+from edgerank.store.calibration import CalibrationCache
 from tests.support.hardware import avx2_machine, pretend_avx2
 
 CATALOG = load_catalog()
@@ -56,15 +58,15 @@ def decide(calibration=None, installed=BOTH):
 
 
 def test_machine_key_ignores_free_memory_but_not_what_sets_speed():
-    key = meas.machine_key(hw())
-    assert meas.machine_key(hw(ram_available_mib=123, disk_free_mib=5)) == key
+    key = stored.machine_key(hw())
+    assert stored.machine_key(hw(ram_available_mib=123, disk_free_mib=5)) == key
     gpu = Gpu(0, "L4", 23034, 20000, "8.9")
-    with_gpu = meas.machine_key(hw(gpus=(gpu,)))
-    assert meas.machine_key(hw(gpus=(dataclasses.replace(gpu, vram_free_mib=10),))) == with_gpu
+    with_gpu = stored.machine_key(hw(gpus=(gpu,)))
+    assert stored.machine_key(hw(gpus=(dataclasses.replace(gpu, vram_free_mib=10),))) == with_gpu
     assert with_gpu != key
-    assert meas.machine_key(hw(isa=frozenset({"avx2", "amx_bf16"}))) != key
-    assert meas.machine_key(hw(physical_cores=4, logical_cpus=8, usable_cpus=8.0)) != key
-    assert meas.machine_key(hw(usable_cpus=1.0)) != key
+    assert stored.machine_key(hw(isa=frozenset({"avx2", "amx_bf16"}))) != key
+    assert stored.machine_key(hw(physical_cores=4, logical_cpus=8, usable_cpus=8.0)) != key
+    assert stored.machine_key(hw(usable_cpus=1.0)) != key
 
 
 def test_measured_best_threads_and_fidelity_floor():
@@ -85,10 +87,10 @@ def test_measured_shapes_roundtrip_and_old_rows_load_without_them(tmp_path):
     old = ONNX_FAST.to_dict()
     del old["shapes"]  # a row written before batch shapes were measured
     assert Measured.from_dict(old) == ONNX_FAST and ONNX_FAST.shapes == {}
-    path = tmp_path / meas.FILE
+    path = tmp_path / stored.FILE
     CalibrationCache(path).put(hw(), MODEL, [m, TORCH_SLOW])
     data = json.loads(path.read_text())
-    rows = data["machines"][meas.machine_key(hw())]["models"][MODEL]
+    rows = data["machines"][stored.machine_key(hw())]["models"][MODEL]
     del rows[1]["shapes"]
     rows[0]["shapes"] = {"8192": 1.0}  # not a shape: that row is skipped, the rest kept
     path.write_text(json.dumps(data))
@@ -113,7 +115,7 @@ def test_fastest_shape_keeps_to_the_limit_and_prefers_the_default_within_the_sla
 
 
 def test_cache_roundtrip_per_machine_and_model(tmp_path):
-    path = tmp_path / "home" / meas.FILE
+    path = tmp_path / "home" / stored.FILE
     CalibrationCache(path).put(hw(), MODEL, [ONNX_FAST, TORCH_SLOW])
     other = dataclasses.replace(ONNX_FAST, model="ms-marco-minilm-l4")
     CalibrationCache(path).put(hw(), "ms-marco-minilm-l4", [other])
@@ -124,12 +126,12 @@ def test_cache_roundtrip_per_machine_and_model(tmp_path):
     CalibrationCache(path).put(hw(), MODEL, [TORCH_SLOW])  # a new run replaces the model's
     assert CalibrationCache(path).get(hw(), MODEL) == [TORCH_SLOW]
     data = json.loads(path.read_text())
-    assert data["machines"][meas.machine_key(hw())]["facts"]["isa"] == ["avx2"]
+    assert data["machines"][stored.machine_key(hw())]["facts"]["isa"] == ["avx2"]
 
 
 @pytest.mark.parametrize("text", ["not json{", '{"schema": 99, "machines": {}}', "[1, 2]"])
 def test_broken_or_foreign_cache_reads_as_empty_and_is_rewritten(tmp_path, text):
-    path = tmp_path / meas.FILE
+    path = tmp_path / stored.FILE
     path.write_text(text)
     assert CalibrationCache(path).get(hw()) == []
     CalibrationCache(path).put(hw(), MODEL, [ONNX_FAST])
@@ -139,13 +141,13 @@ def test_broken_or_foreign_cache_reads_as_empty_and_is_rewritten(tmp_path, text)
 def test_lookup_drops_figures_of_a_replaced_entry(tmp_path, tiny_bert_hf, tiny_xlmr_hf):
     store = ModelStore(tmp_path / "home")
     store.import_torch(MODEL, tiny_bert_hf)
-    entry = meas.entry_fingerprint(store, MODEL, "torch")
+    entry = stored.entry_fingerprint(store, MODEL, "torch")
     CalibrationCache.for_store(store).put(
         hw(), MODEL, [dataclasses.replace(TORCH_SLOW, entry=entry)]
     )
-    assert set(meas.lookup(store, hw())) == {(MODEL, "torch", "fp32", "cpu")}
+    assert set(stored.lookup(store, hw())) == {(MODEL, "torch", "fp32", "cpu")}
     store.import_torch(MODEL, tiny_xlmr_hf)  # another checkpoint under the same name
-    assert meas.lookup(store, hw()) == {}
+    assert stored.lookup(store, hw()) == {}
 
 
 # ------------------------------------------------------------------------------ choice
@@ -219,10 +221,10 @@ def test_calibrate_measures_every_installed_backend_and_caches_it(both_store):
     for m in out:  # every shape of the grid, at the one thread count measured
         assert set(m.shapes) == grid and all(v > 0 for v in m.shapes.values())
         assert f"timing batch shapes of {m.backend}/{m.precision}/cpu at 1 thread(s)" in notes
-    assert meas.lookup(both_store, hw()) == {m.key: m for m in out}  # shapes cached too
+    assert stored.lookup(both_store, hw()) == {m.key: m for m in out}  # shapes cached too
     # random tiny weights spread scores by ~0.004, so INT8 may well rank unlike fp32 here
     fastest = max((m for m in out if m.fidelity_ok), key=lambda m: m.best_pairs_per_s)
-    choice = decide(meas.lookup(both_store, hw()))
+    choice = decide(stored.lookup(both_store, hw()))
     assert (choice.backend, choice.threads) == (fastest.backend, 1)
     tokens, pairs = fastest.fastest_shape(8192)
     assert (choice.batch_token_budget, choice.batch_max_pairs) == (tokens, pairs)
@@ -244,7 +246,7 @@ def test_calibrate_times_only_shapes_the_memory_allows(tmp_path, tiny_onnx_dir):
     tight = hw(ram_available_mib=400)  # ms-marco-minilm-l6 INT8: 4096 tokens fit, not 8192
     (m,) = cal.calibrate(store, tight, MODEL, seconds=0.1, threads=(1,))
     assert set(m.shapes) == {meas.shape_key(*s) for s in shapes.grid(4096)}
-    assert decide(meas.lookup(store, tight), installed={MODEL: ["onnx"]}).batch_measured
+    assert decide(stored.lookup(store, tight), installed={MODEL: ["onnx"]}).batch_measured
 
 
 def test_probe_calibrate_then_explain_uses_the_cache(both_store, monkeypatch):
@@ -259,7 +261,7 @@ def test_probe_calibrate_then_explain_uses_the_cache(both_store, monkeypatch):
     assert "measured on this machine" in res.output
     assert "onnx/int8 on cpu: pairs/s" in res.output and "torch/fp32 on cpu: pairs/s" in res.output
     assert re.search(r"threads \d, batch \d+ tokens, .*: measured", res.output), res.output
-    assert (both_store.root / meas.FILE).is_file()
+    assert (both_store.root / stored.FILE).is_file()
     again = runner.invoke(main, ["probe", "--json"])  # no --calibrate: the cache is read
     assert again.exit_code == 0, again.output
     data = json.loads(again.output)

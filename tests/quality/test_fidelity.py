@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from edgerank.quality.fidelity import rank_agreement, spearman
+from edgerank.engine.agreement import rank_agreement, spearman
 from edgerank.quality.texts import probe_groups
 
 
@@ -22,6 +22,7 @@ def test_rank_agreement_figures():
     out = rank_agreement(ref, cand)
     assert out["groups"] == 2
     assert out["spearman_mean"] == pytest.approx((0.5 + -1.0) / 2)
+    assert out["spearman_se"] == pytest.approx(0.75)  # |0.5 - -1| / sqrt(2), over sqrt(2)
     assert out["top1_kept"] == 0.5
     assert out["max_abs_diff"] == pytest.approx(2.0)
     with pytest.raises(ValueError):

@@ -1,6 +1,6 @@
 """Acceptance: the shipped INT8 recipe ranks like torch FP32, on real pretrained weights.
 
-The MiniLM-L6 cross-encoder (tests/support/minilm_ce.py) runs every quantized matmul on the real
+The MiniLM-L6 cross-encoder (edgerank/testing/minilm_ce.py) runs every quantized matmul on the real
 all-MiniLM-L6-v2 weights; scoring goes through the shipped path (store import, OnnxBackend,
 length-bucketed batches), so tokenization and batching are part of what is checked.
 Deterministic, not timed.
@@ -13,10 +13,11 @@ import pytest
 
 from edgerank.backends.onnx import OnnxBackend
 from edgerank.convert.backoff import Policy
+from edgerank.engine.agreement import rank_agreement
 from edgerank.engine.rank import score_documents
+from edgerank.install.store import ModelStore
 from edgerank.models.manifest import Manifest
-from edgerank.quality.fidelity import batch_gap, rank_agreement
-from edgerank.store.entries import ModelStore
+from edgerank.quality.fidelity import batch_gap
 
 
 @pytest.fixture(scope="module")

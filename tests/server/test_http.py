@@ -35,11 +35,11 @@ from edgerank.proto.edgerank.v1 import reranker_pb2 as pb
 from edgerank.proto.edgerank.v1 import reranker_pb2_grpc as pb_grpc
 from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
-from edgerank.server import http as http_server
+from edgerank.server import http_listen
 from edgerank.server import status as status_table
 from edgerank.server.settings import http_address, load
+from edgerank.testing import tiny_models
 from tests.server.test_server import Gated, ServerThread, settings_for
-from tests.support import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = tiny_models.corpus(300, seed=23)
@@ -51,7 +51,7 @@ class HttpServerThread(ServerThread):
 
     def __init__(self, settings):
         super().__init__(settings)
-        self.http = self.call(http_server.start(self.service, settings))
+        self.http = self.call(http_listen.start(self.service, settings))
 
     @property
     def base(self) -> str:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from edgerank.backends.onnx import OnnxBackend
+from edgerank.testing import tiny_models
 from tests.server.test_http import HttpServerThread, http_settings, ok
-from tests.support import tiny_models
 
 CORPUS = tiny_models.corpus(60, seed=41)
 ALIASES = "rerank-v3.5,jina-reranker-v2-base-multilingual"
@@ -186,5 +186,106 @@ def test_the_bi_encoder_refuses_over_long_texts_unless_truncate(tmp_path):
             cut = ok(c.post("/rerank", json={"query": "q", "texts": ["short", long],
                                              "truncate": True}))  # fmt: skip
             assert sorted(x["index"] for x in cut) == [0, 1]
+    finally:
+        server.close()
+
+
+# -- bodies that do not match what they claim -------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+def test_a_body_that_does_not_match_its_content_encoding_is_400(client, caplog, encoding):
+    """Before: Content-Encoding: gzip over plain JSON was a 500 with a traceback."""
+    body = b'{"query": "q", "documents": ["a"]}'
+    with caplog.at_level(logging.ERROR):
+        r = client.post(
+            "/v2/rerank",
+            content=body,
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+    assert r.status_code == 400, r.text
+    if encoding in ("gzip", "deflate"):  # br, zstd: aiohttp's parser refuses them first
+        assert "Content-Encoding" in r.json()["error"]
+    assert not [rec for rec in caplog.records if rec.exc_info]
+
+
+def test_a_gzip_body_that_is_gzip_is_read(client):
+    import gzip
+    import json
+
+    body = gzip.compress(json.dumps({"query": "q", "documents": ["a", "b"]}).encode())
+    r = client.post(
+        "/v2/rerank",
+        content=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert len(ok(r)["results"]) == 2
+
+
+def test_a_5000_digit_number_is_a_plain_400(client):
+    body = b'{"query": "q", "documents": ["a"], "top_n": ' + b"9" * 5000 + b"}"
+    r = client.post("/v2/rerank", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert "4300 digits" in r.json()["error"]
+    assert "set_int_max_str_digits" not in r.json()["error"]
+
+
+# -- TEI's truncate=false checks the query too ------------------------------------------------
+
+
+def test_tei_refuses_a_query_longer_than_the_window_unless_truncate(client, served):
+    """Before: a 3000-word query with a 1-word text got 200, the query silently cut."""
+    import grpc
+
+    from edgerank.proto.tei.v1 import tei_pb2 as tei
+    from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
+
+    long_query = " ".join(CORPUS)[:3500]  # far beyond the tiny model's 128 tokens
+    r = client.post("/rerank", json={"query": long_query, "texts": ["word"]})
+    assert r.status_code == 413, r.text
+    assert r.json()["error_type"] == "Validation" and "query" in r.json()["error"]
+    cut = client.post("/rerank", json={"query": long_query, "texts": ["word"], "truncate": True})
+    assert cut.status_code == 200
+    stub = tei_grpc.RerankStub(grpc.insecure_channel(served.tcp))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Rerank(tei.RerankRequest(query=long_query, texts=["word"]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == r.json()["error"]  # one rule, one message on both faces
+    with pytest.raises(grpc.RpcError):
+        stub.RerankStream(iter([tei.RerankStreamRequest(query=long_query, text="word")]))
+    assert len(stub.Rerank(tei.RerankRequest(query=long_query, texts=["w"], truncate=True)).ranks)
+
+
+def test_tei_refusals_count_alike_on_both_faces(client, served):
+    """The 'set truncate=true' refusal is TooLarge on both (before: InvalidInput on gRPC)."""
+    import grpc
+
+    from edgerank.proto.tei.v1 import tei_pb2 as tei
+    from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
+    from tests.server.test_http import scrape, value
+
+    long_text = " ".join(CORPUS)[:3500]
+    before = scrape(served)
+    assert client.post("/rerank", json={"query": "q", "texts": [long_text]}).status_code == 413
+    with pytest.raises(grpc.RpcError):
+        tei_grpc.RerankStub(grpc.insecure_channel(served.tcp)).Rerank(
+            tei.RerankRequest(query="q", texts=[long_text])
+        )
+    after = scrape(served)
+    key = ("edgerank_rejections_total", {"reason": "too_large"})
+    assert value(after, key[0], **key[1]) - value(before, key[0], **key[1]) == 2
+
+
+def test_a_request_larger_than_the_queue_names_only_what_is_over(tiny_onnx_dir, tmp_path):
+    """Before: "request needs 20 pairs / 0 tokens" (tokens are not counted yet then)."""
+    server = HttpServerThread(http_settings(tmp_path, max_queue_pairs=10))
+    try:
+        server.load(OnnxBackend.from_dir(tiny_onnx_dir, threads=1))
+        r = httpx.post(
+            server.base + "/v2/rerank", json={"query": "q", "documents": CORPUS[:20]}, timeout=60
+        )
+        assert r.status_code == 413
+        assert r.json()["error"].startswith("request has 20 pairs, more than the whole queue")
+        assert "tokens" not in r.json()["error"]
     finally:
         server.close()

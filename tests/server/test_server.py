@@ -35,7 +35,7 @@ from edgerank.proto.tei.v1 import tei_pb2 as tei
 from edgerank.proto.tei.v1 import tei_pb2_grpc as tei_grpc
 from edgerank.server import grpc as grpc_server
 from edgerank.server.settings import Settings
-from tests.support import tiny_models
+from edgerank.testing import tiny_models
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -77,7 +77,7 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.service = Service(settings)
+        self.service = Service(settings.engine())
         self.listening = self.call(grpc_server.start(self.service, settings))
 
     def call(self, coro, timeout: float = 60):
@@ -297,7 +297,7 @@ def test_tei_refuses_over_long_input_unless_truncate(address):
     with pytest.raises(grpc.RpcError) as err:
         rerank_stub.Rerank(tei.RerankRequest(query="q", texts=["short", LONG]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input 1" in err.value.details() and "truncate" in err.value.details()
+    assert "text 1" in err.value.details() and "truncate" in err.value.details()
     ok = rerank_stub.Rerank(tei.RerankRequest(query="q", texts=["short", LONG], truncate=True))
     assert len(ok.ranks) == 2
 

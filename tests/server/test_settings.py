@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -91,12 +92,12 @@ def test_out_of_range_values_are_refused(tmp_path, flags, message):
 def test_batch_settings_default_to_the_planners_shape_and_an_explicit_value_wins(tmp_path):
     s = load({}, env={}, config=write(tmp_path, ""))
     assert (s.max_batch_tokens, s.max_batch_pairs) == (0, 0)  # auto
-    assert s.batch_shape((4096, 8)) == (4096, 8)
-    assert s.batch_shape((2048, None)) == (2048, None)
+    assert s.engine().batch_shape((4096, 8)) == (4096, 8)
+    assert s.engine().batch_shape((2048, None)) == (2048, None)
     env = {"EDGERANK_MAX_BATCH_PAIRS": "16"}
     s = load({"max_batch_tokens": 1024}, env=env, config=write(tmp_path, ""))
-    assert s.batch_shape((4096, 8)) == (1024, 16)
-    assert s.batch_shape((4096, None)) == (1024, 16)
+    assert s.engine().batch_shape((4096, 8)) == (1024, 16)
+    assert s.engine().batch_shape((4096, None)) == (1024, 16)
 
 
 def test_token_file_and_hidden_token(tmp_path):
@@ -105,6 +106,66 @@ def test_token_file_and_hidden_token(tmp_path):
     assert s.bearer_token() == "s3cret"
     s = load({"token": "visible?"}, env={}, config=write(tmp_path, ""))
     assert "visible?" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is empty"),
+        ("   \n\t\n", "is empty"),
+        ("abc\ndef\n", "holds '\\n' at character 3"),
+        ("abc def", "holds ' ' at character 3"),
+        ("t\u00f6ken", "holds '\u00f6' at character 1"),
+    ],
+)
+def test_a_token_no_client_can_send_is_refused(tmp_path, content, message):
+    """Before: an empty token file served TCP with no authentication at all, silently."""
+    (tmp_path / "token").write_text(content)
+    s = load({"token_file": str(tmp_path / "token")}, env={}, config=write(tmp_path, ""))
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        s.bearer_token()
+    if content:  # the same token as a flag (not stripped: its whitespace is its own)
+        with pytest.raises(SettingsError, match=r"^token (is empty|holds)"):
+            load({"token": content}, env={}, config=write(tmp_path, "")).bearer_token()
+
+
+def test_an_empty_token_flag_is_refused_but_the_files_empty_default_is_unset(tmp_path):
+    with pytest.raises(SettingsError, match="--token is empty"):
+        load({"token": ""}, env={}, config=write(tmp_path, ""))
+    assert load({}, env={}, config=write(tmp_path, 'token = ""\n')).bearer_token() == ""
+
+
+def test_an_empty_token_file_stops_the_daemon_at_start_up(tmp_path, tiny_onnx_dir):
+    from tests.server.test_transport import error_lines, second_daemon
+
+    (tmp_path / "token").write_text("\n")
+    flags = ("--listen", "127.0.0.1:0", "--socket", "", "--token-file", str(tmp_path / "token"))
+    done = second_daemon(tiny_onnx_dir, *flags)
+    assert done.returncode == 1, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert f"token_file {tmp_path / 'token'} is empty" in line
+
+
+def test_served_names_are_listed_once(tmp_path):
+    s = load({"served_model_name": "ce, ce,x,ce"}, env={}, config=write(tmp_path, ""))
+    assert s.served_names() == ["ce", "x"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"listen": "127.0.0.1:8080", "http": "8080"}, "name the same address"),
+        ({"listen": "0.0.0.0:8080", "http": "127.0.0.1:8080"}, "name the same address"),
+        ({"socket": "/run/e.sock", "http_socket": "/run/./e.sock"}, "name the same path"),
+    ],
+)
+def test_two_listeners_on_one_address_are_named_not_blamed_on_another_daemon(
+    tmp_path, flags, message
+):
+    with pytest.raises(SettingsError, match=message):
+        load(flags, env={}, config=write(tmp_path, ""))
+    fine = load({"listen": "127.0.0.1:0", "http": "127.0.0.1:0"}, env={}, config="/dev/null")
+    assert fine.http == "127.0.0.1:0"  # two port-0 listeners get a port each
 
 
 def test_the_shipped_example_file_is_valid_and_complete():

@@ -75,6 +75,13 @@ def test_a_second_daemon_on_a_live_grpc_port_exits_1_with_one_line(first, tiny_o
     rerank_ok(first.tcp)  # the first one still owns its port
 
 
+def test_a_busy_grpc_port_is_the_only_line(first, tiny_onnx_dir):
+    """Before: gRPC core printed its own "E... add_port.cc" line ahead of ours."""
+    done = second_daemon(tiny_onnx_dir, "--listen", first.tcp, "--socket", "")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "in use" in lines[0], done.stderr
+
+
 def test_a_second_daemon_on_a_live_http_port_exits_1(first, tiny_onnx_dir, tmp_path):
     host, port = first.http.tcp
     flags = ("--listen", "", "--socket", str(tmp_path / "b.sock"), "--http", f"{host}:{port}")
@@ -223,3 +230,31 @@ def test_a_certificate_and_a_key_that_do_not_match_say_so(tmp_path, tiny_onnx_di
     assert done.returncode == 1, done.stderr
     (line,) = error_lines(done.stderr)
     assert f"tls_key {key_b} does not match tls_cert {cert_a}" in line
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.parametrize("junk", [b"", b"not a key\n", b"-----BEGIN PRIVATE KEY-----\nAAAA\n"])
+def test_a_junk_tls_key_is_named_in_one_line(tmp_path, tiny_onnx_dir, junk):
+    """Before: "[SSL] PEM lib (_ssl.c:3926)", naming neither file nor fault."""
+    cert, key = _self_signed(tmp_path, "a")
+    key.write_bytes(junk)
+    with pytest.raises(InvalidInput, match=f"tls_key {key}|{key}") as err:
+        transport.server_context(Settings(tls_cert=str(cert), tls_key=str(key)))
+    assert "PEM lib" not in str(err.value) and "_ssl.c" not in str(err.value)
+    flags = ("--listen", "127.0.0.1:0", "--socket", "", "--tls-cert", str(cert))
+    done = second_daemon(tiny_onnx_dir, *flags, "--tls-key", str(key))
+    assert done.returncode == 1, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert str(key) in line and "_ssl.c" not in line
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_an_encrypted_tls_key_is_refused_without_a_prompt(tmp_path):
+    cert, key = _self_signed(tmp_path, "a")
+    locked = tmp_path / "locked.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:x", "-out", str(locked)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with pytest.raises(InvalidInput, match="is encrypted"):
+        transport.server_context(Settings(tls_cert=str(cert), tls_key=str(locked)))

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from edgerank.hardware.facts import Hardware
-from edgerank.quality.measurements import CalibrationCache, Measured, entry_fingerprint
-from edgerank.store.entries import ModelStore
+from edgerank.install.store import ModelStore
+from edgerank.planning.measured import Measured
+from edgerank.store.calibration import CalibrationCache, entry_fingerprint
 
 #: a catalog model small enough for any test machine (23 MiB INT8, hidden 384)
 MODEL = "ms-marco-minilm-l6"

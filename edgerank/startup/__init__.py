@@ -1,0 +1,1 @@
+"""The composition root: what will serve, decided once (resolve) and opened (open)."""
