@@ -1,6 +1,7 @@
 """Does one scorer rank like another? The agreement figures every fidelity check reports
 (install-time proof, calibration, the daemon's live fidelity watch): mean and worst Spearman
-per query group (and the mean's standard error), the share of groups whose reference top-1 stays top-1, the largest score gap.
+per query group (and the mean's standard error), the share of groups whose reference top-1
+stays top-1, the largest score gap.
 """
 
 from __future__ import annotations
