@@ -10,7 +10,8 @@ in any way other than a refusal the client can retry elsewhere.
 channel with no retries (so every outcome is seen), until FILE exists or (--until-error)
 each caller's first call that is not OK (the daemon refused it, or it was lost); it stops
 by itself after --max-calls or --max-s.
-`summary` prints one JSON line: calls, ok, refused, lost (with their errors), the longest
+`summary` prints one JSON line: calls, ok, refused (refused_draining: by the daemon's drain
+rather than a connection that could not be made), lost (with their errors), the longest
 time a caller took from an answer to its next call (next_call_s_max: the daemon's
 drain_quiet_s must outlast it, or that next call races the listener's close), and, given
 the time a reload or stop was issued (--mark: a file holding epoch seconds), how many
@@ -134,6 +135,8 @@ def summary(args: argparse.Namespace) -> int:
     refused = [c for c in calls if c["code"] != "OK" and _refused(c)]
     lost = [c for c in calls if c["code"] != "OK" and not _refused(c)]
     report = {"calls": len(calls), "ok": len(ok), "refused": len(refused), "lost": len(lost)}
+    # of the refusals, those the daemon's drain answered (the rest could not connect)
+    report["refused_draining"] = sum(DRAINING in c.get("details", "").lower() for c in refused)
     if lost:
         report["lost_errors"] = sorted({f"{c['code']}: {c.get('details', '')}" for c in lost})
     if args.mark:
@@ -145,7 +148,7 @@ def summary(args: argparse.Namespace) -> int:
         report["ok_after_mark"] = sum(c["code"] == "OK" and c["start"] > mark for c in calls)
     gaps = _next_call_gaps(calls)
     if gaps:
-        report["next_call_s_max"] = round(max(gaps), 3)
+        report["next_call_s_max"] = round(max(gaps), 4)
     if ok:
         report["call_s_median"] = round(sorted(c["end"] - c["start"] for c in ok)[len(ok) // 2], 3)
     print(json.dumps(report))
