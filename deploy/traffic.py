@@ -10,7 +10,10 @@ in any way other than a refusal the client can retry elsewhere.
 channel with no retries (so every outcome is seen), until FILE exists or (--until-error)
 each caller's first call that is not OK (the daemon refused it, or it was lost); it stops
 by itself after --max-calls or --max-s.
-`summary` prints one JSON line: calls, ok, refused, lost (with their errors), and, given
+`summary` prints one JSON line: calls, ok, refused (refused_draining: by the daemon's drain
+rather than a connection that could not be made), lost (with their errors), the longest
+time a caller took from an answer to its next call (next_call_s_max: the daemon's
+drain_quiet_s must outlast it, or that next call races the listener's close), and, given
 the time a reload or stop was issued (--mark: a file holding epoch seconds), how many
 calls were in flight then and how many of those came back answered.
 
@@ -22,6 +25,7 @@ not OK (a reset mid-call, CANCELLED, INTERNAL, a timeout) is lost.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -34,7 +38,7 @@ WORDS = (
     "paper tray budget council road repair tuesday banana potassium breakfast river "
     "bridge train station ticket refund delay weather forecast rain wind garden soil"
 ).split()
-#: the details of the daemon's refusal while it drains (engine/service.py)
+#: the details of the daemon's refusal while it drains (engine/drain.py)
 DRAINING = "draining"
 #: connection-level failures: the call never reached a listener
 NOT_CONNECTED = ("failed to connect", "connection refused", "no such file", "connect failed")
@@ -44,7 +48,7 @@ def documents(n: int, words: int = 60) -> list[str]:
     return [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(words)) for i in range(n)]
 
 
-def _caller(stub, pb, args, docs, stop, out, lock, budget) -> None:
+def _caller(k, stub, pb, args, docs, stop, out, lock, budget) -> None:
     import grpc
 
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
@@ -66,7 +70,7 @@ def _caller(stub, pb, args, docs, stop, out, lock, budget) -> None:
             record = {"code": "OK", "results": len(reply.results)}
         except grpc.RpcError as exc:
             record = {"code": exc.code().name, "details": exc.details() or ""}
-        record.update(start=start, end=time.time())
+        record.update(caller=k, start=start, end=time.time())
         with lock:
             out.write(json.dumps(record) + "\n")
             out.flush()
@@ -87,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
         threads = [
             threading.Thread(
                 target=_caller,
-                args=(pb_grpc.RerankerStub(ch), pb, args, docs, stop, out, lock, budget),
+                args=(k, pb_grpc.RerankerStub(ch), pb, args, docs, stop, out, lock, budget),
                 daemon=True,
             )
-            for ch in channels
+            for k, ch in enumerate(channels)
         ]
         for t in threads:
             t.start()
@@ -112,6 +116,18 @@ def _refused(record: dict) -> bool:
     )
 
 
+def _next_call_gaps(calls: list[dict]) -> list[float]:
+    """Each caller's time from an answer to its next call, as the caller measured it."""
+    by_caller: dict[int, list[dict]] = {}
+    for c in calls:
+        by_caller.setdefault(c["caller"], []).append(c)
+    gaps = []
+    for own in by_caller.values():
+        own.sort(key=lambda c: c["start"])
+        gaps += [b["start"] - a["end"] for a, b in itertools.pairwise(own)]
+    return gaps
+
+
 def summary(args: argparse.Namespace) -> int:
     with open(args.calls) as f:
         calls = [json.loads(line) for line in f if line.strip()]
@@ -119,6 +135,8 @@ def summary(args: argparse.Namespace) -> int:
     refused = [c for c in calls if c["code"] != "OK" and _refused(c)]
     lost = [c for c in calls if c["code"] != "OK" and not _refused(c)]
     report = {"calls": len(calls), "ok": len(ok), "refused": len(refused), "lost": len(lost)}
+    # of the refusals, those the daemon's drain answered (the rest could not connect)
+    report["refused_draining"] = sum(DRAINING in c.get("details", "").lower() for c in refused)
     if lost:
         report["lost_errors"] = sorted({f"{c['code']}: {c.get('details', '')}" for c in lost})
     if args.mark:
@@ -128,6 +146,9 @@ def summary(args: argparse.Namespace) -> int:
         report["in_flight_at_mark"] = len(spanning)
         report["in_flight_answered"] = sum(c["code"] == "OK" for c in spanning)
         report["ok_after_mark"] = sum(c["code"] == "OK" and c["start"] > mark for c in calls)
+    gaps = _next_call_gaps(calls)
+    if gaps:
+        report["next_call_s_max"] = round(max(gaps), 4)
     if ok:
         report["call_s_median"] = round(sorted(c["end"] - c["start"] for c in ok)[len(ok) // 2], 3)
     print(json.dumps(report))

@@ -113,7 +113,7 @@ down_with_traffic() {
   wait "$traffic" || fail "$name: traffic.py"
   wait "$logs" 2>/dev/null || true
   echo "${name^^}_TRAFFIC $("$PYTHON" deploy/traffic.py summary "$WORK/$name.jsonl" --mark "$WORK/$name.mark")"
-  grep -E 'SIGTERM|stopped after' "$WORK/$name.log" | sed "s/^/${name^^}_LOG /"
+  grep -E 'SIGTERM|drain timeout|stopped after' "$WORK/$name.log" | sed "s/^/${name^^}_LOG /"
 }
 # podman 4.3's `kube down` (and `pod stop`) stops the pod's infra container, and with it the
 # published port's forwarding, at once: the daemon drains its calls and exits 0, but the

@@ -193,7 +193,7 @@ end=$(now)
 until_ok 600 traffic_done stop || fail "stop traffic did not end"
 echo "STOP $(secs "$mark" "$end")s (TimeoutStopSec=$(prop TimeoutStopUSec)); result $(prop Result), exit $(prop ExecMainCode)/$(prop ExecMainStatus)"
 echo "STOP_TRAFFIC $(in_c python3 $T/traffic.py summary /tmp/stop.jsonl --mark /tmp/stop.mark)"
-journal_since "$mark" | grep -E 'Stopping|SIGTERM|stopped after|Deactivated|Stopped|timed out|Killing' | sed 's/^/JOURNAL /'
+journal_since "$mark" | grep -E 'Stopping|SIGTERM|drain timeout|stopped after|Deactivated|Stopped|timed out|Killing' | sed 's/^/JOURNAL /'
 
 # --- MemoryMax enforced -----------------------------------------------------------------
 say "MemoryMax enforced: a 900 MiB allocation in the unit's cgroup; the daemon under 48M"

@@ -30,7 +30,8 @@ class Drain:
 
     def _init_drain(self) -> None:
         self.calls = 0  # RPCs inside a handler, streaming ones included
-        self._last_knock = 0.0  # monotonic time of the drain, or of the last call it refused
+        #: monotonic time of the drain, or of the last call it refused or answered since
+        self._last_knock = 0.0
         self._idle: asyncio.Event | None = None
         #: the tasks scoring a call right now, and those abandon() cut off
         self._running: set[asyncio.Task] = set()
@@ -68,7 +69,12 @@ class Drain:
             self.end_call()
 
     def end_call(self) -> None:
+        """A call answered. While draining its client is the likeliest to send the next
+        call at once: that call must meet a refusal, not the listener's close, so an answer
+        restarts the quiet window as a refusal does (wait_quiet)."""
         self.calls -= 1
+        if self.state == "draining":
+            self._last_knock = time.monotonic()
         if self.calls == 0 and self._idle is not None:
             self._idle.set()
 
@@ -85,9 +91,11 @@ class Drain:
 
     async def wait_quiet(self, quiet_s: float, timeout: float) -> None:
         """After drain(): linger while clients still send calls (each refused UNAVAILABLE,
-        which a balancing client retries on another replica) until none came for
-        `quiet_s`, at most `timeout`. Closing the listener sooner cancels the calls that
-        race the close; lingering gives health-checking clients time to see NOT_SERVING."""
+        which a balancing client retries on another replica) until none came and none was
+        answered for `quiet_s`, at most `timeout`. Closing the listener sooner makes grpc
+        cancel (CANCELLED, not retryable) the calls that race the close, such as the one a
+        client sends the moment its last call is answered; lingering also gives
+        health-checking clients time to see NOT_SERVING."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:

@@ -78,7 +78,9 @@ class Settings:
     max_connections: int = _opt(
         400, "open connections per face at most (HTTP closes the idlest; gRPC refuses)"
     )
-    drain_quiet_s: float = _opt(0.5, "on SIGTERM, refuse new calls until none came for this long")
+    drain_quiet_s: float = _opt(
+        0.5, "on SIGTERM, refuse new calls until none came or ended for this long"
+    )
     max_connection_age_s: float = _opt(0.0, "close connections after this age; 0 = never")
     tls_cert: str = _opt("", "PEM certificate for TLS on the TCP listeners (gRPC and HTTP)")
     tls_key: str = _opt("", "PEM private key for TLS on the TCP listeners (gRPC and HTTP)")

@@ -53,4 +53,7 @@ def test_taking_the_pod_down_drains_it_with_no_request_lost(played) -> None:
     assert drained["in_flight_answered"] == drained["in_flight_at_mark"]
     assert "app exited 0" in played["DRAINED"]
     assert any("SIGTERM: draining" in line for line in played["DRAINED_LOG"])
+    # no call reached the drain deadline (the line says how far it stayed from it)
+    assert any("every accepted call answered in" in line for line in played["DRAINED_LOG"])
+    assert not any("drain timeout" in line for line in played["DRAINED_LOG"])
     assert played["LEFT"] == ["0 pods", "0 pods"]

@@ -93,6 +93,9 @@ def test_stop_with_requests_in_flight_loses_none(booted) -> None:
     # a clean exit: SIGTERM sufficed, systemd never had to kill (within TimeoutStopSec)
     assert "result success, exit 1/0" in booted["STOP"][0], booted["STOP"]
     assert "timed out" not in journal(booted)
+    # no call reached the drain deadline (the journal line says how far it stayed from it)
+    assert "every accepted call answered in" in journal(booted)
+    assert "drain timeout" not in journal(booted)
 
 
 def test_reload_with_requests_in_flight_loses_none(booted) -> None:

@@ -113,6 +113,60 @@ def test_sigterm_past_the_drain_answers_every_open_call_and_exits_0(tiny_onnx_di
     assert "Traceback" not in log
 
 
+def test_sigterm_refuses_the_call_a_client_sends_the_moment_its_last_one_is_answered(
+    tiny_onnx_dir, tmp_path
+):
+    """Before: the quiet window ran from the last refusal only, so once the last accepted
+    calls were answered the listener closed at once, racing the next call each client sent
+    straight away: such a call came back CANCELLED (the deploy checks' lost call) or as a
+    connection that could not be made. Now an answer restarts the quiet window, and every
+    next call meets the drain's own refusal. The gate holds the calls past the window the
+    SIGTERM opened; the window itself (3 s) is each client's time to send its next call."""
+    gate = tmp_path / "gate"
+    quiet_s, callers = 3.0, 4
+    daemon = DaemonProcess(
+        tmp_path,
+        "--model", str(tiny_onnx_dir), "--listen", "127.0.0.1:0", "--socket", "",
+        "--http", "127.0.0.1:0", "--drain-timeout-s", "120", "--drain-quiet-s", str(quiet_s),
+        "--cache-bytes", "0",
+        TEST_DOUBLE_GATE=str(gate),
+    )  # fmt: skip
+    pool = concurrent.futures.ThreadPoolExecutor(callers)
+
+    def two_calls(k: int) -> tuple[str, str]:
+        """A held call, then at once the next one, on the same connection."""
+        stub = pb_grpc.RerankerStub(grpc.insecure_channel(daemon.grpc))
+        seen = []
+        for query in (f"held {k}", f"next {k}"):
+            try:
+                stub.Rerank(pb.RerankRequest(query=query, documents=CORPUS[:6]), timeout=120)
+                seen.append("OK")
+            except grpc.RpcError as exc:
+                seen.append(f"{exc.code().name}: {exc.details()}")
+        return seen[0], seen[1]
+
+    try:
+        daemon.wait_ready()
+        gate.touch()  # after the warm-up, which is a batch too
+        calls = [pool.submit(two_calls, k) for k in range(callers)]
+        wait_until(lambda: in_flight(daemon.http) == callers, f"{callers} calls in flight")
+        daemon.send(signal.SIGTERM)
+        daemon.wait_log(f"SIGTERM: draining {callers} in-flight calls")
+        time.sleep(quiet_s + 0.5)  # the window the SIGTERM opened is over (at least)
+        gate.unlink()
+        seen = [f.result(120) for f in calls]
+        code = daemon.wait()
+    finally:
+        pool.shutdown(cancel_futures=True)
+        daemon.close()
+    log = daemon.text()
+    assert [held for held, _ in seen] == ["OK"] * callers, log
+    # before: "CANCELLED: CANCELLED", or "UNAVAILABLE: failed to connect to all addresses"
+    following = [nxt for _, nxt in seen]
+    assert all(f.startswith("UNAVAILABLE: the server is draining") for f in following), following
+    assert code == 0 and "Traceback" not in log, log
+
+
 # -- SIGHUP -----------------------------------------------------------------------------------
 
 

@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 
 from edgerank.server import systemd
+from edgerank.server.daemon import CLOSE_S
+from edgerank.server.transport import FLUSH_S
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "edgerank.service"
+SETTINGS = UNIT.with_name("edgerank.toml")
+#: beyond the daemon's own bound on SIGTERM -> exit: the interpreter's exit on a loaded box
+EXIT_SPARE_S = 5.0
 
 
 @pytest.fixture
@@ -159,3 +169,17 @@ def test_unit_file_has_the_required_directives():
     assert directives["ProtectSystem"] == "strict"
     assert directives["CapabilityBoundingSet"] == ""
     assert "@system-service" in text
+
+
+def test_the_shipped_drain_fits_inside_timeout_stop_sec():
+    """systemd SIGKILLs what still runs at TimeoutStopSec, and a killed drain loses every
+    call it held: the daemon's bound on SIGTERM -> exit (the shipped drain_timeout_s, then
+    the answers' flush and the worker's close) must sit inside it, with room to spare."""
+    directives = dict(
+        line.split("=", 1)
+        for line in UNIT.read_text().splitlines()
+        if "=" in line and line[0] != "#"
+    )
+    stop_s = float(directives["TimeoutStopSec"])
+    drain_s = tomllib.loads(SETTINGS.read_text())["drain_timeout_s"]
+    assert drain_s + FLUSH_S + CLOSE_S + EXIT_SPARE_S <= stop_s, (drain_s, stop_s)
