@@ -436,7 +436,9 @@ def test_cli_request_shape_lands_in_the_manifest_and_a_bad_one_is_one_line(
     assert m.recipe["request_shape"] == "100x64-128"
     assert m.serving["verdict"]["shape"] == "100x64-128"
     listed = runner.invoke(main, ["models"])
-    assert "t: onnx int8 + FP32 rescoring" in listed.output and "100x64-128" in listed.output
+    entry = listed.output.split("t (onnx, custom): ", 1)[1]
+    assert "+ FP32 rescoring of the leader's near-ties" in entry.splitlines()[0]
+    assert "why: " in entry and "100x64-128" in entry.split("why: ", 1)[1].splitlines()[0]
     bad = runner.invoke(main, ["import", str(fp32_dir), "--name", "u", "--request-shape", "lots"])
     assert bad.exit_code == 1 and "request shape 'lots'" in bad.output
     assert "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1

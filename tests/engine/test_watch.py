@@ -148,7 +148,8 @@ def entries(tmp_path_factory, tiny_onnx_dir, tiny_bert_hf):
         "other", tiny_models.build_tiny_bert(tmp / "other-hf", seed=5), policy=any_int8()
     )
     bad = _with_reference(tiny_onnx_dir, fp32, tmp / "bad")
-    shutil.copy2(other / "model.int8.onnx", bad / "model.int8.onnx")
+    for name in ("model.int8.onnx", "model.int8.onnx.data"):  # the graph and its weights
+        shutil.copy2(other / name, bad / name)
     m = Manifest.read(bad)
     m.write(bad)  # re-hash: the swap is a valid entry that ranks wrongly
     return good, bad
