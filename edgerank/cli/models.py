@@ -92,4 +92,3 @@ def _table(rows: list[dict]) -> None:
         pairs = enumerate(zip(row, widths, strict=True))
         padded = [c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in pairs]
         click.echo("  ".join(padded).rstrip())
-
