@@ -39,11 +39,14 @@ class Entry:
     #: why this file and not another (the install's decision), "" when there was no choice
     why: str
     disk_bytes: int
-    #: bytes of the files a runtime loads to serve it (the model, its FP32 reference)
+    #: bytes of the files a runtime loads to serve it (the model, its FP32 reference), the
+    #: external weights files beside them included
     loaded_bytes: int
     source: str
     #: the line score/serve print when its fidelity is not proved here, else ""
     warning: str = ""
+    #: of loaded_bytes, the FP32 reference's (mapped: file pages the kernel can take back)
+    reference_bytes: int = 0
 
     def lines(self) -> list[str]:
         """Two or three lines for a listing."""
@@ -52,6 +55,11 @@ class Entry:
         if self.cascade:
             head += " + FP32 rescoring of the leader's near-ties"
         head += f"; {self.disk_bytes / MIB:.1f} MiB on disk"
+        if self.reference_bytes:
+            head += (
+                f", serving loads {self.loaded_bytes / MIB:.1f} MiB (the FP32 reference's "
+                f"{self.reference_bytes / MIB:.1f} mapped)"
+            )
         out = [head]
         out += [f"    {x}" for x in (self.fidelity, self.speed) if x]
         if self.why:
@@ -83,9 +91,8 @@ def describe(
             if verdict.serves == "fp32":
                 why += "; the INT8 option is kept for a daemon serving other request shapes"
     recipe, fid = manifest.recipe or {}, manifest.fidelity or {}
-    loaded = [manifest.model_file]
-    if ref := recipe.get("reference_file"):
-        loaded.append(ref)
+    model = _with_data(manifest.model_file)
+    ref = _with_data(recipe["reference_file"]) if recipe.get("reference_file") else []
     return Entry(
         name=name or manifest.name,
         backend=manifest.backend,
@@ -98,10 +105,16 @@ def describe(
         speed=_speed(fid),
         why=why or _why(manifest),
         disk_bytes=_size(path, manifest.files),
-        loaded_bytes=_size(path, loaded),
+        loaded_bytes=_size(path, model + ref),
         source=_source(manifest.source or {}),
         warning=manifest.fidelity_note(kernel) or "",
+        reference_bytes=_size(path, ref),
     )
+
+
+def _with_data(rel: str) -> list[str]:
+    """A graph and the external weights file the install writes beside it."""
+    return [rel, rel + ".data"]
 
 
 def embedded(encoder: Path | None) -> Entry:

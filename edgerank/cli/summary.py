@@ -38,7 +38,9 @@ def summary(entry: Entry, how: str, seconds: float, peak_bytes: int) -> list[str
     lines.append(f"  fidelity: {entry.fidelity or 'not measured'}")
     if entry.speed:
         lines.append(f"  speed:    {entry.speed}")
-    weights = "the model file and its FP32 graph" if entry.cascade else "the model file"
+    weights = "the model file"
+    if entry.reference_bytes:
+        weights += f" and its FP32 reference, {entry.reference_bytes / MIB:.1f} MiB mapped"
     if entry.backend == "gguf":
         weights = "the served quant's file"
     lines.append(

@@ -72,11 +72,13 @@ def test_models_lists_every_installed_entry_with_what_it_is(home):
 def _manifest(tmp_path, **fields):
     d = tmp_path / "entry"
     d.mkdir()
-    for f in ("model.int8.onnx", "model.fp32.onnx", "tokenizer.json"):
-        (d / f).write_bytes(b"x" * (3 << 20 if "int8" in f else 9 << 20))
+    # MiB per file: each graph with its weights in an external-data file, as installed
+    sizes = {"model.int8.onnx": 1, "model.int8.onnx.data": 2, "model.fp32.onnx": 1,
+             "model.fp32.onnx.data": 8, "tokenizer.json": 9}  # fmt: skip
+    for f, mib in sizes.items():
+        (d / f).write_bytes(b"x" * (mib << 20))
     m = Manifest(name="mine", backend="onnx", model_file="model.int8.onnx", max_length=512,
-                 files={f: {} for f in ("model.int8.onnx", "model.fp32.onnx", "tokenizer.json")},
-                 **fields)  # fmt: skip
+                 files={f: {} for f in sizes}, **fields)  # fmt: skip
     m.write(d)
     return Manifest.read(d), d
 
@@ -99,7 +101,14 @@ def test_the_import_summary_of_an_int8_install_with_its_cascade(tmp_path):
     assert "INT8 alone 0.989, 95.0%" in text
     assert "speed:    1.74x the FP32 graph's speed on the probe (vnni int8 kernel)" in text
     assert "2.54x without rescoring" in text
-    assert "size:     21.0 MiB on disk; serving loads 12.0 MiB (the model file and its FP32" in text
+    assert (
+        "size:     21.0 MiB on disk; serving loads 12.0 MiB (the model file and its FP32 "
+        "reference, 9.0 MiB mapped)" in text
+    )
+    assert (
+        "serving loads 12.0 MiB (the FP32 reference's 9.0 mapped)"
+        in describe(m, d, False).lines()[0]
+    )
     assert "took:     4 min 32 s, peak memory 1.90 GiB" in text
     assert "{" not in text  # no JSON blob
 
