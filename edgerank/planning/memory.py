@@ -113,7 +113,7 @@ def full_batch_need(spec: ModelSpec, backend: str, precision: str) -> int:
 #: part (Python, onnxruntime, onnx, tokenizers, the probe and calibration text) and a
 #: multiple of the FP32 graph (the graphs the loop holds at once: fused FP32, smoothed, a
 #: candidate, its one-thread twin, the sensitivity switch graph, their sessions)
-IMPORT_FIXED_MIB = 700
+IMPORT_FIXED_MIB = 750
 IMPORT_PER_FP32 = 8.0
 #: a checkpoint's export adds torch and the model it exports
 EXPORT_FIXED_MIB = 600
