@@ -274,7 +274,7 @@ def real_report(work: Path, threads: list[int], rounds: int, speed_groups: int,
 
     real_store(work)  # imported once, before the per-model processes
     quality = []
-    for name in REAL_LLMS:
+    for name in REAL_LLMS if top1_groups else ():
         cmd = [sys.executable, __file__, "--real-quality", name, "--work", str(work),
                "--top1-groups", str(top1_groups)]  # fmt: skip
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -297,7 +297,8 @@ def main() -> None:
     ap.add_argument("--skip-cross-encoder", action="store_true")
     ap.add_argument("--real", action="store_true", help="the real GGUF LLMs (section 3) only")
     ap.add_argument("--speed-groups", type=int, default=12, help="probe groups timed (--real)")
-    ap.add_argument("--top1-groups", type=int, default=140, help="probe groups for top-1")
+    ap.add_argument("--top1-groups", type=int, default=140,
+                    help="probe groups for top-1 (0: speed only)")  # fmt: skip
     ap.add_argument("--real-quality", help=argparse.SUPPRESS)
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
