@@ -25,8 +25,9 @@ from edgerank.models.gguf_model import LAYERWISE_ERROR, TOKENIZER_GGUF, rank_hea
 #: a decode one by one, with different rounding, so a row's result depends on where it falls
 #: in the decode. A passage decoded alone after a prefix cut at a multiple of ROW_GROUP has
 #: its rows fall as in a from-scratch decode of its own prompt: the same score, whoever its
-#: batch mates (Gemma 3 Q4_K_M moved by up to 0.2 beside others; bench/gguf_speed.py
-#: measures what more per decode would buy)
+#: batch mates. Beside others, Gemma 3's repacked Q4_K_M scores moved, and so did SmolLM2's
+#: Q4_1, which llama.cpp multiplies as stored; more per decode bought no speed
+#: (docs/gguf.md, python -m bench.gguf_speed --real)
 PARALLEL = 1
 #: rows llama.cpp's repacked matmuls quantize together; the shared prefix is a multiple of it
 ROW_GROUP = 4
