@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerank.errors import EdgerankError
-from edgerank.models.manifest import Manifest
+from edgerank.models.manifest import Manifest, weights_file
 from edgerank.models.serving import served
 
 MIB = 1 << 20
@@ -91,8 +91,9 @@ def describe(
             if verdict.serves == "fp32":
                 why += "; the INT8 option is kept for a daemon serving other request shapes"
     recipe, fid = manifest.recipe or {}, manifest.fidelity or {}
-    model = _with_data(manifest.model_file)
-    ref = _with_data(recipe["reference_file"]) if recipe.get("reference_file") else []
+    model = [manifest.model_file, weights_file(manifest.model_file)]
+    ref = recipe.get("reference_file")
+    ref = [ref, weights_file(ref)] if ref else []
     return Entry(
         name=name or manifest.name,
         backend=manifest.backend,
@@ -110,11 +111,6 @@ def describe(
         warning=manifest.fidelity_note(kernel) or "",
         reference_bytes=_size(path, ref),
     )
-
-
-def _with_data(rel: str) -> list[str]:
-    """A graph and the external weights file the install writes beside it."""
-    return [rel, rel + ".data"]
 
 
 def embedded(encoder: Path | None) -> Entry:

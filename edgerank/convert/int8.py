@@ -23,6 +23,7 @@ from edgerank.backends.padding import pad_batch
 from edgerank.convert.graph import MIN_OPSET, MS_DOMAIN, Graph, opset_of, quantizable
 from edgerank.errors import InvalidInput, missing_extra
 from edgerank.models.checkpoint import read_config
+from edgerank.models.manifest import weights_file
 from edgerank.quality.texts import calibration_pairs
 
 log = logging.getLogger("edgerank.convert")
@@ -271,4 +272,4 @@ def _save(model, out: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     big = model.ByteSize() > 1_800_000_000
-    onnx.save(model, str(out), save_as_external_data=big, location=out.name + ".data")
+    onnx.save(model, str(out), save_as_external_data=big, location=weights_file(out.name))

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerank.backends.base import Encoded
+from edgerank.models.manifest import weights_file
 from edgerank.models.serving import LengthTiming, Speed, SpeedProfile
 from edgerank.quality.scoring import GraphScorer
 
@@ -236,6 +237,6 @@ def resident_mib(int8_file: Path, fp32_file: Path, cascade: bool) -> float:
 
 
 def file_mib(path: Path) -> float:
-    """An ONNX file's size with its external data (convert/int8._save's ``<name>.data``)."""
-    data = path.with_name(path.name + ".data")
+    """An ONNX file's size with its external weights file."""
+    data = path.with_name(weights_file(path.name))
     return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20

@@ -17,7 +17,7 @@ from edgerank.errors import BackendUnavailable, BelowFidelityFloor, InvalidInput
 from edgerank.install import hub
 from edgerank.models import serving
 from edgerank.models.checkpoint import Checkpoint, max_length, read_config, stored_precision
-from edgerank.models.manifest import MANIFEST, Manifest, floor_line
+from edgerank.models.manifest import MANIFEST, Manifest, floor_line, weights_file
 from edgerank.store.layout import (
     TOKENIZER_FILES,
     TORCH_PATTERNS,
@@ -291,7 +291,7 @@ def _mapped(src: Path, dst: Path) -> list[str]:
     import onnx
 
     model = onnx.load(str(src))
-    data = dst.name + ".data"
+    data = weights_file(dst.name)
     onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data, size_threshold=1024)  # fmt: skip
     (dst.parent / data).chmod(dst.stat().st_mode & 0o777)  # onnx writes it owner-only

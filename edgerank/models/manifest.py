@@ -17,6 +17,14 @@ from typing import Any
 from edgerank.errors import ModelCorrupt
 
 MANIFEST = "manifest.json"
+
+
+def weights_file(graph: str) -> str:
+    """The file an ONNX graph's external weights are written to, beside it: one name for the
+    install that writes it (install/onnx, convert/int8) and the views that size it."""
+    return graph + ".data"
+
+
 STAMP = ".verified.json"
 SCHEMA = 1
 

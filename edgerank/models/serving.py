@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgerank.errors import InvalidInput, ModelCorrupt
-from edgerank.models.manifest import Manifest
+from edgerank.models.manifest import Manifest, weights_file
 
 #: INT8 must serve at least this much faster than the FP32 graph to be worth its noise
 MIN_SPEEDUP = 1.1
@@ -308,7 +308,7 @@ def weights_mib(manifest: Manifest) -> tuple[float, float]:
 
     def size(rel: str) -> float:
         files = manifest.files
-        return sum(float((files.get(f) or {}).get("size") or 0) for f in (rel, rel + ".data"))
+        return sum(float((files.get(f) or {}).get("size") or 0) for f in (rel, weights_file(rel)))
 
     ref = manifest.recipe.get("reference_file") if manifest.recipe.get("cascade") else None
     return size(manifest.model_file) / 2**20, (size(ref) / 2**20 if ref else 0.0)
