@@ -101,10 +101,10 @@ def fake_quant(smoothed: Path, out: Path, skip: set[str], weights: str, acts: bo
             x = node.input[0]
             if x not in done:
                 k = g.array(node.input[1]).shape[0]
-                q, scale, offset, _ = int8_files.quantize_rows(g, x, k)
-                levels = g.add("Sub", [g.add("Cast", [q], to=onnx.TensorProto.FLOAT),
-                                       g.const(128.0)])  # fmt: skip
-                back = g.add("Add", [g.add("Mul", [levels, scale]), offset])
+                rows = int8_files.quantize_rows(g, x, k)
+                as_float = lambda v: g.add("Cast", [v], to=onnx.TensorProto.FLOAT)  # noqa: E731
+                levels = g.add("Sub", [as_float(rows.q), as_float(rows.zero)])
+                back = g.add("Mul", [levels, rows.scale])
                 done[x] = g.add("Reshape", [back, g.add("Shape", [x])])
             node.input[0] = done[x]
     g.finish()

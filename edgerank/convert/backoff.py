@@ -67,7 +67,7 @@ BASES = tuple(LADDERS)
 #: SmoothQuant migration strength in front of the ``token`` kind (the paper's default)
 SMOOTH_ALPHA = 0.5
 RECIPE = {
-    "name": "int8-ladder-v6",
+    "name": "int8-ladder-v7",
     "first_token_last_layer": True,
     "quantized_ops": ["MatMul"],
 }

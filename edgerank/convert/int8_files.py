@@ -12,10 +12,10 @@ most up the ladder. What each kind costs and keeps, measured per ISA, is in docs
   does not rescue it.
 - ``token``: SmoothQuant in front (convert/int8.smoothed_fp32), each row quantized over
   its own range by one per-axis QuantizeLinear, MLAS's u8 x s8 kernel
-  (MatMulIntegerToFloat), the row's scale and offset applied back: one scale and zero
-  point per token, none taken from the batch. Slower than ``dynamic``: the row statistics
-  and the scale and offset on the output are full passes that ``dynamic``'s fused kernel
-  does not make.
+  (MatMulIntegerToFloat) with the row's zero point carried through the GEMM and its
+  scale given to it: one scale and zero point per token, none taken from the batch.
+  Slower than ``dynamic``: the row statistics, the quantization and the scale on the
+  output are passes that ``dynamic``'s fused kernel does not make.
 - ``block``: MatMulNBits, 8-bit symmetric weights in blocks of 32 along K, accuracy level 4:
   MLAS quantizes the activations to int8 per row and per block of 32. The most faithful
   8-bit kind, and the slowest.
@@ -52,8 +52,8 @@ KIND_DOC = {
     "dynamic": "onnxruntime quantize_dynamic: QInt8 weights per output channel, uint8 "
     "activations per tensor at run time",
     "token": "uint8 rows each over its own range (widened to hold zero), one scale and zero "
-    "point per token, MatMulIntegerToFloat (int8 weights per output channel), scale and "
-    "offset applied back",
+    "point per token, MatMulIntegerToFloat (int8 weights per output channel, the zero point "
+    "through offset columns, the row's scale as the GEMM's activation scale)",
     "block": "MatMulNBits: 8-bit symmetric weights in blocks of 32, int8 activations per "
     "row and block (accuracy_level 4)",
     "fp32": "kept FP32",
@@ -181,20 +181,20 @@ def _per_token(model, names: list[str], bounded: bool = False):
     """Quantize each row of the MatMul's input over its own range: one scale and zero
     point per token (QuantizeLinear along the rows of a 2-D view), none taken from the
     rest of the batch; run MLAS's u8 x s8 kernel (MatMulIntegerToFloat, int8 weights per
-    output channel) and apply the row's scale and offset back.
+    output channel) and apply the row's scale back.
 
     The range is the row's [min, max] widened to hold zero, as onnxruntime's per-tensor
     recipe does, because QuantizeLinear's zero point must itself be a uint8. LayerNorm
     and GELU rows straddle zero, so this loses nothing there; a row far off zero (none in
-    a transformer) would lose levels. Against the previous form (each row centred on its
-    midpoint by a Sub and a Div, then quantized with a fixed scale), measured on three
-    real-weight MiniLM-L6 cross-encoders, all MatMuls this kind (bounded, AVX2), 139 held-out
-    groups vs ONNX FP32: Spearman 0.986/0.987/0.989 -> 0.989/0.987/0.991, top-1 88/91/95% ->
-    94/95/98%, and two full passes over every quantized input fewer.
+    a transformer) would lose levels.
 
-    The offset x col_sums uses the *dequantized* weights' column sums so that the weight
-    rounding error stays x @ (Wq - W); the FP32 weights' sums would add a term that on an
-    outlier row costs more than the offset saves.
+    The row's zero point z goes through the GEMM itself (offset_columns): onnxruntime's
+    integer GEMMs take one activation zero point per call, so the input gets ``extra``
+    columns holding z and the weights as many rows summing to minus each column's sum;
+    the int32 result is then (q - z) W exactly, and the row's scale goes in as the GEMM's
+    activation scale ([rows, 1]: onnxruntime applies it in the same kernel call, beside
+    the weights' per-channel scales). Recipe v6 applied s (128 - z) x col_sums and the
+    scale after the GEMM: the same arithmetic in three passes over every output.
     """
     import onnx
 
@@ -205,38 +205,82 @@ def _per_token(model, names: list[str], bounded: bool = False):
         raise ValueError(
             f"the token kind needs ONNX opset >= {MIN_OPSET}, this graph has {g.opset}"
         )
-    wanted = set(names)
-    quantized: dict[str, tuple[str, str, str, str]] = {}
-    one, a_zero = g.const(1.0), g.const(128, dtype=np.uint8)
-    for node in list(g.model.graph.node):
-        if node.name not in wanted:
-            continue
-        x, w = node.input[0], g.array(node.input[1])
-        if x not in quantized:
-            quantized[x] = quantize_rows(g, x, w.shape[0])
-        q, scale, offset, lead = quantized[x]
+    wanted = [n for n in g.model.graph.node if n.name in set(names)]
+    weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    extra: dict[str, int] = {}  # per input: the offset columns its MatMuls share
+    for node in wanted:
+        w = g.array(node.input[1])
         w_scale = weight_scales(w, bounded)
         wq = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
-        col_sums = (wq.astype(np.float64) * w_scale).sum(axis=0).astype(np.float32)
+        weights[node.name] = (wq, w_scale)
+        need = offset_rows_needed(wq, bounded)
+        extra[node.input[0]] = max(extra.get(node.input[0], 0), need)
+    quantized: dict[str, tuple[str, str, str]] = {}
+    for node in wanted:
+        x = node.input[0]
+        wq, w_scale = weights[node.name]
+        if x not in quantized:
+            rows = quantize_rows(g, x, wq.shape[0])
+            zeros = g.add("Expand", [rows.zero, g.const([1, extra[x]], dtype=np.int64)])
+            quantized[x] = (g.add("Concat", [rows.q, zeros], axis=1), rows.scale, rows.lead)
+        q, scale, lead = quantized[x]
+        w_full = np.vstack([wq, offset_rows(wq, extra[x], bounded)])
         y = g.add(
             "MatMulIntegerToFloat",
-            [q, g.const(wq, dtype=np.int8), one, g.const(w_scale), a_zero],
+            [q, g.const(w_full, dtype=np.int8), scale, g.const(w_scale)],
             domain=MS_DOMAIN,
         )
-        y = g.add("Add", [g.add("Mul", [y, scale]), g.add("Mul", [offset, g.const(col_sums)])])
-        shape = g.add("Concat", [lead, g.const([w.shape[1]], dtype=np.int64)], axis=0)
+        shape = g.add("Concat", [lead, g.const([wq.shape[1]], dtype=np.int64)], axis=0)
         g.add("Reshape", [y, shape], out=node.output[0])
         g.drop(node)
     g.finish()
     return onnx.ModelProto.FromString(g.model.SerializeToString())
 
 
-def quantize_rows(g, x: str, k: int) -> tuple[str, str, str, str]:
-    """``x`` (any leading dims, last dim ``k``) as uint8 rows of a [rows, k] view, each
-    with its own scale s and zero point z, so that x ~ s (q - z) = s (q - 128) + s (128 - z).
+def _offset_limit(bounded: bool) -> int:
+    """The largest |weight| an offset row may hold: half PAIR_BOUND where the kernel adds
+    neighbouring products into int16 (two offset rows pair with each other), else 127."""
+    return PAIR_BOUND // 2 if bounded else 127
 
-    Returns (q, s, s (128 - z), the leading dims), s and the offset kept [rows, 1] wide.
-    """
+
+def offset_rows_needed(wq: np.ndarray, bounded: bool) -> int:
+    """How many offset rows carry minus the largest column sum of ``wq``, plus one zero row
+    where K is odd (so that no offset row pairs with a weight row in the int16 sums)."""
+    top = int(np.abs(wq.astype(np.int64).sum(axis=0)).max())
+    return -(-top // _offset_limit(bounded)) + wq.shape[0] % 2
+
+
+def offset_rows(wq: np.ndarray, extra: int, bounded: bool) -> np.ndarray:
+    """``extra`` int8 rows whose sum is minus each column's sum of ``wq``: against ``extra``
+    input columns that all hold the row's zero point z, they add -z col_sums to q W."""
+    pad = wq.shape[0] % 2
+    t = extra - pad
+    target = -wq.astype(np.int64).sum(axis=0)
+    steps = np.round(target[None, :] * np.arange(t + 1)[:, None] / max(t, 1)).astype(np.int64)
+    rows = np.diff(steps, axis=0) if t else np.zeros((0, wq.shape[1]), np.int64)
+    if np.abs(rows).max(initial=0) > _offset_limit(bounded) or rows.sum(axis=0).tolist() != (
+        target.tolist() if t else [0] * wq.shape[1]
+    ):
+        raise ValueError("offset rows out of range")  # offset_rows_needed sized them
+    return np.vstack([np.zeros((pad, wq.shape[1]), np.int64), rows]).astype(np.int8)
+
+
+class Rows(NamedTuple):
+    """An input as quantize_rows gives it: x ~ scale (q - zero), row by row."""
+
+    #: uint8 [rows, k]
+    q: str
+    #: float [rows, 1]
+    scale: str
+    #: uint8 [rows, 1]
+    zero: str
+    #: the leading dims of x, to shape the output back
+    lead: str
+
+
+def quantize_rows(g, x: str, k: int) -> Rows:
+    """``x`` (any leading dims, last dim ``k``) as uint8 rows of a [rows, k] view, each
+    with its own scale s and zero point z, so that x ~ s (q - z)."""
     import onnx
 
     def reduce(op: str) -> str:
@@ -257,11 +301,9 @@ def quantize_rows(g, x: str, k: int) -> tuple[str, str, str, str]:
                           g.const(1e-8)])  # fmt: skip
     zero = g.add("Clip", [g.add("Round", [g.add("Neg", [g.add("Div", [bottom, scale])])]),
                           g.const(0.0), g.const(255.0)])  # fmt: skip
-    q = g.add(
-        "QuantizeLinear", [rows, scale, g.add("Cast", [zero], to=onnx.TensorProto.UINT8)], axis=0
-    )
-    offset = g.add("Mul", [scale, g.add("Sub", [g.const(128.0), zero])])
-    return q, column(scale), column(offset), lead
+    zero = g.add("Cast", [zero], to=onnx.TensorProto.UINT8)
+    q = g.add("QuantizeLinear", [rows, scale, zero], axis=0)
+    return Rows(q, column(scale), column(zero), lead)
 
 
 def weight_scales(w: np.ndarray, bounded: bool) -> np.ndarray:

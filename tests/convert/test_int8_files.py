@@ -73,6 +73,35 @@ def test_one_normalisation_per_input(token_file):
     assert ops.count("MatMulIntegerToFloat") == 1 and "MatMul" not in ops
     assert ops.count("ReduceMax") == ops.count("ReduceMin") == 1
     assert ops.count("QuantizeLinear") == 1
+    # the row's zero point and scale go into the GEMM: no pass over the output after it
+    assert "Mul" not in ops and "Add" not in ops
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+@pytest.mark.parametrize("k", [96, 97])
+def test_offset_rows_carry_minus_each_column_sum(k, bounded):
+    """Against input columns holding the row's zero point z, the offset rows add exactly
+    -z x col_sums; none exceeds what the kernel holds (half the pair bound where it adds
+    neighbouring products into int16), and with an odd K no offset row pairs with a weight
+    row."""
+    rng = np.random.default_rng(k)
+    wq = np.clip(np.round(rng.standard_normal((k, N)) * 40 + 30), -127, 127).astype(np.int8)
+    need = int8_files.offset_rows_needed(wq, bounded)
+    rows = int8_files.offset_rows(wq, need, bounded)
+    assert rows.shape == (need, N) and rows.dtype == np.int8
+    assert np.array_equal(rows.astype(np.int64).sum(axis=0), -wq.astype(np.int64).sum(axis=0))
+    limit = int8_files.PAIR_BOUND // 2 if bounded else 127
+    assert np.abs(rows.astype(np.int64)).max() <= limit
+    assert np.abs(rows.astype(np.int64)).max() > limit - 8  # sized tight, not padded out
+    full = np.vstack([wq, rows]).astype(np.int64)
+    if k % 2:
+        assert not rows[0].any()  # the odd K's padding row: the last weight row's pair
+    if bounded:  # the int16 pairs made of offset rows only
+        assert int8_files.pair_sums(full)[(k + 1) // 2 :].max() <= int8_files.PAIR_BOUND
+    q = rng.integers(0, 256, (5, k)).astype(np.int64)
+    z = rng.integers(0, 256, (5, 1)).astype(np.int64)
+    got = np.hstack([q, np.repeat(z, need, axis=1)]) @ full
+    assert np.array_equal(got, (q - z) @ wq.astype(np.int64))
 
 
 def test_an_opset_12_export_is_converted_up_before_the_token_kind(tmp_path):
