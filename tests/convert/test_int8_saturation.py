@@ -56,15 +56,25 @@ for path in sys.argv[1:]:
 """
 
 
+def _on_haswell(x: np.ndarray, *paths) -> list[np.ndarray]:
+    """Each file's output for ``x``, run under qemu-x86_64 -cpu Haswell (AVX2, no VNNI)."""
+    if QEMU is None:
+        if REQUIRED:
+            pytest.fail("qemu-x86_64-static is missing (apt-get install qemu-user-static)")
+        pytest.skip("qemu-x86_64-static not installed: no AVX2-only CPU to run on")
+    run = subprocess.run(
+        [QEMU, "-cpu", "Haswell", sys.executable, "-c", _RUN, *map(str, paths)],
+        input=json.dumps(x.tolist()), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    return [np.array(json.loads(line)) for line in run.stdout.splitlines()]
+
+
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="qemu-x86_64 emulates x86 hosts' CPUs")
 def test_bounded_file_is_exact_on_an_avx2_kernel(tmp_path):
     """Same-sign weights and activations near the top of the u8 range: the unbounded file
     saturates on the emulated Haswell (the control: the kernel really is vpmaddubsw's),
     the bounded one stays within its rounding of the FP32 product."""
-    if QEMU is None:
-        if REQUIRED:
-            pytest.fail("qemu-x86_64-static is missing (apt-get install qemu-user-static)")
-        pytest.skip("qemu-x86_64-static not installed: no AVX2-only CPU to run on")
     rng = np.random.default_rng(3)
     w = rng.uniform(0.5, 1.0, (K, N)).astype(np.float32)
     one_matmul(tmp_path / "fp32.onnx", w)
@@ -75,12 +85,7 @@ def test_bounded_file_is_exact_on_an_avx2_kernel(tmp_path):
     }  # fmt: skip
     x = rng.uniform(0.9, 1.0, (1, 4, K)).astype(np.float32)
     x[..., 0] = -1.0  # the row's minimum: every other entry quantizes near 255
-    run = subprocess.run(
-        [QEMU, "-cpu", "Haswell", sys.executable, "-c", _RUN, files[False], files[True]],
-        input=json.dumps(x.tolist()), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    loose, tight = (np.array(json.loads(line)) for line in run.stdout.splitlines())
+    loose, tight = _on_haswell(x, files[False], files[True])
     want = x.astype(np.float64) @ w
     rel = lambda got: float(np.abs(got - want).max() / np.abs(want).max())  # noqa: E731
     assert rel(loose) > 0.1  # saturated: pair sums clipped at 32767
@@ -93,20 +98,11 @@ def test_the_zero_point_columns_do_not_saturate_on_an_avx2_kernel(tmp_path):
     column sums: the offset rows that carry -z x col_sums through the GEMM (two of them
     side by side in each int16 pair) must still fit, or the bounded file is wrong on AVX2
     wherever a row sits below zero."""
-    if QEMU is None:
-        if REQUIRED:
-            pytest.fail("qemu-x86_64-static is missing (apt-get install qemu-user-static)")
-        pytest.skip("qemu-x86_64-static not installed: no AVX2-only CPU to run on")
     rng = np.random.default_rng(5)
     w = rng.uniform(0.2, 1.0, (K, N)).astype(np.float32)
     one_matmul(tmp_path / "fp32.onnx", w)
     path = int8_files.build(tmp_path / "fp32.onnx", tmp_path / "b.onnx", {}, "token", bounded=True)
     x = rng.uniform(-1.0, -0.1, (1, 4, K)).astype(np.float32)  # z = 255 on every row
-    run = subprocess.run(
-        [QEMU, "-cpu", "Haswell", sys.executable, "-c", _RUN, str(path)],
-        input=json.dumps(x.tolist()), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    got = np.array(json.loads(run.stdout.splitlines()[0]))
+    (got,) = _on_haswell(x, path)
     want = x.astype(np.float64) @ w
     assert float(np.abs(got - want).max() / np.abs(want).max()) < 0.02
