@@ -221,8 +221,11 @@ def _per_token(model, names: list[str], bounded: bool = False):
         wq, w_scale = weights[node.name]
         if x not in quantized:
             rows = quantize_rows(g, x, wq.shape[0])
-            zeros = g.add("Expand", [rows.zero, g.const([1, extra[x]], dtype=np.int64)])
-            quantized[x] = (g.add("Concat", [rows.q, zeros], axis=1), rows.scale, rows.lead)
+            q = rows.q
+            if extra[x]:  # none where every column sums to zero and K is even
+                zeros = g.add("Expand", [rows.zero, g.const([1, extra[x]], dtype=np.int64)])
+                q = g.add("Concat", [q, zeros], axis=1)
+            quantized[x] = (q, rows.scale, rows.lead)
         q, scale, lead = quantized[x]
         w_full = np.vstack([wq, offset_rows(wq, extra[x], bounded)])
         y = g.add(

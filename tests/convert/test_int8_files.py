@@ -104,6 +104,20 @@ def test_offset_rows_carry_minus_each_column_sum(k, bounded):
     assert np.array_equal(got, (q - z) @ wq.astype(np.int64))
 
 
+def test_a_weight_whose_columns_sum_to_zero_needs_no_offset_columns(tmp_path):
+    """No offset rows at all (every column sums to zero, K even): the file is the plain
+    GEMM on the quantized rows, not a zero-width concatenation onnxruntime refuses."""
+    w = np.zeros((K, N), np.float32)
+    w[0], w[1] = 0.5, -0.5
+    assert int8_files.offset_rows_needed(np.round(w * 254).astype(np.int8), False) == 0
+    one_matmul(tmp_path / "fp32.onnx", w)
+    out = int8_files.build(tmp_path / "fp32.onnx", tmp_path / "token.onnx", {}, "token")
+    x = _rows(np.random.default_rng(5))
+    step = (np.maximum(x.max(axis=-1), 0) - np.minimum(x.min(axis=-1), 0)) / 255
+    bound = 0.5 * step[..., None] * np.abs(w).sum(axis=0) + 1e-4
+    assert np.all(np.abs(_run(out, x) - x.astype(np.float64) @ w) <= bound)
+
+
 def test_an_opset_12_export_is_converted_up_before_the_token_kind(tmp_path):
     """Hub exports made at opset 11/12 predate per-axis QuantizeLinear: preparing one
     lifts it to int8.MIN_OPSET, and the token file it then builds runs and stays close."""
