@@ -188,7 +188,7 @@ def _per_token(model, names: list[str], bounded: bool = False):
     and GELU rows straddle zero, so this loses nothing there; a row far off zero (none in
     a transformer) would lose levels.
 
-    The row's zero point z goes through the GEMM itself (offset_columns): onnxruntime's
+    The row's zero point z goes through the GEMM itself (offset_rows): onnxruntime's
     integer GEMMs take one activation zero point per call, so the input gets ``extra``
     columns holding z and the weights as many rows summing to minus each column's sum;
     the int32 result is then (q - z) W exactly, and the row's scale goes in as the GEMM's
@@ -260,11 +260,11 @@ def offset_rows(wq: np.ndarray, extra: int, bounded: bool) -> np.ndarray:
     t = extra - pad
     target = -wq.astype(np.int64).sum(axis=0)
     steps = np.round(target[None, :] * np.arange(t + 1)[:, None] / max(t, 1)).astype(np.int64)
-    rows = np.diff(steps, axis=0) if t else np.zeros((0, wq.shape[1]), np.int64)
-    if np.abs(rows).max(initial=0) > _offset_limit(bounded) or rows.sum(axis=0).tolist() != (
-        target.tolist() if t else [0] * wq.shape[1]
+    rows = np.diff(steps, axis=0)  # t rows, each at most ceil(|target| / t)
+    if np.abs(rows).max(initial=0) > _offset_limit(bounded) or not np.array_equal(
+        rows.sum(axis=0), target
     ):
-        raise ValueError("offset rows out of range")  # offset_rows_needed sized them
+        raise ValueError(f"{extra} offset rows cannot carry these column sums")
     return np.vstack([np.zeros((pad, wq.shape[1]), np.int64), rows]).astype(np.int8)
 
 

@@ -102,6 +102,8 @@ def test_offset_rows_carry_minus_each_column_sum(k, bounded):
     z = rng.integers(0, 256, (5, 1)).astype(np.int64)
     got = np.hstack([q, np.repeat(z, need, axis=1)]) @ full
     assert np.array_equal(got, (q - z) @ wq.astype(np.int64))
+    with pytest.raises(ValueError, match="cannot carry"):  # one row fewer cannot
+        int8_files.offset_rows(wq, need - 1, bounded)
 
 
 def test_a_weight_whose_columns_sum_to_zero_needs_no_offset_columns(tmp_path):
