@@ -205,7 +205,8 @@ def _per_token(model, names: list[str], bounded: bool = False):
         raise ValueError(
             f"the token kind needs ONNX opset >= {MIN_OPSET}, this graph has {g.opset}"
         )
-    wanted = [n for n in g.model.graph.node if n.name in set(names)]
+    chosen = set(names)
+    wanted = [n for n in g.model.graph.node if n.name in chosen]
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     extra: dict[str, int] = {}  # per input: the offset columns its MatMuls share
     for node in wanted:
